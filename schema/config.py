@@ -1,0 +1,57 @@
+"""Configuration from `OPSC_*` environment variables, falling back to a running dev stack.
+
+A running `opsconductor dev` writes `$OPSC_HOME/stack.json`; every command reads it when the
+variables are unset, so nobody has to pass addresses by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel
+
+DEFAULT_TASK_QUEUE = "opsconductor-execution"
+DEFAULT_NAMESPACE = "default"
+STACK_FILE = "stack.json"
+
+
+class Settings(BaseModel):
+    home: Path
+    temporal_address: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    task_queue: str = DEFAULT_TASK_QUEUE
+    database_url: str | None = None
+    ui_url: str | None = None
+    strict_rbac: bool | None = None
+    rbac_policy_file: str | None = None
+    inventory_file: str | None = None
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / STACK_FILE
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("OPSC_HOME") or "./.opsconductor").resolve()
+    stack: dict[str, str] = {}
+    stack_path = home / STACK_FILE
+    if stack_path.exists():
+        try:
+            stack = json.loads(stack_path.read_text())
+        except (OSError, ValueError):
+            stack = {}
+    strict = env.get("OPSC_RBAC_STRICT")
+    return Settings(
+        home=home,
+        temporal_address=env.get("OPSC_TEMPORAL_ADDRESS") or stack.get("temporal_address"),
+        namespace=env.get("OPSC_NAMESPACE") or stack.get("namespace") or DEFAULT_NAMESPACE,
+        task_queue=env.get("OPSC_TASK_QUEUE") or stack.get("task_queue") or DEFAULT_TASK_QUEUE,
+        database_url=env.get("OPSC_DATABASE_URL") or stack.get("database_url"),
+        ui_url=stack.get("ui_url"),
+        strict_rbac=None if strict is None else strict.lower() in ("1", "true", "yes"),
+        rbac_policy_file=env.get("OPSC_RBAC_POLICY"),
+        inventory_file=env.get("OPSC_INVENTORY"),
+    )

@@ -1,0 +1,208 @@
+"""Pydantic contracts between starter, workflow and activities: one model per call."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .enums import (
+    ActionClass,
+    ApprovalState,
+    Environment,
+    ExecutionStatus,
+    SlaClass,
+    StepStatus,
+)
+from .spec import ExecutionSpec, StepSpec
+
+
+class TimeoutPolicy(BaseModel):
+    sla_class: SlaClass
+    action_class: ActionClass
+    step_timeout_seconds: float
+    execution_timeout_seconds: float
+    approval_timeout_seconds: float
+    max_attempts: int
+    heartbeat_timeout_seconds: float = 5.0
+    initial_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 30.0
+    backoff_coefficient: float = 2.0
+
+
+class EventRecord(BaseModel):
+    """One row of `execution_events`; `key` makes the write idempotent."""
+
+    key: str
+    type: str
+    step_id: str | None = None
+    from_status: str | None = None
+    to_status: str | None = None
+    actor: str | None = None
+    message: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    at: datetime | None = None
+
+
+class StepRecord(BaseModel):
+    """A step row of the mirror as the workflow knows it."""
+
+    step_id: str
+    status: StepStatus
+    attempts: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    exit_code: int | None = None
+    output: Any = None
+    error: str | None = None
+
+
+class ApprovalRecord(BaseModel):
+    gate: str  # "execution" or the step id of an approval point
+    state: ApprovalState
+    plan_hash: str
+    required_approvals: int
+    required_role: str | None = None
+    senior_role: str | None = None
+    requested_at: datetime
+    expires_at: datetime | None = None
+    decided_at: datetime | None = None
+    decisions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class MirrorWrite(BaseModel):
+    """A batch for the mirror, written in one transaction by a local activity."""
+
+    execution_id: str
+    workflow_id: str
+    run_id: str | None = None
+    status: ExecutionStatus | None = None
+    approval_state: ApprovalState | None = None
+    spec: ExecutionSpec | None = None  # only on the first write: creates the row
+    steps: list[StepRecord] = Field(default_factory=list)
+    events: list[EventRecord] = Field(default_factory=list)
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cancel_actor: str | None = None
+    cancel_reason: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    deadline_at: datetime | None = None
+    load_policies: bool = False  # return the timeout policy rows for the spec's SLA class
+
+
+class MirrorWriteResult(BaseModel):
+    policies: dict[str, TimeoutPolicy] = Field(default_factory=dict)
+
+
+class StepRunInput(BaseModel):
+    execution_id: str
+    workflow_id: str
+    tenant: str
+    actor: str
+    environment: Environment
+    step: StepSpec
+    policy: TimeoutPolicy
+    fencing_tokens: dict[str, int] = Field(default_factory=dict)
+    prior_outputs: dict[str, Any] = Field(default_factory=dict)  # for validate steps
+    rbac_required: bool = True
+
+
+class StepResult(BaseModel):
+    step_id: str
+    status: StepStatus
+    attempts: int = 1
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: float | None = None
+
+
+class CleanupInput(BaseModel):
+    execution_id: str
+    workflow_id: str
+    tenant: str
+    environment: Environment
+    step_id: str
+    target: str | None
+    command: str
+    timeout_seconds: float
+    reason: Literal["rollback", "cleanup"] = "rollback"
+
+
+# Signals and updates. Decisions are strict: unknown fields are refused, not ignored.
+
+class ApprovalDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approver: str = Field(min_length=1, max_length=200)
+    comment: str | None = Field(default=None, max_length=4000)
+    plan_hash: str | None = None
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=4000)
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1, max_length=200)
+    action: Literal["retry", "skip", "fail"]
+    step_id: str | None = None
+    comment: str | None = None
+
+
+class DecisionOutcome(BaseModel):
+    accepted: bool
+    reason: str
+    approval_state: ApprovalState | None = None
+    approvals_counted: int = 0
+    approvals_required: int = 0
+
+
+class StepProgress(BaseModel):
+    id: str
+    description: str = ""
+    status: StepStatus
+    attempts: int = 0
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+
+
+class Progress(BaseModel):
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    approval_state: ApprovalState
+    steps_total: int
+    steps_completed: int
+    steps_failed: int
+    steps_running: int
+    percent: float
+    current_step: str | None = None
+    waiting_on: str | None = None
+    estimated_completion: datetime | None = None
+    started_at: datetime | None = None
+    steps: list[StepProgress] = Field(default_factory=list)
+
+
+class ExecutionResult(BaseModel):
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    approval_state: ApprovalState
+    error: str | None = None
+    cancel_actor: str | None = None
+    cancel_reason: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    steps: list[StepResult] = Field(default_factory=list)

