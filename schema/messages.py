@@ -71,6 +71,12 @@ class ApprovalRecord(BaseModel):
     decisions: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class DeadLetter(BaseModel):
+    step_id: str | None
+    reason: str
+    error_type: str | None = None
+
+
 class MirrorWrite(BaseModel):
     """A batch for the mirror, written in one transaction by a local activity."""
 
@@ -90,6 +96,7 @@ class MirrorWrite(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     deadline_at: datetime | None = None
+    dead_letters: list[DeadLetter] = Field(default_factory=list)
     load_policies: bool = False  # return the timeout policy rows for the spec's SLA class
 
 
@@ -108,6 +115,7 @@ class StepRunInput(BaseModel):
     fencing_tokens: dict[str, int] = Field(default_factory=dict)
     prior_outputs: dict[str, Any] = Field(default_factory=dict)  # for validate steps
     rbac_required: bool = True
+    override_unknown_outcome: bool = False  # an operator resolved an unknown outcome: retry
 
 
 class StepResult(BaseModel):
@@ -206,3 +214,43 @@ class ExecutionResult(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     steps: list[StepResult] = Field(default_factory=list)
+
+
+class AuthorizeInput(BaseModel):
+    """Ask RBAC whether `actor` may take `action` (approve, reject, cancel, resolve)."""
+
+    tenant: str
+    environment: Environment
+    actor: str
+    action: str
+    execution_id: str
+    resource: str = "*"
+    step_id: str | None = None
+
+
+class AuthorizeResult(BaseModel):
+    allowed: bool
+    reason: str
+    roles: list[str] = Field(default_factory=list)
+    rule_id: str | None = None
+    policy_version: str | None = None
+
+
+class LockRequest(BaseModel):
+    """Take every asset of an execution, all or nothing, in canonical (sorted) order."""
+
+    tenant: str
+    execution_id: str
+    assets: list[str]
+    wait_timeout_seconds: float
+    lease_seconds: float = 60.0
+
+
+class LockGrant(BaseModel):
+    tokens: dict[str, int]  # asset -> fencing token
+
+
+class LockRelease(BaseModel):
+    tenant: str
+    execution_id: str
+    tokens: dict[str, int]

@@ -70,12 +70,13 @@ class ExecutionSpec(BaseModel):
     safety_checks: list[SafetyCheck] = Field(default_factory=list)
     rollback_plan: list[RollbackEntry] = Field(default_factory=list)
     timeouts: TimeoutOverrides | None = None
-    max_parallel: int = 4
+    max_parallel: int = 1
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     trace_id: str | None = None
     previous_execution_id: str | None = None
     submitted_at: datetime | None = None
+    request: dict[str, Any] = Field(default_factory=dict)  # as submitted: for DLQ requeue
 
     @property
     def assets(self) -> list[str]:
@@ -146,7 +147,7 @@ def step_specs(req: ExecutionRequest) -> list[StepSpec]:
 
 def build_spec(req: ExecutionRequest, *, execution_id: str, workflow_id: str,
                idempotency_key: str, previous_execution_id: str | None = None,
-               submitted_at: datetime | None = None, default_parallel: int = 4) -> ExecutionSpec:
+               submitted_at: datetime | None = None, default_parallel: int = 1) -> ExecutionSpec:
     steps = step_specs(req)
     sla = req.sla_class or sla_class_for([s.estimated_duration for s in steps])
     plan_doc = req.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -173,4 +174,5 @@ def build_spec(req: ExecutionRequest, *, execution_id: str, workflow_id: str,
         trace_id=req.trace_id,
         previous_execution_id=previous_execution_id,
         submitted_at=submitted_at,
+        request=req.model_dump(mode="json", by_alias=True, exclude_none=True),
     )

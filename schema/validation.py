@@ -96,12 +96,14 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
         sid = step.get("id")
         if isinstance(sid, str):
             if sid in seen:
-                problems.append(Problem(path=f"{path}.id",
-                                        message=f"duplicate step id {sid!r} (also {base}[{seen[sid]}])"))
+                problems.append(Problem(
+                    path=f"{path}.id",
+                    message=f"duplicate step id {sid!r} (also {base}[{seen[sid]}])"))
             else:
                 seen[sid] = i
-            deps = step.get("depends_on") or []
-            graph[sid] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+                deps = step.get("depends_on") or []
+                graph[sid] = ([d for d in deps if isinstance(d, str)]
+                              if isinstance(deps, list) else [])
         tool = step.get("tool")
         if isinstance(tool, str) and tool:
             spec = lookup(tool)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from pathlib import Path
 
 import asyncpg
@@ -67,3 +68,21 @@ def temporal_server(session_dir: Path) -> Iterator[TemporalDevServer]:
 async def temporal_client(temporal_server: TemporalDevServer) -> Client:
     return await Client.connect(temporal_server.address,
                                 data_converter=pydantic_data_converter)
+
+
+@pytest.fixture(scope="session")
+async def engine(temporal_client: Client, db_pool: asyncpg.Pool,
+                 session_dir: Path) -> AsyncIterator[Any]:
+    """One worker for the whole session plus an ExecutionClient bound to its task queue."""
+    from activities import db
+    from schema.config import Settings
+    from starter.client import ExecutionClient
+    from starter.worker import build_worker
+
+    db.set_pool(db_pool)
+    task_queue = "opsc-tests"
+    worker = build_worker(temporal_client, task_queue)
+    settings = Settings(home=session_dir / "home", task_queue=task_queue,
+                        temporal_address="unused", database_url="unused")
+    async with worker:
+        yield ExecutionClient(temporal=temporal_client, pool=db_pool, settings=settings)

@@ -126,7 +126,7 @@ CREATE TABLE IF NOT EXISTS execution.execution_dlq (
   requeued_at         timestamptz,
   requeued_by         text,
   requeued_execution_id uuid,
-  UNIQUE (execution_id, step_id)
+  UNIQUE NULLS NOT DISTINCT (execution_id, step_id)
 );
 CREATE INDEX IF NOT EXISTS execution_dlq_open_idx ON execution.execution_dlq (created_at) WHERE status = 'open';
 

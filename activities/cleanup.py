@@ -1,0 +1,59 @@
+"""Rollback and cleanup commands, run after a cancel or an abort-with-rollback.
+
+A rollback entry's action is a command on the target of the step it undoes; it gets its own
+timeout and its output is masked like any step's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from schema.enums import ActionClass, FailureHandling, StepKind, StepStatus
+from schema.messages import CleanupInput, StepResult
+from schema.spec import StepSpec
+
+from .executors.base import StepContext
+from .executors.command import CommandExecutor
+
+
+@activity.defn(name="run_cleanup")
+async def run_cleanup(inp: CleanupInput) -> StepResult:
+    from safety.masking import Masker
+
+    from .steps import _heartbeat_forever, _now
+
+    asset = None
+    if inp.target and inp.target not in ("localhost", "local"):
+        from .assets import resolve_asset
+
+        asset = await resolve_asset(inp.target)
+    step = StepSpec(id=f"{inp.reason}:{inp.step_id}", description=f"{inp.reason} of {inp.step_id}",
+                    tool="shell", kind=StepKind.COMMAND, action_class=ActionClass.MODIFY,
+                    inputs={"command": inp.command}, command=inp.command, target=inp.target,
+                    order=0, failure_handling=FailureHandling.CONTINUE)
+    ctx = StepContext(execution_id=inp.execution_id, workflow_id=inp.workflow_id,
+                      tenant=inp.tenant, environment=inp.environment.value, step=step,
+                      inputs=step.inputs, timeout=inp.timeout_seconds, asset=asset,
+                      heartbeat=activity.heartbeat)
+    started = _now()
+    beat = asyncio.create_task(_heartbeat_forever(1.0))
+    try:
+        outcome = await CommandExecutor().run(ctx)
+    finally:
+        beat.cancel()
+    masker = Masker()
+    completed = _now()
+    result = StepResult(
+        step_id=inp.step_id, status=StepStatus.COMPLETED if outcome.ok else StepStatus.FAILED,
+        exit_code=outcome.exit_code, stdout=masker.mask_text(outcome.stdout),
+        stderr=masker.mask_text(outcome.stderr),
+        error=masker.mask_text(outcome.error) if outcome.error else None,
+        started_at=started, completed_at=completed,
+        duration_ms=(completed - started).total_seconds() * 1000)
+    if not outcome.ok:
+        raise ApplicationError(result.error or f"{inp.reason} failed", result,
+                               type="CleanupFailed", non_retryable=True)
+    return result

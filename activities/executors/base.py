@@ -1,0 +1,61 @@
+"""The contract between the step activity and the executors of each step kind.
+
+The step activity resolves secrets, the target asset and the timeout, then calls one
+executor. An executor acts, returns an honest outcome, and on cancellation (the activity's
+task is cancelled) stops what it started before re-raising: nothing it launched outlives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schema.spec import StepSpec
+
+OUTPUT_CAP_BYTES = 64 * 1024  # per stream; larger output is truncated with a marker
+
+
+@dataclass
+class StepContext:
+    execution_id: str
+    workflow_id: str
+    tenant: str
+    environment: str
+    step: StepSpec
+    inputs: dict[str, Any]  # secret references already resolved: never return these raw
+    timeout: float  # seconds this attempt may take
+    asset: Any = None  # activities.assets.Asset, or None for the worker's own machine
+    prior_outputs: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    heartbeat: Callable[..., None] = lambda *details: None
+
+
+@dataclass
+class StepOutcome:
+    ok: bool
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = True
+
+
+class Executor(Protocol):
+    async def run(self, ctx: StepContext) -> StepOutcome: ...
+
+
+class CommandRunner(Protocol):
+    """Runs a finished command line somewhere (locally, over SSH, via a service)."""
+
+    async def run(self, ctx: StepContext, command: str, *, env: dict[str, str],
+                  cwd: str | None, timeout: float) -> StepOutcome: ...
+
+
+def cap_text(data: bytes | str, cap: int = OUTPUT_CAP_BYTES) -> str:
+    raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
+    if len(raw) <= cap:
+        return raw.decode("utf-8", "replace")
+    return raw[:cap].decode("utf-8", "ignore") + f"\n...[truncated {len(raw) - cap} bytes]"

@@ -1,0 +1,211 @@
+"""Mirror writes: the workflow's view of an execution, copied into Postgres.
+
+Each call is one transaction and idempotent: rows are upserted, events carry a key that is
+unique per execution, so a retried activity never duplicates anything. Status changes are
+checked against the status machine here too, so the mirror can never record an illegal move.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from temporalio import activity
+
+from schema.enums import ApprovalState, ExecutionStatus
+from schema.fsm import check_transition
+from schema.messages import (
+    ApprovalRecord,
+    EventRecord,
+    MirrorWrite,
+    MirrorWriteResult,
+    StepRecord,
+)
+from schema.spec import ExecutionSpec
+
+from .db import get_pool
+
+EVENT_INSERT = """
+INSERT INTO execution.execution_events
+  (execution_id, event_key, event_type, step_id, from_status, to_status, actor, message, data,
+   created_at)
+SELECT $1::uuid, e.key, e.type, e.step_id, e.from_status, e.to_status, e.actor, e.message,
+       e.data::jsonb, coalesce(e.at, now())
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::timestamptz[])
+  AS e(key, type, step_id, from_status, to_status, actor, message, data, at)
+ON CONFLICT (execution_id, event_key) DO NOTHING
+"""
+
+STEP_UPSERT = """
+UPDATE execution.execution_steps AS s SET
+  status = u.status, attempts = greatest(s.attempts, u.attempts),
+  started_at = coalesce(u.started_at, s.started_at),
+  completed_at = coalesce(u.completed_at, s.completed_at),
+  duration_ms = CASE WHEN coalesce(u.started_at, s.started_at) IS NOT NULL
+                          AND coalesce(u.completed_at, s.completed_at) IS NOT NULL
+                     THEN extract(epoch FROM coalesce(u.completed_at, s.completed_at)
+                                  - coalesce(u.started_at, s.started_at)) * 1000
+                     ELSE s.duration_ms END,
+  exit_code = coalesce(u.exit_code, s.exit_code),
+  output = coalesce(u.output::jsonb, s.output),
+  error = coalesce(u.error, s.error),
+  updated_at = now()
+FROM unnest($2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[], $7::int[],
+            $8::text[], $9::text[])
+  AS u(step_id, status, attempts, started_at, completed_at, exit_code, output, error)
+WHERE s.execution_id = $1::uuid AND s.step_id = u.step_id
+"""
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+async def write_events(conn: asyncpg.Connection, execution_id: str,
+                       events: list[EventRecord]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        EVENT_INSERT, execution_id,
+        [e.key for e in events], [e.type for e in events], [e.step_id for e in events],
+        [e.from_status for e in events], [e.to_status for e in events],
+        [e.actor for e in events], [e.message for e in events],
+        [json.dumps(e.data, default=str) for e in events], [e.at for e in events])
+
+
+async def write_steps(conn: asyncpg.Connection, execution_id: str,
+                      steps: list[StepRecord]) -> None:
+    if not steps:
+        return
+    await conn.execute(
+        STEP_UPSERT, execution_id,
+        [s.step_id for s in steps], [s.status.value for s in steps], [s.attempts for s in steps],
+        [s.started_at for s in steps], [s.completed_at for s in steps],
+        [s.exit_code for s in steps], [_json(s.output) for s in steps],
+        [s.error for s in steps])
+
+
+async def _create(conn: asyncpg.Connection, spec: ExecutionSpec, run_id: str | None) -> None:
+    await conn.execute(
+        """
+        INSERT INTO execution.executions
+          (execution_id, workflow_id, run_id, tenant, actor, environment, title, status, mode,
+           sla_class, approval_level, idempotency_key, plan_hash, step_count, assets, tags,
+           metadata, trace_id, spec, previous_execution_id, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $10, $11, $12, $13, $14, $15,
+                $16::jsonb, $17, $18::jsonb, $19, coalesce($20, now()))
+        ON CONFLICT (execution_id) DO NOTHING
+        """,
+        spec.execution_id, spec.workflow_id, run_id, spec.tenant, spec.actor,
+        spec.environment.value, spec.title, spec.mode.value, spec.sla_class.value,
+        spec.approval_level, spec.idempotency_key, spec.plan_hash, len(spec.steps), spec.assets,
+        spec.tags, json.dumps(spec.metadata, default=str), spec.trace_id,
+        spec.model_dump_json(), spec.previous_execution_id, spec.submitted_at)
+    await conn.executemany(
+        """
+        INSERT INTO execution.execution_steps
+          (execution_id, step_id, position, tool, kind, action_class, description, target)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (execution_id, step_id) DO NOTHING
+        """,
+        [(spec.execution_id, s.id, i, s.tool, s.kind.value, s.action_class.value,
+          s.description, s.target) for i, s in enumerate(spec.steps)])
+
+
+async def _update_execution(conn: asyncpg.Connection, w: MirrorWrite) -> None:
+    if w.status is not None:
+        current = await conn.fetchval(
+            "SELECT status::text FROM execution.executions WHERE execution_id = $1 FOR UPDATE",
+            w.execution_id)
+        if current is None:
+            raise LookupError(f"execution {w.execution_id} has no mirror row")
+        if current != w.status.value:
+            check_transition(ExecutionStatus(current), w.status)
+    approval = (None if w.approval_state in (None, ApprovalState.NOT_REQUIRED)
+                else w.approval_state.value)
+    await conn.execute(
+        """
+        UPDATE execution.executions SET
+          status = coalesce($2::execution.execution_status, status),
+          approval_state = coalesce($3::execution.approval_state, approval_state),
+          result = coalesce($4::jsonb, result),
+          error = coalesce($5, error),
+          cancel_actor = coalesce($6, cancel_actor),
+          cancel_reason = coalesce($7, cancel_reason),
+          started_at = coalesce(started_at, $8),
+          completed_at = coalesce($9, completed_at),
+          deadline_at = coalesce($10, deadline_at),
+          run_id = coalesce(run_id, $11),
+          steps_completed = (SELECT count(*) FROM execution.execution_steps
+                             WHERE execution_id = $1 AND status = 'completed'),
+          steps_failed = (SELECT count(*) FROM execution.execution_steps
+                          WHERE execution_id = $1 AND status IN ('failed', 'timeout')),
+          updated_at = now()
+        WHERE execution_id = $1
+        """,
+        w.execution_id, w.status.value if w.status else None, approval,
+        _json(w.result), w.error, w.cancel_actor, w.cancel_reason, w.started_at,
+        w.completed_at, w.deadline_at, w.run_id)
+
+
+async def write_approvals(conn: asyncpg.Connection, execution_id: str,
+                          approvals: list[ApprovalRecord]) -> None:
+    for a in approvals:
+        await conn.execute(
+            """
+            INSERT INTO execution.approvals
+              (execution_id, gate, plan_hash, state, required_approvals, required_role,
+               senior_role, requested_at, expires_at, decided_at, decisions)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+            ON CONFLICT (execution_id, gate) DO UPDATE SET
+              state = excluded.state, decided_at = excluded.decided_at,
+              decisions = excluded.decisions, expires_at = excluded.expires_at,
+              updated_at = now()
+            """,
+            execution_id, a.gate, a.plan_hash, a.state.value, a.required_approvals,
+            a.required_role, a.senior_role, a.requested_at, a.expires_at, a.decided_at,
+            json.dumps(a.decisions, default=str))
+
+
+async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
+    async with conn.transaction():
+        if w.spec is not None:
+            await _create(conn, w.spec, w.run_id)
+        await write_steps(conn, w.execution_id, w.steps)
+        await write_approvals(conn, w.execution_id, w.approvals)
+        if (w.status or w.approval_state or w.result is not None or w.error or w.completed_at
+                or w.started_at or w.cancel_reason is not None or w.deadline_at or w.steps):
+            await _update_execution(conn, w)
+        await write_events(conn, w.execution_id, w.events)
+        if w.dead_letters:
+            await conn.executemany(
+                "INSERT INTO execution.execution_dlq (execution_id, workflow_id, step_id, reason,"
+                " error_type) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (execution_id, step_id) DO NOTHING",
+                [(w.execution_id, w.workflow_id, d.step_id, d.reason, d.error_type)
+                 for d in w.dead_letters])
+
+
+@activity.defn(name="mirror_write")
+async def mirror_write(w: MirrorWrite) -> MirrorWriteResult:
+    """Apply one batch to the mirror; on the first call also return the timeout policies."""
+    from safety.timeouts import apply_overrides, load_policies
+
+    pool = await get_pool()
+    async with pool.acquire() as conn:
+        await apply_mirror_write(conn, w)
+        if not w.load_policies or w.spec is None:
+            return MirrorWriteResult()
+        policies = await load_policies(conn)
+    sla = w.spec.sla_class
+    return MirrorWriteResult(policies={
+        action: apply_overrides(policy, w.spec.timeouts)
+        for (s, action), policy in policies.items() if s == sla
+    })
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

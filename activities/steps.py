@@ -1,0 +1,221 @@
+"""The step activity: one plan step, from permission check to masked result.
+
+Everything that touches the world for a step happens here, in one activity, so a step costs
+one Temporal round trip: RBAC, the fencing check and the "started" mirror write (one
+transaction), secret resolution, the executor, masking, and the "finished" mirror write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from schema.enums import StepStatus
+from schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
+
+from .db import get_pool
+from .executors.base import StepContext, StepOutcome
+from .executors.registry import executor_for
+from .mirror import write_events, write_steps
+
+log = logging.getLogger("opsconductor.step")
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+TIMEOUT_GRACE_SECONDS = 10.0  # the activity's own timeout exceeds the executor's by this much
+
+# Error types the workflow treats specially; all are non-retryable.
+LOCK_LOST = "LockLost"
+RBAC_DENIED = "RbacDenied"
+UNKNOWN_OUTCOME = "UnknownOutcome"
+SECRET_NOT_FOUND = "SecretNotFound"
+UNKNOWN_ASSET = "UnknownAsset"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fail(message: str, error_type: str, *, retryable: bool = False, **details: Any) -> None:
+    raise ApplicationError(message, details or None, type=error_type, non_retryable=not retryable)
+
+
+async def _check_permission(inp: StepRunInput, pool: Any) -> None:
+    from safety import rbac
+
+    decision = rbac.evaluate(tenant=inp.tenant, actor=inp.actor,
+                             resource=inp.step.target or "localhost", tool=inp.step.tool,
+                             action="execute", environment=inp.environment.value)
+    await rbac.audit(pool, decision, tenant=inp.tenant, actor=inp.actor,
+                     action="execute", resource=inp.step.target or "localhost",
+                     environment=inp.environment.value, execution_id=inp.execution_id,
+                     step_id=inp.step.id)
+    if not decision.allowed:
+        _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on "
+              f"{inp.step.target or 'localhost'} in {inp.environment.value}: {decision.reason}",
+              RBAC_DENIED)
+
+
+async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any) -> None:
+    """Fencing check, unknown-outcome guard and the 'running' row, in one transaction."""
+    from safety.mutex import check_fencing
+
+    from .attempts import record_attempt_started, unfinished_attempt
+
+    step = inp.step
+    async with pool.acquire() as conn, conn.transaction():
+        for asset, token in inp.fencing_tokens.items():
+            if not await check_fencing(conn, inp.tenant, asset, inp.execution_id, token):
+                _fail(f"lock lost: execution {inp.execution_id} no longer holds asset {asset!r} "
+                      f"(fencing token {token}); step {step.id} did not act", LOCK_LOST)
+        if attempt > 1 and not step.idempotent:
+            stale = await unfinished_attempt(conn, inp.execution_id, step.id)
+            if stale is not None:
+                _fail(f"step {step.id} attempt {stale['attempt']} started on "
+                      f"{stale['worker']} and never finished; its outcome is unknown and the "
+                      f"step is not idempotent, so it is not run again without an operator",
+                      UNKNOWN_OUTCOME, attempt=int(stale["attempt"]))
+        await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
+        await write_steps(conn, inp.execution_id, [StepRecord(
+            step_id=step.id, status=StepStatus.RUNNING, attempts=attempt, started_at=started)])
+        await write_events(conn, inp.execution_id, [EventRecord(
+            key=f"step:{step.id}:running:{attempt}", type="step.status", step_id=step.id,
+            from_status="pending" if attempt == 1 else "running", to_status="running",
+            message=f"attempt {attempt} started on {WORKER_ID}", at=started,
+            data={"attempt": attempt, "worker": WORKER_ID})])
+
+
+async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
+                      pool: Any) -> None:
+    from .attempts import record_attempt_finished
+
+    step = inp.step
+    status = result.status if final or result.status is StepStatus.COMPLETED \
+        else StepStatus.RUNNING
+    async with pool.acquire() as conn, conn.transaction():
+        await record_attempt_finished(conn, inp.execution_id, step.id, attempt,
+                                      result.status.value)
+        await write_steps(conn, inp.execution_id, [StepRecord(
+            step_id=step.id, status=status, attempts=attempt,
+            completed_at=result.completed_at if status is not StepStatus.RUNNING else None,
+            exit_code=result.exit_code, output=_mirror_output(result), error=result.error)])
+        event = EventRecord(
+            key=f"step:{step.id}:{result.status.value}:{attempt}",
+            type="step.status" if status is not StepStatus.RUNNING else "step.attempt_failed",
+            step_id=step.id, from_status="running", to_status=status.value,
+            message=result.error or f"attempt {attempt} {result.status.value}",
+            at=result.completed_at, data={"attempt": attempt, "exit_code": result.exit_code,
+                                          "duration_ms": result.duration_ms})
+        await write_events(conn, inp.execution_id, [event])
+
+
+def _mirror_output(result: StepResult) -> dict[str, Any]:
+    return {"stdout": result.stdout, "stderr": result.stderr, "output": result.output,
+            "duration_ms": result.duration_ms}
+
+
+async def _heartbeat_forever(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        activity.heartbeat()
+
+
+def _resolve_asset_sync_error(err: Exception) -> None:
+    _fail(str(err), UNKNOWN_ASSET)
+
+
+@activity.defn(name="run_step")
+async def run_step(inp: StepRunInput) -> StepResult:
+    from safety.secrets import SecretNotFound, resolver_from_env
+
+    from safety.masking import Masker, forget_secret_values, register_secret_values
+
+    info = activity.info()
+    attempt = info.attempt
+    step = inp.step
+    pool = await get_pool()
+    if inp.rbac_required:
+        await _check_permission(inp, pool)
+
+    asset = None
+    if step.target and step.target not in ("localhost", "local"):
+        from .assets import UnknownAsset, resolve_asset
+
+        try:
+            asset = await resolve_asset(step.target)
+        except UnknownAsset as err:
+            _resolve_asset_sync_error(err)
+
+    try:
+        inputs, secret_values = await resolver_from_env().resolve(step.inputs)
+    except SecretNotFound as err:
+        _fail(f"step {step.id}: {err}", SECRET_NOT_FOUND)
+    masker = Masker().with_secrets(secret_values)
+    register_secret_values(secret_values)
+
+    started = _now()
+    await _record_start(inp, attempt, started, pool)
+    timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
+                  inp.policy.step_timeout_seconds)
+    ctx = StepContext(
+        execution_id=inp.execution_id, workflow_id=inp.workflow_id, tenant=inp.tenant,
+        environment=inp.environment.value, step=step, inputs=inputs, timeout=timeout,
+        asset=asset, prior_outputs=inp.prior_outputs, attempt=attempt,
+        heartbeat=activity.heartbeat)
+    beat = asyncio.create_task(_heartbeat_forever(
+        max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
+    try:
+        outcome = await executor_for(step.kind).run(ctx)
+    except asyncio.CancelledError:
+        await _record_cancelled(inp, attempt, pool)
+        raise
+    except Exception as err:  # an executor bug must still produce an honest, masked failure
+        outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
+                              error_type="ExecutorError")
+    finally:
+        beat.cancel()
+        forget_secret_values(secret_values)
+
+    completed = _now()
+    result = StepResult(
+        step_id=step.id,
+        status=StepStatus.COMPLETED if outcome.ok else (
+            StepStatus.TIMEOUT if outcome.error_type == "StepTimeout" else StepStatus.FAILED),
+        attempts=attempt, exit_code=outcome.exit_code,
+        stdout=masker.mask_text(outcome.stdout), stderr=masker.mask_text(outcome.stderr),
+        output=masker.mask(outcome.output),
+        error=masker.mask_text(outcome.error) if outcome.error else None,
+        error_type=outcome.error_type, started_at=started, completed_at=completed,
+        duration_ms=(completed - started).total_seconds() * 1000)
+    final = outcome.ok or not outcome.retryable or attempt >= inp.policy.max_attempts
+    await _record_end(inp, attempt, result, final, pool)
+    if not outcome.ok:
+        log.warning("step %s attempt %d failed: %s", step.id, attempt, result.error)
+        raise ApplicationError(result.error or "step failed", result,
+                               type=outcome.error_type or "StepFailed",
+                               non_retryable=not outcome.retryable)
+    return result
+
+
+async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:
+    """Best effort: the workflow writes the final state too, so a failure here is harmless."""
+    from .attempts import record_attempt_finished
+
+    now = _now()
+    with contextlib.suppress(Exception):
+        async with pool.acquire() as conn, conn.transaction():
+            await record_attempt_finished(conn, inp.execution_id, inp.step.id, attempt,
+                                          "cancelled")
+            await write_steps(conn, inp.execution_id, [StepRecord(
+                step_id=inp.step.id, status=StepStatus.CANCELLED, attempts=attempt,
+                completed_at=now, error="cancelled")])
+            await write_events(conn, inp.execution_id, [EventRecord(
+                key=f"step:{inp.step.id}:cancelled:{attempt}", type="step.status",
+                step_id=inp.step.id, from_status="running", to_status="cancelled", at=now,
+                message="step cancelled; its processes were stopped")])

@@ -1,0 +1,378 @@
+"""`opsconductor`: the operator's command line.
+
+Every command takes `--json` for scripts and exits non-zero on failure or refusal:
+0 ok, 1 failed / refused, 2 bad input, 3 not found, 4 a server is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+SUCCESS_STATUSES = {"completed"}
+
+
+def _out(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> None:
+    if getattr(args, "json", False):
+        if isinstance(data, BaseModel):
+            data = data.model_dump(mode="json")
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text() if callable(text) else text)
+
+
+def _err(args: argparse.Namespace, message: str, code: int) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}))
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+async def _with_client(args: argparse.Namespace,
+                       fn: Callable[[Any], Awaitable[int]]) -> int:
+    from activities.db import DatabaseUnavailable
+    from schema.validation import RequestValidationError
+
+    from .client import ExecutionClient, ExecutionNotFound, SubmissionRefused
+
+    try:
+        client = await ExecutionClient.connect()
+    except DatabaseUnavailable as err:
+        return _err(args, str(err), EXIT_UNREACHABLE)
+    except RuntimeError as err:
+        return _err(args, str(err), EXIT_UNREACHABLE)
+    except OSError as err:
+        return _err(args, f"cannot reach Temporal: {err}", EXIT_UNREACHABLE)
+    try:
+        return await fn(client)
+    except RequestValidationError as err:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": "invalid request",
+                              "problems": [p.model_dump() for p in err.problems]}, indent=2))
+            return EXIT_INPUT
+        print(str(err), file=sys.stderr)
+        return EXIT_INPUT
+    except SubmissionRefused as err:
+        return _err(args, str(err), EXIT_FAILED)
+    except ExecutionNotFound as err:
+        return _err(args, str(err), EXIT_NOT_FOUND)
+    finally:
+        await client.close()
+
+
+# ---------------------------------------------------------------------- commands
+
+def _load_request(args: argparse.Namespace) -> dict[str, Any]:
+    path = Path(args.file)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise SystemExit(_err(args, f"no such file: {path}", EXIT_INPUT)) from err
+    except json.JSONDecodeError as err:
+        raise SystemExit(_err(args, f"{path} is not valid JSON: {err}", EXIT_INPUT)) from err
+    if not isinstance(doc, dict):
+        raise SystemExit(_err(args, f"{path} must hold a JSON object", EXIT_INPUT))
+    if "tenant" not in doc and "actor" not in doc:  # a bare PlanV1 or its plan object
+        doc = {"plan": doc}
+    overrides = {"tenant": args.tenant, "actor": args.actor, "environment": args.environment,
+                 "approval_level": args.approval_level, "sla_class": args.sla_class,
+                 "mode": args.mode}
+    for key, value in overrides.items():
+        if value is not None:
+            doc[key] = value
+    return doc
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    doc = _load_request(args)
+
+    async def go(client: Any) -> int:
+        resp = await client.execute(doc, wait=True if args.wait else None)
+        if resp.result is None:
+            _out(args, resp, f"execution {resp.execution_id} ({resp.status.value})"
+                 + (" — duplicate of an existing execution" if resp.duplicate else "")
+                 + f"\nworkflow id {resp.workflow_id}")
+            return EXIT_OK
+        _out(args, resp, lambda: _result_text(resp.result, resp.duplicate))
+        return EXIT_OK if resp.result.status.value in SUCCESS_STATUSES else EXIT_FAILED
+
+    return await _with_client(args, go)
+
+
+def _result_text(result: Any, duplicate: bool = False) -> str:
+    lines = [f"execution {result.execution_id}: {result.status.value}"
+             + (" (duplicate: existing execution)" if duplicate else "")]
+    for s in result.steps:
+        line = f"  {s.step_id:<28} {s.status.value:<10} attempts={s.attempts}"
+        if s.exit_code is not None:
+            line += f" exit={s.exit_code}"
+        if s.error:
+            line += f"  {s.error.splitlines()[0][:120]}"
+        lines.append(line)
+    if result.error:
+        lines.append(f"error: {result.error}")
+    return "\n".join(lines)
+
+
+def _status_text(view: dict[str, Any]) -> str:
+    lines = [f"execution {view['execution_id']}  workflow {view['workflow_id']}",
+             f"status {view['status']}  approval {view['approval_state']}"
+             + (f"  ({view['percent']}%)" if "percent" in view else "")]
+    if view.get("title"):
+        lines.append(f"title  {view['title']}  [{view.get('tenant')}/{view.get('environment')}"
+                     f" by {view.get('actor')}]")
+    if view.get("waiting_on"):
+        lines.append(f"waiting on {view['waiting_on']}")
+    for s in view["steps"]:
+        lines.append(f"  {s['id']:<28} {s['status']:<10} attempts={s['attempts']}"
+                     + (f" exit={s['exit_code']}" if s["exit_code"] is not None else "")
+                     + (f"  {str(s['error']).splitlines()[0][:100]}" if s["error"] else ""))
+    if view.get("error"):
+        lines.append(f"error: {view['error']}")
+    return "\n".join(lines)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        view = await client.status(args.id)
+        _out(args, view, lambda: _status_text(view))
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        rows = await client.list(status=args.status, tenant=args.tenant, limit=args.limit)
+        _out(args, rows, lambda: "\n".join(
+            f"{r['execution_id']}  {r['status']:<16} {r['tenant']:<12} {r['actor']:<12} "
+            f"{r['steps_completed']}/{r['step_count']}  {r['title']}" for r in rows)
+            or "no executions")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+def _decision_cmd(kind: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    async def cmd(args: argparse.Namespace) -> int:
+        async def go(client: Any) -> int:
+            if kind == "cancel":
+                outcome = await client.cancel(args.id, args.actor, args.reason)
+            elif kind == "resolve":
+                outcome = await client.resolve(args.id, args.actor, args.action, args.step)
+            else:
+                method = client.approve if kind == "approve" else client.reject
+                outcome = await method(args.id, args.approver, args.comment, args.plan_hash)
+            _out(args, outcome, ("accepted: " if outcome.accepted else "refused: ")
+                 + outcome.reason)
+            return EXIT_OK if outcome.accepted else EXIT_FAILED
+
+        return await _with_client(args, go)
+
+    return cmd
+
+
+async def cmd_pending(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        rows = await client.pending(args.approver)
+        _out(args, rows, lambda: "\n".join(
+            f"{r['execution_id']}  gate={r['gate']:<20} needs {r['required_approvals']}× "
+            f"{r['required_role']}  requested by {r['actor']}  expires {r['expires_at']}  "
+            f"{r['title']}" for r in rows) or "nothing waiting")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    from .progress_view import watch
+
+    async def go(client: Any) -> int:
+        view = await watch(client, args.id, json_lines=args.json)
+        return EXIT_OK if view["status"] in SUCCESS_STATUSES else EXIT_FAILED
+
+    return await _with_client(args, go)
+
+
+async def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from .dlq import list_dlq
+
+    async def go(client: Any) -> int:
+        rows = await list_dlq(client, include_all=args.all)
+        _out(args, rows, lambda: "\n".join(
+            f"{r['id']:>5}  {r['status']:<9} {r['execution_id']}  {r['step_id'] or '-':<24} "
+            f"{r['reason'][:80]}" for r in rows) or "the DLQ is empty")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
+    from .dlq import requeue
+
+    async def go(client: Any) -> int:
+        resp = await requeue(client, args.id, args.actor)
+        _out(args, resp, f"requeued as execution {resp.execution_id} "
+                         f"(workflow {resp.workflow_id})")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    from .health import check_health
+
+    report = await check_health()
+    _out(args, report, lambda: "\n".join(f"{k:<10} {'ok' if v['ok'] else 'DOWN'}  {v['detail']}"
+                                         for k, v in report.items()))
+    return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_UNREACHABLE
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from schema.config import load_settings
+    from schema.migrate import migrate
+
+    url = load_settings().database_url
+    if not url:
+        return _err(args, "no database: set OPSC_DATABASE_URL or start `opsconductor dev`",
+                    EXIT_UNREACHABLE)
+    try:
+        applied = await migrate(url)
+    except OSError as err:
+        return _err(args, f"cannot reach PostgreSQL: {err}", EXIT_UNREACHABLE)
+    _out(args, {"applied": applied},
+         "applied: " + ", ".join(applied) if applied else "schema is up to date")
+    return EXIT_OK
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from .worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await run_worker(stop=stop)
+    except RuntimeError as err:
+        return _err(args, str(err), EXIT_UNREACHABLE)
+    return EXIT_OK
+
+
+async def cmd_dev(args: argparse.Namespace) -> int:
+    from .dev_stack import run_dev
+
+    return await run_dev()
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return await run_demo(json_output=args.json)
+
+
+# ---------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opsconductor",
+                                description="OpsConductor Execution: run approved plans safely.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[..., Awaitable[int]], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("dev", cmd_dev, "run the embedded stack (Temporal, Postgres, worker) in the foreground")
+    add("demo", cmd_demo, "run the bundled example execution (starts a stack if none runs)")
+    add("worker", cmd_worker, "run a worker against the configured Temporal and Postgres")
+    db = sub.add_parser("db", help="database commands")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    mig = dbsub.add_parser("migrate", help="apply pending migrations")
+    mig.add_argument("--json", action="store_true")
+    mig.set_defaults(fn=cmd_migrate)
+
+    run = add("run", cmd_run, "submit a plan (an envelope, a PlanV1 or its plan object)")
+    run.add_argument("file")
+    run.add_argument("--tenant")
+    run.add_argument("--actor")
+    run.add_argument("--environment", choices=["dev", "staging", "prod"])
+    run.add_argument("--approval-level", type=int, choices=[0, 1, 2, 3])
+    run.add_argument("--sla-class", choices=["fast", "medium", "long"])
+    run.add_argument("--mode", choices=["immediate", "background"])
+    run.add_argument("--wait", action="store_true", help="wait for the result")
+
+    st = add("status", cmd_status, "show an execution")
+    st.add_argument("id", help="execution id or workflow id")
+    ls = add("list", cmd_list, "list executions")
+    ls.add_argument("--status")
+    ls.add_argument("--tenant")
+    ls.add_argument("--limit", type=int, default=50)
+
+    for kind in ("approve", "reject"):
+        sp = add(kind, _decision_cmd(kind), f"{kind} an execution waiting for approval")
+        sp.add_argument("id")
+        sp.add_argument("--approver", required=True)
+        sp.add_argument("--comment", required=(kind == "reject"))
+        sp.add_argument("--plan-hash", help="the plan hash you reviewed (refused on mismatch)")
+    ca = add("cancel", _decision_cmd("cancel"), "cancel an execution (cleanup and rollback run)")
+    ca.add_argument("id")
+    ca.add_argument("--reason", required=True)
+    ca.add_argument("--actor", default=_default_actor())
+    rs = add("resolve", _decision_cmd("resolve"), "resolve a step whose outcome is unknown")
+    rs.add_argument("id")
+    rs.add_argument("--action", required=True, choices=["retry", "skip", "fail"])
+    rs.add_argument("--actor", default=_default_actor())
+    rs.add_argument("--step")
+    pe = add("pending", cmd_pending, "executions waiting for a decision")
+    pe.add_argument("--approver", help="only those this approver may decide")
+    wa = add("watch", cmd_watch, "follow an execution until it ends")
+    wa.add_argument("id")
+
+    dlq = sub.add_parser("dlq", help="dead-letter queue of failed executions")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dl = dsub.add_parser("list", help="list DLQ entries")
+    dl.add_argument("--json", action="store_true")
+    dl.add_argument("--all", action="store_true", help="include requeued and discarded")
+    dl.set_defaults(fn=cmd_dlq_list)
+    dr = dsub.add_parser("requeue", help="run a DLQ entry's execution again")
+    dr.add_argument("id", type=int)
+    dr.add_argument("--json", action="store_true")
+    dr.add_argument("--actor", default=_default_actor())
+    dr.set_defaults(fn=cmd_dlq_requeue)
+
+    add("health", cmd_health, "check Temporal, Postgres and workers")
+    return p
+
+
+def _default_actor() -> str:
+    import getpass
+    import os
+
+    return os.environ.get("OPSC_ACTOR") or getpass.getuser()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.fn(args))
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""The client library Stage D calls: submit, inspect and steer executions.
+
+`execute()` validates everything before it writes or starts anything, so a rejected request
+leaves no trace; an accepted one is claimed in Postgres (the idempotency window) and started
+as one Temporal workflow whose id derives from tenant + idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from activities import db
+from activities.assets import check_targets
+from safety import idempotency, rbac
+from schema.config import Settings, load_settings
+from schema.enums import ExecutionMode, ExecutionStatus
+from schema.messages import DecisionOutcome, ExecutionResult, Progress
+from schema.request import ExecutionRequest
+from schema.spec import ExecutionSpec, build_spec
+from schema.validation import Problem, RequestValidationError, validate_request
+from workflows.execution import ExecutionWorkflow
+
+from .worker import connect
+
+
+class SubmissionRefused(RuntimeError):
+    """The request is valid but may not run (RBAC) — nothing was started."""
+
+
+class ExecutionNotFound(LookupError):
+    pass
+
+
+class ExecutionResponse(BaseModel):
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    mode: ExecutionMode
+    duplicate: bool = False
+    previous_execution_id: str | None = None
+    result: ExecutionResult | None = None
+
+
+@dataclass
+class ExecutionClient:
+    temporal: Client
+    pool: asyncpg.Pool
+    settings: Settings
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> ExecutionClient:
+        settings = settings or load_settings()
+        if not settings.database_url:
+            raise db.DatabaseUnavailable("no database configured: set OPSC_DATABASE_URL or "
+                                         "start `opsconductor dev`")
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
+        try:
+            temporal = await connect(settings)
+        except Exception:
+            await pool.close()
+            raise
+        return cls(temporal=temporal, pool=pool, settings=settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def __aenter__(self) -> ExecutionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ submit
+
+    async def prepare(self, raw: Any) -> ExecutionRequest:
+        """Every check that needs no write: structure, tools, inputs, assets, permission."""
+        request = validate_request(raw)
+        targets = sorted({s.inputs.get("target") for s in request.steps
+                          if isinstance(s.inputs.get("target"), str)} - {"localhost", "local"})
+        unknown = await check_targets(targets)
+        if unknown:
+            raise RequestValidationError([
+                Problem(path=f"plan.plan.steps[{i}].inputs.target",
+                        message=f"unknown asset {s.inputs.get('target')!r}")
+                for i, s in enumerate(request.steps) if s.inputs.get("target") in unknown])
+        return request
+
+    async def _authorize_submission(self, request: ExecutionRequest, execution_id: str) -> None:
+        policy = await rbac.load_policy(self.pool)
+        for step in request.steps:
+            target = step.inputs.get("target") or "localhost"
+            decision = policy.evaluate(tenant=request.tenant, actor=request.actor,
+                                       resource=str(target), tool=step.tool, action="execute",
+                                       environment=request.environment.value)
+            await rbac.audit(self.pool, decision, tenant=request.tenant, actor=request.actor,
+                             action="execute", resource=str(target),
+                             environment=request.environment.value,
+                             execution_id=execution_id, step_id=step.id)
+            if not decision.allowed:
+                raise SubmissionRefused(
+                    f"denied: {request.actor} may not execute {step.tool} on {target} in "
+                    f"{request.environment.value} (step {step.id}): {decision.reason}")
+
+    async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
+        request = await self.prepare(raw)
+        plan_doc = request.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
+        key = idempotency.idempotency_key(plan_doc, request.tenant, request.actor)
+        claim = await idempotency.claim(self.pool, request.tenant, key,
+                                        new_execution_id=str(uuid.uuid4()))
+        if claim.is_new:
+            try:
+                await self._authorize_submission(request, claim.execution_id)
+            except SubmissionRefused:
+                await idempotency.abandon(self.pool, request.tenant, key, claim.execution_id)
+                raise
+        spec = build_spec(request, execution_id=claim.execution_id,
+                          workflow_id=claim.workflow_id, idempotency_key=key,
+                          previous_execution_id=claim.previous_execution_id,
+                          submitted_at=claim.created_at or datetime.now(UTC))
+        handle = await self._ensure_started(spec)
+        response = ExecutionResponse(
+            execution_id=spec.execution_id, workflow_id=spec.workflow_id,
+            status=ExecutionStatus.QUEUED, mode=spec.mode, duplicate=not claim.is_new,
+            previous_execution_id=spec.previous_execution_id)
+        should_wait = (spec.mode is ExecutionMode.IMMEDIATE) if wait is None else wait
+        if should_wait:
+            response.result = await self._wait_result(handle)
+            response.status = response.result.status
+        elif not claim.is_new:
+            response.status = await self._current_status(spec.execution_id, handle)
+        return response
+
+    async def _ensure_started(self, spec: ExecutionSpec) -> WorkflowHandle[Any, Any]:
+        """Start the workflow, or find it: a crash between claim and start heals here."""
+        try:
+            return await self.temporal.start_workflow(
+                ExecutionWorkflow.run, spec, id=spec.workflow_id,
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=search_attributes(spec),
+                static_summary=f"{spec.tenant}: {spec.title} ({len(spec.steps)} steps)"[:400],
+                static_details=(f"execution {spec.execution_id}, requested by {spec.actor} in "
+                                f"{spec.environment.value}, SLA {spec.sla_class.value}"))
+        except WorkflowAlreadyStartedError:
+            return self.temporal.get_workflow_handle(spec.workflow_id)
+
+    async def _wait_result(self, handle: WorkflowHandle[Any, Any]) -> ExecutionResult:
+        try:
+            return await handle.result(result_type=ExecutionResult)  # type: ignore[no-any-return]
+        except WorkflowFailureError:
+            # Cancelled through Temporal (or failed): the mirror has the final word.
+            return await self.result(handle.id)
+
+    async def _current_status(self, execution_id: str,
+                              handle: WorkflowHandle[Any, Any]) -> ExecutionStatus:
+        row = await self.pool.fetchrow(
+            "SELECT status::text FROM execution.executions WHERE execution_id = $1",
+            uuid.UUID(execution_id))
+        return ExecutionStatus(row["status"]) if row else ExecutionStatus.QUEUED
+
+    # ------------------------------------------------------------------ look up
+
+    async def resolve_ids(self, ident: str) -> tuple[str, str]:
+        """Accept an execution id or a workflow id; return both."""
+        try:
+            as_uuid = uuid.UUID(ident)
+        except ValueError:
+            as_uuid = None
+        row = await self.pool.fetchrow(
+            "SELECT execution_id::text, workflow_id FROM execution.executions "
+            "WHERE workflow_id = $1 OR execution_id = $2", ident, as_uuid)
+        if row:
+            return row["execution_id"], row["workflow_id"]
+        found = await idempotency.find(self.pool, ident)
+        if found:
+            return found
+        raise ExecutionNotFound(f"no execution with id {ident!r}")
+
+    async def handle(self, ident: str) -> WorkflowHandle[Any, Any]:
+        _, workflow_id = await self.resolve_ids(ident)
+        return self.temporal.get_workflow_handle(workflow_id)
+
+    async def progress(self, ident: str) -> Progress | None:
+        handle = await self.handle(ident)
+        try:
+            return await asyncio.wait_for(handle.query("progress", result_type=Progress), 5)
+        except (RPCError, TimeoutError):
+            return None
+
+    async def status(self, ident: str) -> dict[str, Any]:
+        execution_id, workflow_id = await self.resolve_ids(ident)
+        row = await self.pool.fetchrow(
+            "SELECT * FROM execution.executions WHERE execution_id = $1",
+            uuid.UUID(execution_id))
+        steps = await self.pool.fetch(
+            "SELECT step_id, status, attempts, started_at, completed_at, exit_code, error, "
+            "target, tool, description FROM execution.execution_steps "
+            "WHERE execution_id = $1 ORDER BY position", uuid.UUID(execution_id))
+        temporal_status = None
+        try:
+            desc = await self.temporal.get_workflow_handle(workflow_id).describe()
+            temporal_status = desc.status.name if desc.status else None
+        except RPCError:
+            pass
+        view: dict[str, Any] = {
+            "execution_id": execution_id, "workflow_id": workflow_id,
+            "status": row["status"] if row else ExecutionStatus.QUEUED.value,
+            "approval_state": (row["approval_state"] if row and row["approval_state"]
+                               else "not_required"),
+            "temporal_status": temporal_status,
+            "tenant": row["tenant"] if row else None, "actor": row["actor"] if row else None,
+            "environment": row["environment"] if row else None,
+            "title": row["title"] if row else None,
+            "sla_class": row["sla_class"] if row else None,
+            "mode": row["mode"] if row else None,
+            "error": row["error"] if row else None,
+            "cancel_actor": row["cancel_actor"] if row else None,
+            "cancel_reason": row["cancel_reason"] if row else None,
+            "created_at": _iso(row["created_at"]) if row else None,
+            "completed_at": _iso(row["completed_at"]) if row else None,
+            "steps": [{"id": s["step_id"], "status": s["status"], "attempts": s["attempts"],
+                       "started_at": _iso(s["started_at"]),
+                       "completed_at": _iso(s["completed_at"]), "exit_code": s["exit_code"],
+                       "error": s["error"], "tool": s["tool"], "target": s["target"],
+                       "description": s["description"]} for s in steps],
+        }
+        if temporal_status == WorkflowExecutionStatus.RUNNING.name:
+            progress = await self.progress(workflow_id)
+            if progress is not None:
+                view["percent"] = progress.percent
+                view["waiting_on"] = progress.waiting_on
+                view["current_step"] = progress.current_step
+                view["status"] = progress.status.value
+                view["approval_state"] = progress.approval_state.value
+        return view
+
+    async def result(self, ident: str) -> ExecutionResult:
+        execution_id, workflow_id = await self.resolve_ids(ident)
+        handle = self.temporal.get_workflow_handle(workflow_id)
+        try:
+            return await handle.result(result_type=ExecutionResult)  # type: ignore[no-any-return]
+        except WorkflowFailureError:
+            pass
+        row = await self.pool.fetchval(
+            "SELECT result FROM execution.executions WHERE execution_id = $1",
+            uuid.UUID(execution_id))
+        if row is None:
+            raise ExecutionNotFound(f"execution {ident!r} has no result yet")
+        view = await self.status(execution_id)
+        data = _json_loads(row)
+        data["steps"] = [{"step_id": s["id"], "status": s["status"], "attempts": s["attempts"],
+                          "started_at": s["started_at"], "completed_at": s["completed_at"],
+                          "exit_code": s["exit_code"], "error": s["error"]}
+                         for s in view["steps"]]
+        return ExecutionResult.model_validate(data)
+
+    async def list(self, *, status: str | None = None, tenant: str | None = None,
+                   limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """
+            SELECT execution_id::text, workflow_id, tenant, actor, environment, title,
+                   status::text, approval_state::text, sla_class::text, step_count,
+                   steps_completed, steps_failed, created_at, completed_at
+            FROM execution.executions
+            WHERE ($1::text IS NULL OR status::text = $1) AND ($2::text IS NULL OR tenant = $2)
+            ORDER BY created_at DESC LIMIT $3
+            """, status, tenant, limit)
+        return [{k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()}
+                for r in rows]
+
+    # ------------------------------------------------------------------ steer
+
+    async def _decide(self, ident: str, update: str, signal: str,
+                      payload: dict[str, Any]) -> DecisionOutcome:
+        """Use the update (immediate answer); fall back to the signal if no worker answers."""
+        handle = await self.handle(ident)
+        try:
+            return await asyncio.wait_for(  # type: ignore[no-any-return]
+                handle.execute_update(update, payload, result_type=DecisionOutcome), 30)
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            return DecisionOutcome(accepted=False,
+                                   reason=getattr(cause, "message", None) or str(cause or err))
+        except RPCError as err:
+            if "workflow execution already completed" in str(err).lower():
+                return DecisionOutcome(accepted=False, reason="the execution has already ended")
+            raise
+        except TimeoutError:
+            await handle.signal(signal, payload)
+            return DecisionOutcome(accepted=True,
+                                   reason=f"no worker answered in 30s; sent as the {signal!r} "
+                                          "signal, which the workflow checks when it runs")
+
+    async def approve(self, ident: str, approver: str, comment: str | None = None,
+                      plan_hash: str | None = None) -> DecisionOutcome:
+        payload = {"approver": approver, "comment": comment, "plan_hash": plan_hash}
+        return await self._decide(ident, "approve_update", "approve",
+                                  {k: v for k, v in payload.items() if v is not None})
+
+    async def reject(self, ident: str, approver: str, comment: str | None = None,
+                     plan_hash: str | None = None) -> DecisionOutcome:
+        payload = {"approver": approver, "comment": comment, "plan_hash": plan_hash}
+        return await self._decide(ident, "reject_update", "reject",
+                                  {k: v for k, v in payload.items() if v is not None})
+
+    async def cancel(self, ident: str, actor: str, reason: str) -> DecisionOutcome:
+        return await self._decide(ident, "cancel_update", "cancel",
+                                  {"actor": actor, "reason": reason})
+
+    async def resolve(self, ident: str, actor: str, action: str,
+                      step_id: str | None = None) -> DecisionOutcome:
+        payload: dict[str, Any] = {"actor": actor, "action": action}
+        if step_id:
+            payload["step_id"] = step_id
+        return await self._decide(ident, "resolve_update", "resolve", payload)
+
+    async def pending(self, approver: str | None = None) -> list[dict[str, Any]]:
+        """Executions waiting for a decision that `approver` may make."""
+        rows = await self.pool.fetch(
+            """
+            SELECT e.execution_id::text, e.workflow_id, e.tenant, e.actor, e.environment,
+                   e.title, a.gate, a.required_role, a.senior_role, a.required_approvals,
+                   a.expires_at, a.plan_hash, a.decisions
+            FROM execution.approvals a JOIN execution.executions e USING (execution_id)
+            WHERE a.state = 'pending' AND e.status = 'pending_approval'
+            ORDER BY a.requested_at
+            """)
+        policy = await rbac.load_policy(self.pool) if approver else None
+        out = []
+        for r in rows:
+            item = {k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()}
+            decisions = _json_loads(item.pop("decisions"))
+            item["approved_by"] = [d["approver"] for d in decisions
+                                   if d.get("accepted") and d.get("decision") == "approve"]
+            if approver and policy is not None:
+                roles = policy.roles_of(r["tenant"], approver, r["environment"])
+                if (approver == r["actor"] or approver in item["approved_by"]
+                        or r["required_role"] not in roles):
+                    continue
+            out.append(item)
+        return out
+
+
+def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:
+    def kw(name: str, value: str) -> SearchAttributePair[Any]:
+        return SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
+
+    return TypedSearchAttributes([
+        kw("OpsTenant", spec.tenant), kw("OpsEnvironment", spec.environment.value),
+        kw("OpsActor", spec.actor), kw("OpsStatus", ExecutionStatus.QUEUED.value),
+        kw("OpsSlaClass", spec.sla_class.value),
+        kw("OpsApprovalState", "pending" if spec.approval_level else "not_required"),
+        SearchAttributePair(SearchAttributeKey.for_keyword_list("OpsAssets"),
+                            spec.assets or ["localhost"]),
+    ])
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _json_loads(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value

@@ -1,0 +1,72 @@
+"""The worker process: ExecutionWorkflow plus every activity, with log masking installed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from activities.locks import acquire_locks, release_locks
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities import db
+from activities.authz import authorize
+from activities.cleanup import run_cleanup
+from activities.mirror import mirror_write
+from activities.steps import run_step
+from safety.masking import install_log_masking
+from schema.config import Settings, load_settings
+from workflows.execution import ExecutionWorkflow
+
+log = logging.getLogger("opsconductor.worker")
+
+ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup, acquire_locks,
+                             release_locks)
+PASSTHROUGH = ("schema", "pydantic", "pydantic_core", "annotated_types")
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+
+
+async def connect(settings: Settings) -> Client:
+    if not settings.temporal_address:
+        raise RuntimeError("no Temporal server configured: set OPSC_TEMPORAL_ADDRESS or start "
+                           "`opsconductor dev`")
+    return await Client.connect(settings.temporal_address, namespace=settings.namespace,
+                                data_converter=pydantic_data_converter)
+
+
+def build_worker(client: Client, task_queue: str, *, max_concurrent_activities: int = 200,
+                 **kwargs: Any) -> Worker:
+    return Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
+                  activities=list(ACTIVITIES), workflow_runner=workflow_runner(),
+                  max_concurrent_activities=max_concurrent_activities,
+                  activity_executor=ThreadPoolExecutor(4), **kwargs)
+
+
+async def run_worker(settings: Settings | None = None,
+                     stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or forever); the pool and masking are set up first."""
+    settings = settings or load_settings()
+    install_log_masking()
+    if not settings.database_url:
+        raise RuntimeError("no database configured: set OPSC_DATABASE_URL or start "
+                           "`opsconductor dev`")
+    pool = await db.create_pool(settings.database_url)
+    db.set_pool(pool)
+    client = await connect(settings)
+    worker = build_worker(client, settings.task_queue)
+    log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+    try:
+        async with worker:
+            await (stop.wait() if stop else asyncio.Event().wait())
+    finally:
+        db.set_pool(None)
+        await pool.close()
