@@ -15,6 +15,7 @@ from schema.enums import ActionClass, FailureHandling, StepKind, StepStatus
 from schema.messages import CleanupInput, StepResult
 from schema.spec import StepSpec
 
+from .assets import resolve_asset
 from .executors.base import StepContext
 from .executors.command import CommandExecutor
 
@@ -25,11 +26,7 @@ async def run_cleanup(inp: CleanupInput) -> StepResult:
 
     from .steps import _heartbeat_forever, _now
 
-    asset = None
-    if inp.target and inp.target not in ("localhost", "local"):
-        from .assets import resolve_asset
-
-        asset = await resolve_asset(inp.target)
+    asset = await resolve_asset(inp.target)
     step = StepSpec(id=f"{inp.reason}:{inp.step_id}", description=f"{inp.reason} of {inp.step_id}",
                     tool="shell", kind=StepKind.COMMAND, action_class=ActionClass.MODIFY,
                     inputs={"command": inp.command}, command=inp.command, target=inp.target,

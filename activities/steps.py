@@ -21,6 +21,8 @@ from temporalio.exceptions import ApplicationError
 from schema.enums import StepStatus
 from schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
 
+from .assets import UnknownAsset, resolve_asset
+from .checks import result_context, run_checks
 from .db import get_pool
 from .executors.base import StepContext, StepOutcome
 from .executors.registry import executor_for
@@ -66,22 +68,26 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
     """Fencing check, unknown-outcome guard and the 'running' row, in one transaction."""
     from safety.mutex import check_fencing
 
-    from .attempts import record_attempt_started, unfinished_attempt
+    from .attempts import record_attempt_started, resolve_unfinished, unfinished_attempt
 
     step = inp.step
     async with pool.acquire() as conn, conn.transaction():
-        for asset, token in inp.fencing_tokens.items():
+        for asset, token in sorted(inp.fencing_tokens.items()):
             if not await check_fencing(conn, inp.tenant, asset, inp.execution_id, token):
                 _fail(f"lock lost: execution {inp.execution_id} no longer holds asset {asset!r} "
                       f"(fencing token {token}); step {step.id} did not act", LOCK_LOST)
-        if attempt > 1 and not step.idempotent:
-            stale = await unfinished_attempt(conn, inp.execution_id, step.id)
+        if not step.idempotent:
+            if inp.override_unknown_outcome:
+                await resolve_unfinished(conn, inp.execution_id, step.id, "retry", inp.actor)
+            stale = await unfinished_attempt(conn, inp.execution_id, step.id,
+                                             before_attempt=attempt)
             if stale is not None:
-                _fail(f"step {step.id} attempt {stale['attempt']} started on "
-                      f"{stale['worker']} and never finished; its outcome is unknown and the "
-                      f"step is not idempotent, so it is not run again without an operator",
-                      UNKNOWN_OUTCOME, attempt=int(stale["attempt"]))
-        await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
+                _fail(f"step {step.id} attempt {stale.attempt} started on {stale.worker} at "
+                      f"{stale.started_at:%H:%M:%S} and never finished; its outcome is unknown "
+                      f"and the step is not idempotent, so it is not run again until an "
+                      f"operator resolves it (retry, skip or fail)",
+                      UNKNOWN_OUTCOME, attempt=stale.attempt)
+            await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
         await write_steps(conn, inp.execution_id, [StepRecord(
             step_id=step.id, status=StepStatus.RUNNING, attempts=attempt, started_at=started)])
         await write_events(conn, inp.execution_id, [EventRecord(
@@ -99,8 +105,10 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
     status = result.status if final or result.status is StepStatus.COMPLETED \
         else StepStatus.RUNNING
     async with pool.acquire() as conn, conn.transaction():
-        await record_attempt_finished(conn, inp.execution_id, step.id, attempt,
-                                      result.status.value)
+        if not step.idempotent:
+            outcome = {StepStatus.COMPLETED: "succeeded", StepStatus.TIMEOUT: "timeout"}.get(
+                result.status, "failed")
+            await record_attempt_finished(conn, inp.execution_id, step.id, attempt, outcome)
         await write_steps(conn, inp.execution_id, [StepRecord(
             step_id=step.id, status=status, attempts=attempt,
             completed_at=result.completed_at if status is not StepStatus.RUNNING else None,
@@ -126,13 +134,9 @@ async def _heartbeat_forever(interval: float) -> None:
         activity.heartbeat()
 
 
-def _resolve_asset_sync_error(err: Exception) -> None:
-    _fail(str(err), UNKNOWN_ASSET)
-
-
 @activity.defn(name="run_step")
 async def run_step(inp: StepRunInput) -> StepResult:
-    from safety.secrets import SecretNotFound, resolver_from_env
+    from safety.secrets import SecretError, resolver_from_env
 
     from safety.masking import Masker, forget_secret_values, register_secret_values
 
@@ -143,21 +147,30 @@ async def run_step(inp: StepRunInput) -> StepResult:
     if inp.rbac_required:
         await _check_permission(inp, pool)
 
-    asset = None
-    if step.target and step.target not in ("localhost", "local"):
-        from .assets import UnknownAsset, resolve_asset
-
-        try:
-            asset = await resolve_asset(step.target)
-        except UnknownAsset as err:
-            _resolve_asset_sync_error(err)
+    try:
+        asset = await resolve_asset(step.target)
+    except UnknownAsset as err:
+        _fail(str(err), UNKNOWN_ASSET)
 
     try:
         inputs, secret_values = await resolver_from_env().resolve(step.inputs)
-    except SecretNotFound as err:
-        _fail(f"step {step.id}: {err}", SECRET_NOT_FOUND)
+    except SecretError as err:
+        from .assets import secret_failure
+
+        error_type, retryable = secret_failure(err)
+        _fail(f"step {step.id}: {err}", error_type, retryable=retryable)
     masker = Masker().with_secrets(secret_values)
     register_secret_values(secret_values)
+    checks: list[dict[str, Any]] = []
+    if step.preconditions:
+        results = await run_checks(step.preconditions, context={"steps": inp.prior_outputs},
+                                   asset=asset)
+        checks += [{"kind": "precondition", **r.to_dict()} for r in results]
+        failed = [r for r in results if not r.passed]
+        if failed:
+            forget_secret_values(secret_values)
+            _fail(masker.mask_text(f"step {step.id} precondition failed: {failed[0].expr}: "
+                                   f"{failed[0].detail}"), "PreconditionFailed")
 
     started = _now()
     await _record_start(inp, attempt, started, pool)
@@ -182,6 +195,18 @@ async def run_step(inp: StepRunInput) -> StepResult:
         beat.cancel()
         forget_secret_values(secret_values)
 
+    if outcome.ok and step.success_criteria:
+        context = {**result_context(outcome), "steps": inp.prior_outputs}
+        results = await run_checks(step.success_criteria, context=context, asset=asset)
+        checks += [{"kind": "success_criterion", **r.to_dict()} for r in results]
+        failed = [r for r in results if not r.passed]
+        if failed:
+            outcome.ok = False
+            outcome.error = f"success criterion failed: {failed[0].expr}: {failed[0].detail}"
+            outcome.error_type = "SuccessCriterionFailed"
+            outcome.retryable = step.idempotent
+    if checks:
+        outcome.output = {"result": outcome.output, "checks": checks}
     completed = _now()
     result = StepResult(
         step_id=step.id,
@@ -210,8 +235,9 @@ async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:
     now = _now()
     with contextlib.suppress(Exception):
         async with pool.acquire() as conn, conn.transaction():
-            await record_attempt_finished(conn, inp.execution_id, inp.step.id, attempt,
-                                          "cancelled")
+            if not inp.step.idempotent:
+                await record_attempt_finished(conn, inp.execution_id, inp.step.id, attempt,
+                                              "cancelled")
             await write_steps(conn, inp.execution_id, [StepRecord(
                 step_id=inp.step.id, status=StepStatus.CANCELLED, attempts=attempt,
                 completed_at=now, error="cancelled")])

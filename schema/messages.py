@@ -15,6 +15,7 @@ from .enums import (
     SlaClass,
     StepStatus,
 )
+from .request import SafetyCheck
 from .spec import ExecutionSpec, StepSpec
 
 
@@ -254,3 +255,15 @@ class LockRelease(BaseModel):
     tenant: str
     execution_id: str
     tokens: dict[str, int]
+
+
+class SafetyChecksInput(BaseModel):
+    execution_id: str
+    stage: Literal["before", "during", "after"]
+    checks: list[SafetyCheck]
+    prior_outputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class SafetyChecksResult(BaseModel):
+    abort: bool
+    outcomes: list[dict[str, Any]] = Field(default_factory=list)

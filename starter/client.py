@@ -34,10 +34,11 @@ from temporalio.service import RPCError
 
 from activities import db
 from activities.assets import check_targets
+from activities.mirror import write_events
 from safety import idempotency, rbac
 from schema.config import Settings, load_settings
 from schema.enums import ExecutionMode, ExecutionStatus
-from schema.messages import DecisionOutcome, ExecutionResult, Progress
+from schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
 from schema.request import ExecutionRequest
 from schema.spec import ExecutionSpec, build_spec
 from schema.validation import Problem, RequestValidationError, validate_request
@@ -302,9 +303,11 @@ class ExecutionClient:
             return await asyncio.wait_for(  # type: ignore[no-any-return]
                 handle.execute_update(update, payload, result_type=DecisionOutcome), 30)
         except WorkflowUpdateFailedError as err:
+            # A validator's refusal never reaches history: record it in the mirror here.
             cause = err.cause
-            return DecisionOutcome(accepted=False,
-                                   reason=getattr(cause, "message", None) or str(cause or err))
+            reason = getattr(cause, "message", None) or str(cause or err)
+            await self._record_refusal(ident, signal, payload, reason)
+            return DecisionOutcome(accepted=False, reason=reason)
         except RPCError as err:
             if "workflow execution already completed" in str(err).lower():
                 return DecisionOutcome(accepted=False, reason="the execution has already ended")
@@ -314,6 +317,21 @@ class ExecutionClient:
             return DecisionOutcome(accepted=True,
                                    reason=f"no worker answered in 30s; sent as the {signal!r} "
                                           "signal, which the workflow checks when it runs")
+
+    async def _record_refusal(self, ident: str, kind: str, payload: dict[str, Any],
+                              reason: str) -> None:
+        execution_id, _ = await self.resolve_ids(ident)
+        actor = payload.get("approver") or payload.get("actor")
+        async with self.pool.acquire() as conn:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM execution.executions WHERE execution_id = $1",
+                uuid.UUID(execution_id))
+            if exists:
+                await write_events(conn, execution_id, [EventRecord(
+                    key=f"client:{uuid.uuid4()}", type=f"{kind}.refused",
+                    actor=actor if isinstance(actor, str) else None, message=reason,
+                    data={"payload": payload, "via": "update validator"},
+                    at=datetime.now(UTC))])
 
     async def approve(self, ident: str, approver: str, comment: str | None = None,
                       plan_hash: str | None = None) -> DecisionOutcome:

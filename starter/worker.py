@@ -18,6 +18,7 @@ from activities import db
 from activities.authz import authorize
 from activities.cleanup import run_cleanup
 from activities.mirror import mirror_write
+from activities.plan_checks import run_plan_safety_checks
 from activities.steps import run_step
 from safety.masking import install_log_masking
 from schema.config import Settings, load_settings
@@ -25,8 +26,8 @@ from workflows.execution import ExecutionWorkflow
 
 log = logging.getLogger("opsconductor.worker")
 
-ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup, acquire_locks,
-                             release_locks)
+ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup,
+                             run_plan_safety_checks, acquire_locks, release_locks)
 PASSTHROUGH = ("schema", "pydantic", "pydantic_core", "annotated_types")
 
 
@@ -68,5 +69,8 @@ async def run_worker(settings: Settings | None = None,
         async with worker:
             await (stop.wait() if stop else asyncio.Event().wait())
     finally:
+        from activities.executors.ssh import close_connections
+
+        await close_connections()
         db.set_pool(None)
         await pool.close()

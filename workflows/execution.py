@@ -44,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         MirrorWriteResult,
         Progress,
         ResolveRequest,
+        SafetyChecksInput,
+        SafetyChecksResult,
         StepProgress,
         StepRecord,
         StepResult,
@@ -198,6 +200,10 @@ class ExecutionWorkflow:
         if self.status is not ExecutionStatus.RUNNING:
             self._set_status(ExecutionStatus.RUNNING)
             await self._flush(deadline_at=self.deadline)
+        if not await self._safety_checks("before"):
+            self._mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)
+            self.final_status = ExecutionStatus.FAILED
+            return
         steps = asyncio.create_task(self._run_steps())
         try:
             await workflow.wait_condition(steps.done, timeout=timedelta(seconds=exec_seconds))
@@ -215,7 +221,37 @@ class ExecutionWorkflow:
             return
         if self.rollback_requested:
             await self._rollback("a failed step asked for rollback")
+        elif not self.stop_launching and not await self._safety_checks("after"):
+            self.final_status = ExecutionStatus.FAILED
+            return
         self.final_status = self._outcome()
+
+    async def _safety_checks(self, stage: str) -> bool:
+        """Run the plan's checks of `stage`; False when one failed with `abort`."""
+        checks = [c for c in self.spec.safety_checks if c.stage == stage]
+        if not checks:
+            return True
+        prior = {sid: s.result.model_dump(mode="json") for sid, s in self.steps.items()
+                 if s.result is not None and s.status is StepStatus.COMPLETED}
+        res = await workflow.execute_activity(
+            "run_safety_checks",
+            SafetyChecksInput(execution_id=self.spec.execution_id, stage=stage,  # type: ignore[arg-type]
+                              checks=checks, prior_outputs=prior),
+            result_type=SafetyChecksResult, start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RetryPolicy(maximum_attempts=2), summary=f"{stage} safety checks")
+        for outcome in res.outcomes:
+            result, action = outcome["result"], outcome["action"]
+            kind = ("informational" if result.get("informational") else
+                    "passed" if action == "ok" else
+                    {"abort": "failed", "warn": "warning"}.get(action, "ignored"))
+            self._emit(f"safety_check.{kind}", message=f"{result['expr']}: {result['detail']}",
+                       data={"stage": stage, "action": action})
+        if res.abort:
+            failed = next(o for o in res.outcomes if o["action"] == "abort")
+            self.error = (f"{stage} safety check failed: {failed['result']['expr']}: "
+                          f"{failed['result']['detail']}")
+        await self._flush()
+        return not res.abort
 
     def _outcome(self) -> ExecutionStatus:
         failed = [s for s in self.steps.values() if s.status in FAILED_STEP]
@@ -251,10 +287,15 @@ class ExecutionWorkflow:
                 if not running:
                     break
                 await workflow.wait_condition(lambda: any(t.done() for t in running.values()))
+                finished = False
                 for sid, task in list(running.items()):
                     if task.done():
                         running.pop(sid)
                         task.result()
+                        finished = True
+                if finished and not self.stop_launching and not await self._safety_checks(
+                        "during"):
+                    self.stop_launching = True
             self._mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)
         except asyncio.CancelledError:
             for task in running.values():
@@ -348,7 +389,7 @@ class ExecutionWorkflow:
         state.move(StepStatus.RUNNING)  # the activity writes this transition and its event
         state.started_at = state.started_at or workflow.now()
         prior = {sid: s.result.model_dump(mode="json") for sid, s in self.steps.items()
-                 if s.result is not None and sid in self._ancestors(step)}
+                 if s.result is not None and s.status is StepStatus.COMPLETED}
         try:
             result = await workflow.execute_activity(
                 "run_step",
@@ -417,16 +458,6 @@ class ExecutionWorkflow:
         self.stop_launching = True
         if step.failure_handling is FailureHandling.ROLLBACK:
             self.rollback_requested = True
-
-    def _ancestors(self, step: StepSpec) -> set[str]:
-        seen: set[str] = set()
-        todo = list(step.depends_on)
-        while todo:
-            sid = todo.pop()
-            if sid not in seen:
-                seen.add(sid)
-                todo.extend(self.steps[sid].spec.depends_on)
-        return seen
 
     async def _await_resolution(self, step: StepSpec) -> str:
         state = self.steps[step.id]

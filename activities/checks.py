@@ -1,0 +1,488 @@
+"""Checks: a step's `success_criteria` and `preconditions`, the plan's `safety_checks`, and the
+`validate` tool's checks, in one small expression form.
+
+Expression form (one check per string)::
+
+    exit_code == 0                      FIELD OP VALUE
+    stdout matches 'active \\(running\\)'
+    stderr not contains "error"
+    status == 200                       HTTP status of an http_request step
+    rows >= 1                           row count of a sql_query step
+    output.state == "ok"                a key inside the step's output
+    json $.ok == true                   JSON path into the HTTP body (else into the output)
+    json $.items[0].id exists
+    step_001.exit_code == 0             any of the above about an earlier step (validate)
+    command: test -f /etc/nginx/nginx.conf   run on the asset; passes when it exits 0
+
+* FIELD: exit_code, stdout, stderr, output[.key...], status (HTTP status, else the step's
+  status), rows / row_count, body, elapsed_ms, bytes, sha256, truncated, error.
+* OP: == != > >= < <= | matches (regex search, multi-line) | contains | not matches |
+  not contains | exists | not exists. Numbers compare as numbers; `matches` takes a Python
+  regex.
+* VALUE: a number, 'quoted' or "quoted" text, true, false, null, or a bare word.
+* Aliases planners write: "exit code 0", "exit code is 0", "return code 0" (exit_code == 0),
+  "status code 200", "http status 200" (status == 200).
+* JSON path subset: `$`, `.name`, `['name']`, `["name"]`, `[N]` (N may be negative).
+
+Dict forms: {"expr": "..."} (or "check"), {"command": "..."}, {"step": "step_001", "expr":
+"..."}, and JSON assertions {"path": "$.status", "equals": "ok"} (also not_equals, exists,
+contains, matches, gt, gte, lt, lte).
+
+Anything else — free text such as "host reachable" or "Root filesystem has more than 10%
+free" — is *informational*: recorded with `informational=True` and `passed=True`, never
+evaluated, so a planner's prose can neither fail nor silently pass as a real check. A string
+that is an expression over an unknown field is informational too; one that names an earlier
+step which does not exist fails.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from schema.assets import Asset
+from schema.enums import ActionClass, FailureHandling, StepKind
+from schema.request import SafetyCheck
+from schema.spec import StepSpec
+
+FIELDS = frozenset({"exit_code", "stdout", "stderr", "output", "status", "http_status", "rows",
+                    "row_count", "body", "elapsed_ms", "bytes", "sha256", "truncated", "error",
+                    "step_status"})
+_MISSING = object()
+
+
+@dataclass
+class CheckResult:
+    passed: bool
+    expr: str
+    detail: str
+    informational: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- the result a check looks at
+
+def result_context(result: Any) -> dict[str, Any]:
+    """Flatten a step result (StepOutcome, StepResult, or its dict) into check fields."""
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        if hasattr(result, "model_dump"):
+            result = result.model_dump(mode="json")
+        else:
+            result = dict(vars(result))
+    if "json" in result and "steps" in result:
+        return dict(result)  # already a context
+    output = result.get("output")
+    ctx: dict[str, Any] = {
+        "exit_code": result.get("exit_code"),
+        "stdout": result.get("stdout"),
+        "stderr": result.get("stderr"),
+        "error": result.get("error"),
+        "output": output,
+        "step_status": result.get("status") if isinstance(result.get("status"), str) else None,
+    }
+    ctx["status"] = ctx["step_status"]
+    ctx["json"] = output
+    if isinstance(output, Mapping):
+        if isinstance(output.get("status"), int) and "body" in output:  # an HTTP result
+            ctx["status"] = ctx["http_status"] = output["status"]
+            ctx["body"] = output["body"]
+            ctx["json"] = output["body"]
+        if "row_count" in output:
+            ctx["rows"] = ctx["row_count"] = output["row_count"]
+        for key in ("elapsed_ms", "bytes", "sha256", "truncated"):
+            if key in output:
+                ctx[key] = output[key]
+    if isinstance(result.get("status"), int):  # a bare {"status": 200, ...} context
+        ctx["status"] = ctx["http_status"] = result["status"]
+    for key in ("rows", "row_count", "body", "json", "elapsed_ms", "http_status"):
+        if key in result and key not in ctx:
+            ctx[key] = result[key]
+    return ctx
+
+
+# ---------------------------------------------------------------- JSON path
+
+_PATH_TOKEN = re.compile(r"""\.([A-Za-z_][\w\-]*)|\[\s*(-?\d+)\s*\]|\[\s*'([^']*)'\s*\]"""
+                         r"""|\[\s*"([^"]*)"\s*\]""")
+
+
+class PathError(ValueError):
+    pass
+
+
+def parse_path(path: str) -> list[str | int]:
+    path = path.strip()
+    if not path.startswith("$"):
+        raise PathError(f"JSON path {path!r} must start with $")
+    parts: list[str | int] = []
+    pos = 1
+    while pos < len(path):
+        m = _PATH_TOKEN.match(path, pos)
+        if not m:
+            raise PathError(f"JSON path {path!r}: cannot parse at {path[pos:]!r}")
+        name, index, q1, q2 = m.groups()
+        parts.append(int(index) if index is not None else (name or q1 or q2 or ""))
+        pos = m.end()
+    return parts
+
+
+def json_path(doc: Any, path: str) -> Any:
+    """The value at `path`, or raise KeyError when it is absent."""
+    cur = doc
+    for part in parse_path(path):
+        if isinstance(part, int):
+            if not isinstance(cur, list) or not -len(cur) <= part < len(cur):
+                raise KeyError(path)
+            cur = cur[part]
+        else:
+            if not isinstance(cur, Mapping) or part not in cur:
+                raise KeyError(path)
+            cur = cur[part]
+    return cur
+
+
+# ---------------------------------------------------------------- comparison
+
+_OP = (r"(?P<op>==|!=|>=|<=|=~|>|<|not\s+matches|matches|not\s+contains|contains"
+       r"|not\s+exists|exists)")
+_FIELD_EXPR = re.compile(r"^\s*(?P<lhs>[A-Za-z_][\w.:\-]*)\s*" + _OP + r"\s*(?P<value>.*?)\s*$",
+                         re.IGNORECASE | re.DOTALL)
+_JSON_EXPR = re.compile(r"^\s*(?:(?P<step>[\w.:\-]+)\.)?json\s+(?P<path>\$\S*)\s*" + _OP
+                        + r"\s*(?P<value>.*?)\s*$", re.IGNORECASE | re.DOTALL)
+_ALIASES = [
+    (re.compile(r"^\s*(?:exit|return)[ _]code\s*(?:is|=|==|:)?\s*(-?\d+)\s*$", re.I), "exit_code"),
+    (re.compile(r"^\s*(?:http\s+)?status(?:[ _]code)?\s*(?:is|=|==|:)?\s*(\d{3})\s*$", re.I),
+     "status"),
+]
+_COMMAND = re.compile(r"^\s*command\s*:\s*(?P<cmd>.+)$", re.IGNORECASE | re.DOTALL)
+
+
+def parse_value(text: str) -> Any:
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return t[1:-1].replace("\\" + t[0], t[0])
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none"):
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    try:
+        f = float(str(v).strip())
+    except ValueError:
+        return None
+    return None if math.isnan(f) else f
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    if actual == expected and type(actual) is type(expected):
+        return True
+    na, ne = _number(actual), _number(expected)
+    if na is not None and ne is not None:
+        return na == ne
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return str(actual).lower() == str(expected).lower()
+    if isinstance(actual, str) or isinstance(expected, str):
+        return str(actual).strip() == str(expected)
+    return bool(actual == expected)
+
+
+def compare(actual: Any, op: str, expected: Any) -> tuple[bool, str]:
+    """(passed, why) for one comparison; `actual` may be _MISSING."""
+    op = " ".join(op.lower().split())
+    if op in ("exists", "not exists"):
+        present = actual is not _MISSING and actual is not None
+        return (present if op == "exists" else not present), ("present" if present else "absent")
+    if actual is _MISSING:
+        return False, "value not available"
+    shown = _short(actual)
+    if op == "==":
+        return _equal(actual, expected), f"got {shown}"
+    if op == "!=":
+        return not _equal(actual, expected), f"got {shown}"
+    if op in (">", ">=", "<", "<="):
+        a, e = _number(actual), _number(expected)
+        if a is None or e is None:
+            return False, f"cannot compare {shown} with {expected!r} as numbers"
+        ok = {">": a > e, ">=": a >= e, "<": a < e, "<=": a <= e}[op]
+        return ok, f"got {shown}"
+    if op in ("matches", "=~", "not matches"):
+        try:
+            found = re.search(str(expected), "" if actual is None else str(actual), re.MULTILINE)
+        except re.error as err:
+            return False, f"bad regex {expected!r}: {err}"
+        ok = bool(found) if op != "not matches" else not found
+        return ok, (f"matched {found.group(0)[:80]!r}" if found else "no match")
+    if op in ("contains", "not contains"):
+        if isinstance(actual, Mapping | list | tuple):
+            has = expected in actual
+        else:
+            has = str(expected) in ("" if actual is None else str(actual))
+        return (has if op == "contains" else not has), ("found" if has else "not found")
+    return False, f"unknown operator {op!r}"
+
+
+def _short(v: Any, limit: int = 120) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _split_step(lhs: str, steps: Mapping[str, Any]) -> tuple[str | None, str]:
+    """'step_001.exit_code' -> ('step_001', 'exit_code'), for the longest known step id."""
+    best: str | None = None
+    for step_id in steps:
+        if lhs.startswith(step_id + ".") and (best is None or len(step_id) > len(best)):
+            best = step_id
+    if best is None:
+        return None, lhs
+    return best, lhs[len(best) + 1:]
+
+
+def _lookup(ctx: Mapping[str, Any], field: str) -> Any:
+    head, *rest = field.split(".")
+    head = head.lower()
+    if head not in ctx or (ctx[head] is None and head != "output"):
+        return _MISSING
+    cur = ctx[head]
+    for key in rest:
+        if isinstance(cur, Mapping) and key in cur:
+            cur = cur[key]
+        elif isinstance(cur, list) and key.lstrip("-").isdigit() and -len(cur) <= int(key) < len(
+                cur):
+            cur = cur[int(key)]
+        else:
+            return _MISSING
+    return cur
+
+
+def is_command_check(check: str | Mapping[str, Any]) -> bool:
+    if isinstance(check, Mapping):
+        return "command" in check
+    return bool(_COMMAND.match(check))
+
+
+def _context_for(step: str | None, context: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    if step is None:
+        return context
+    steps = context.get("steps") or {}
+    return result_context(steps[step]) if step in steps else None
+
+
+def evaluate(expr: str | Mapping[str, Any], context: Mapping[str, Any]) -> CheckResult:
+    """Evaluate one check against a result context (see `result_context`); never raises.
+
+    `context` may carry `steps`: {step_id: result} for step-qualified expressions.
+    """
+    if isinstance(expr, Mapping):
+        return _evaluate_dict(expr, context)
+    text = str(expr).strip()
+    if _COMMAND.match(text):
+        return CheckResult(False, text, "command checks need run_check (they run on the asset)")
+    steps: Mapping[str, Any] = context.get("steps") or {}
+    for pattern, field in _ALIASES:
+        m = pattern.match(text)
+        if m:
+            actual = _lookup(context, field)
+            ok, why = compare(actual, "==", int(m.group(1)))
+            return CheckResult(ok, text, f"{field} {why}")
+    m = _JSON_EXPR.match(text)
+    if m:
+        step = m.group("step")
+        if step is not None and step not in steps:
+            return CheckResult(False, text, f"no earlier step {step!r}")
+        ctx = _context_for(step, context)
+        assert ctx is not None
+        doc = ctx.get("json", _MISSING)
+        try:
+            actual = _MISSING if doc is _MISSING else json_path(doc, m.group("path"))
+        except KeyError:
+            actual = _MISSING
+        except PathError as err:
+            return CheckResult(False, text, str(err))
+        ok, why = compare(actual, m.group("op"), parse_value(m.group("value")))
+        return CheckResult(ok, text, f"{m.group('path')}: {why}")
+    m = _FIELD_EXPR.match(text)
+    if m:
+        lhs = m.group("lhs")
+        step, field = _split_step(lhs, steps)
+        if field.split(".")[0].lower() not in FIELDS:
+            if step is None and "." in lhs and steps:
+                return CheckResult(False, text, f"no earlier step {lhs.split('.')[0]!r} "
+                                   f"(known: {', '.join(steps) or 'none'})")
+            return CheckResult(True, text, f"informational: {field.split('.')[0]!r} is not a "
+                               "check field; recorded, not evaluated", informational=True)
+        op, value = m.group("op"), m.group("value")
+        if op.lower().strip().endswith("exists") and value:
+            return CheckResult(True, text, "informational: not a check expression",
+                               informational=True)
+        ctx = _context_for(step, context)
+        assert ctx is not None
+        actual = _lookup(ctx, field)
+        ok, why = compare(actual, op, parse_value(value))
+        if actual is _MISSING and not op.lower().endswith("exists"):
+            why = f"{field} is not available for this result"
+        return CheckResult(ok, text, f"{field}: {why}" if step is None else
+                           f"{step}.{field}: {why}")
+    return CheckResult(True, text, "informational: not a check expression; recorded, not "
+                       "evaluated", informational=True)
+
+
+_ASSERT_OPS = {"equals": "==", "not_equals": "!=", "contains": "contains", "matches": "matches",
+               "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def assert_json(doc: Any, assertion: Mapping[str, Any]) -> CheckResult:
+    """One HTTP-style assertion: {"path": "$.status", "equals": "ok"} (or another op key)."""
+    path = str(assertion.get("path", "$"))
+    label = f"json {path} " + " ".join(f"{k} {v!r}" for k, v in assertion.items() if k != "path")
+    try:
+        actual = json_path(doc, path)
+    except KeyError:
+        actual = _MISSING
+    except PathError as err:
+        return CheckResult(False, label, str(err))
+    if "exists" in assertion:
+        ok, why = compare(actual, "exists" if assertion["exists"] else "not exists", None)
+        return CheckResult(ok, label, f"{path}: {why}")
+    for key, op in _ASSERT_OPS.items():
+        if key in assertion:
+            ok, why = compare(actual, op, assertion[key])
+            return CheckResult(ok, label, f"{path}: {why}")
+    return CheckResult(False, label, "assertion needs one of exists, " + ", ".join(_ASSERT_OPS))
+
+
+def _evaluate_dict(check: Mapping[str, Any], context: Mapping[str, Any]) -> CheckResult:
+    step = check.get("step")
+    if step is not None:
+        steps = context.get("steps") or {}
+        if step not in steps:
+            return CheckResult(False, str(check.get("expr", check)), f"no earlier step {step!r}")
+        context = {**result_context(steps[step]), "steps": steps}
+    if "path" in check:
+        return assert_json(context.get("json"), check)
+    for key in ("expr", "check", "criteria"):
+        if isinstance(check.get(key), str):
+            return evaluate(check[key], context)
+    if "command" in check:
+        return CheckResult(False, f"command: {check['command']}",
+                           "command checks need run_check (they run on the asset)")
+    return CheckResult(True, str(dict(check)), "informational: no expression in this check",
+                       informational=True)
+
+
+# ---------------------------------------------------------------- running checks
+
+def _command_of(check: str | Mapping[str, Any]) -> str | None:
+    if isinstance(check, Mapping):
+        cmd = check.get("command")
+        return str(cmd) if cmd else None
+    m = _COMMAND.match(check)
+    return m.group("cmd").strip() if m else None
+
+
+async def run_command_check(command: str, *, asset: Asset | None, timeout: float = 30.0,
+                            env: Mapping[str, str] | None = None) -> CheckResult:
+    """Run `command` on the asset's connector (local machine when None); pass on exit 0."""
+    from .executors.base import StepContext
+    from .executors.local_command import LocalCommandRunner
+    from .executors.registry import command_runner_for
+
+    label = f"command: {command}"
+    spec = StepSpec(id="check", tool="shell", kind=StepKind.COMMAND,
+                    action_class=ActionClass.READ, inputs={"command": command}, command=command,
+                    order=0, failure_handling=FailureHandling.ABORT, idempotent=True)
+    ctx = StepContext(execution_id="", workflow_id="", tenant="", environment="", step=spec,
+                      inputs={"command": command}, timeout=timeout, asset=asset)
+    connector = asset.connector if asset is not None else "local"
+    runner = LocalCommandRunner() if connector == "local" else command_runner_for(connector)
+    outcome = await runner.run(ctx, command, env=dict(env or {}), cwd=None, timeout=timeout)
+    tail = (outcome.stdout.strip() or outcome.stderr.strip())[-300:]
+    if outcome.exit_code is None:
+        return CheckResult(False, label, outcome.error or "command did not run")
+    detail = f"exit {outcome.exit_code}" + (f": {tail}" if tail else "")
+    return CheckResult(outcome.exit_code == 0, label, detail)
+
+
+async def run_check(check: str | Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
+                    asset: Asset | None = None, timeout: float = 30.0) -> CheckResult:
+    """Evaluate an expression, or run a command check on `asset`; never raises for a bad check."""
+    command = _command_of(check)
+    if command is not None:
+        try:
+            return await run_command_check(command, asset=asset, timeout=timeout)
+        except Exception as err:  # a connector failure is a failed check, not a crash
+            return CheckResult(False, f"command: {command}", f"{type(err).__name__}: {err}")
+    return evaluate(check, context or {})
+
+
+async def run_checks(checks: list[str | dict[str, Any]], *,
+                     context: Mapping[str, Any] | None = None, asset: Asset | None = None,
+                     timeout: float = 30.0) -> list[CheckResult]:
+    return [await run_check(c, context=context, asset=asset, timeout=timeout) for c in checks]
+
+
+@dataclass
+class SafetyCheckOutcome:
+    check: SafetyCheck
+    result: CheckResult
+    action: Literal["ok", "abort", "warn", "continue"]  # what the workflow should do
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check.model_dump(mode="json"), "result": self.result.to_dict(),
+                "action": self.action}
+
+
+async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
+                            context: Mapping[str, Any] | None = None,
+                            timeout: float = 30.0) -> list[SafetyCheckOutcome]:
+    """The plan's safety checks of one stage (before / during / after).
+
+    A failed check yields its `failure_action`: abort (stop before any further step acts),
+    warn (record an event and go on) or continue (go on silently). Informational checks pass.
+    A check's `target` names the asset its command runs on.
+    """
+    from .assets import UnknownAsset, resolve_asset
+
+    out: list[SafetyCheckOutcome] = []
+    for check in checks:
+        if check.stage != stage:
+            continue
+        asset = None
+        if check.target and _command_of(check.check) is not None:
+            try:
+                asset = await resolve_asset(check.target)
+            except UnknownAsset as err:
+                out.append(SafetyCheckOutcome(check, CheckResult(False, str(check.check),
+                                                                 str(err)), check.failure_action))
+                continue
+        result = await run_check(check.check, context=context, asset=asset, timeout=timeout)
+        out.append(SafetyCheckOutcome(check, result, "ok" if result.passed
+                                      else check.failure_action))
+    return out
+
+
+def should_abort(outcomes: list[SafetyCheckOutcome]) -> bool:
+    return any(o.action == "abort" for o in outcomes)

@@ -1,0 +1,181 @@
+"""The `sql_query` tool: one statement against the target asset's PostgreSQL (asyncpg).
+
+* read action class (SELECT, WITH, SHOW, ...): a READ ONLY transaction, so a planner's
+  mislabelled write fails in the database instead of changing data;
+* `statement_timeout` is the step's timeout (the SLA/action-class policy), enforced by the
+  server, so a runaway query stops even if this worker dies;
+* at most `row_limit` rows are fetched (cursor), `truncated` says whether more existed;
+* rows come back as JSON-able dicts (numerics as strings to keep precision, times in ISO
+  8601, bytes as hex, json/jsonb parsed); the activity masks them like any output.
+
+A statement without rows (INSERT/UPDATE/DDL) reports the server's command tag and the
+affected row count. Connection failures are retryable (nothing ran); errors the database
+raises are not, except serialization failures and deadlocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import decimal
+import ipaddress
+import json
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+
+from safety.secrets import SecretError
+from schema.assets import Asset, DatabaseTarget
+from schema.enums import ActionClass
+from schema.tools import SqlInputs
+
+from ..assets import resolve_secret_refs, secret_failure
+from .base import StepContext, StepOutcome
+
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+
+
+def jsonable(value: Any) -> Any:
+    """A PostgreSQL value as something json.dumps accepts without losing meaning."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(
+            value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address
+                  | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, asyncpg.Record):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+async def _connect(db: DatabaseTarget, timeout: float) -> asyncpg.Connection:
+    resolved, _ = await resolve_secret_refs(db.model_dump(exclude_none=True))
+    settings = {"application_name": "opsconductor-execution",
+                "statement_timeout": str(max(1, int(timeout * 1000)))}
+    kw: dict[str, Any] = {"timeout": min(db.connect_timeout, timeout),
+                          "server_settings": settings}
+    if resolved.get("dsn"):
+        if resolved.get("password"):
+            kw["password"] = resolved["password"]
+        conn = await asyncpg.connect(str(resolved["dsn"]), **kw)
+    else:
+        conn = await asyncpg.connect(host=db.host or "localhost", port=db.port,
+                                     database=db.dbname, user=db.user,
+                                     password=resolved.get("password"),
+                                     ssl=db.sslmode, **kw)
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads,
+                                  schema="pg_catalog")
+    return conn
+
+
+def _affected(tag: str) -> int | None:
+    m = re.search(r"(\d+)\s*$", tag or "")
+    return int(m.group(1)) if m else None
+
+
+class SqlExecutor:
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        try:
+            inputs = SqlInputs.model_validate(ctx.inputs)
+        except ValueError as err:
+            return StepOutcome(ok=False, error=f"invalid sql_query inputs: {err}",
+                               error_type="InvalidStep", retryable=False)
+        asset = ctx.asset
+        if not isinstance(asset, Asset) or asset.database is None:
+            name = getattr(asset, "id", None) or "the worker's own machine"
+            return StepOutcome(ok=False, error=f"sql_query needs a target asset with a `database` "
+                               f"section; {name} has none", error_type="InvalidStep",
+                               retryable=False)
+        timeout = min(inputs.timeout_seconds or ctx.timeout, ctx.timeout)
+        read_only = ctx.step.action_class is ActionClass.READ
+        try:
+            conn = await _connect(asset.database, timeout)
+        except SecretError as err:
+            kind, retryable = secret_failure(err)
+            return StepOutcome(ok=False, error=f"database credentials of {asset.id!r}: {err}",
+                               error_type=kind, retryable=retryable)
+        except asyncpg.InvalidPasswordError:
+            return StepOutcome(ok=False, error=f"database login to {asset.id!r} refused",
+                               error_type="AuthenticationFailed", retryable=False)
+        except (OSError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as err:
+            return StepOutcome(ok=False, error=f"cannot connect to the database of {asset.id!r}: "
+                               f"{type(err).__name__}: {err}", error_type="DatabaseUnavailable",
+                               retryable=True)
+        try:
+            ctx.heartbeat({"database": asset.id, "read_only": read_only})
+            output = await asyncio.wait_for(
+                self._execute(conn, inputs, read_only), timeout + 5)
+        except asyncpg.QueryCanceledError as err:
+            return StepOutcome(ok=False, error=f"query cancelled by statement_timeout "
+                               f"({timeout:g}s): {err}", error_type="StepTimeout",
+                               retryable=ctx.step.idempotent)
+        except asyncpg.ReadOnlySQLTransactionError as err:
+            return StepOutcome(ok=False, error=f"refused in a read-only transaction (the step is "
+                               f"classed as read): {err}", error_type="ReadOnlyViolation",
+                               retryable=False)
+        except asyncpg.PostgresError as err:
+            state = getattr(err, "sqlstate", None)
+            return StepOutcome(ok=False, error=f"SQL error {state}: {err}",
+                               error_type="SqlError", retryable=state in _RETRYABLE_SQLSTATES)
+        except (OSError, asyncpg.InterfaceError, TimeoutError) as err:
+            return StepOutcome(ok=False, error=f"database connection failed during the query: "
+                               f"{type(err).__name__}: {err}; outcome unknown",
+                               error_type="DatabaseUnavailable",
+                               retryable=read_only or ctx.step.idempotent)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+            if not conn.is_closed():
+                conn.terminate()
+        output["read_only"] = read_only
+        return StepOutcome(ok=True, output=output,
+                           stdout=f"{output['command']}: {output['row_count']} row(s)"
+                                  + (" (truncated)" if output["truncated"] else ""))
+
+    @staticmethod
+    async def _execute(conn: asyncpg.Connection, inputs: SqlInputs,
+                       read_only: bool) -> dict[str, Any]:
+        limit = inputs.row_limit
+        try:  # prepared outside the transaction: a failed prepare must not abort it
+            stmt = await conn.prepare(inputs.query)
+        except asyncpg.PostgresError as err:
+            if inputs.params or "multiple commands" not in str(err):
+                raise
+            stmt = None  # a script of several statements: simple protocol, no rows
+        async with conn.transaction(readonly=read_only):
+            if stmt is None:
+                tag = await conn.execute(inputs.query)
+                return {"rows": [], "row_count": _affected(tag) or 0, "truncated": False,
+                        "columns": [], "command": tag.split(" ")[0] if tag else ""}
+            columns = [a.name for a in stmt.get_attributes()]
+            if not columns:
+                await stmt.fetch(*inputs.params)
+                tag = stmt.get_statusmsg()
+                return {"rows": [], "row_count": _affected(tag) or 0, "truncated": False,
+                        "columns": [], "command": tag.split(" ")[0] if tag else ""}
+            cursor = await stmt.cursor(*inputs.params)
+            records = await cursor.fetch(limit + 1)
+            truncated = len(records) > limit
+            records = records[:limit]
+            rows = [{k: jsonable(v) for k, v in r.items()} for r in records]
+            return {"rows": rows, "row_count": len(rows), "truncated": truncated,
+                    "columns": columns, "command": inputs.query.split(None, 1)[0].upper()}

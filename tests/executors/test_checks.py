@@ -1,0 +1,133 @@
+"""Check expressions, command checks, safety checks and the validate executor."""
+
+from __future__ import annotations
+
+import pytest
+
+from activities.checks import (
+    evaluate,
+    json_path,
+    result_context,
+    run_check,
+    run_safety_checks,
+    should_abort,
+)
+from activities.executors.base import StepOutcome
+from activities.executors.validate import ValidateExecutor
+from schema.assets import Asset
+from schema.enums import StepKind
+from schema.request import SafetyCheck
+
+from .conftest import SshServer
+from .helpers import make_ctx
+
+CMD = result_context(StepOutcome(ok=True, exit_code=0, stdout="nginx.service\n"
+                                 "   Active: active (running) since Mon\n", stderr=""))
+HTTP = result_context({"exit_code": None, "stdout": "", "output": {
+    "status": 200, "body": {"ok": True, "status": "ok", "items": [{"id": 1}, {"id": 2}]},
+    "elapsed_ms": 12.5, "headers": {}}})
+SQL = result_context({"output": {"rows": [{"n": 1}], "row_count": 1, "truncated": False}})
+
+
+@pytest.mark.parametrize(("expr", "ctx", "passed"), [
+    ("exit_code == 0", CMD, True),
+    ("exit_code != 0", CMD, False),
+    ("exit_code==0", CMD, True),
+    ("exit code 0", CMD, True),
+    ("exit code is 1", CMD, False),
+    ("stdout matches 'active \\(running\\)'", CMD, True),
+    ("stdout matches '^\\s+Active: active'", CMD, True),
+    ("stdout not matches 'failed'", CMD, True),
+    ("stdout contains \"nginx\"", CMD, True),
+    ("stderr not contains error", CMD, True),
+    ("status == 200", HTTP, True),
+    ("status code 200", HTTP, True),
+    ("status >= 500", HTTP, False),
+    ("json $.ok == true", HTTP, True),
+    ("json $.status == 'ok'", HTTP, True),
+    ("json $.items[1].id == 2", HTTP, True),
+    ("json $.items[-1].id > 1", HTTP, True),
+    ("json $['status'] == \"ok\"", HTTP, True),
+    ("json $.missing exists", HTTP, False),
+    ("json $.missing not exists", HTTP, True),
+    ("elapsed_ms < 1000", HTTP, True),
+    ("rows >= 1", SQL, True),
+    ("rows == 0", SQL, False),
+    ("row_count > 5", SQL, False),
+    ("output.truncated == false", SQL, True),
+    ("exit_code == 0", HTTP, False),  # no exit code for an HTTP result: fails, never passes
+])
+def test_expressions(expr: str, ctx: dict, passed: bool) -> None:
+    r = evaluate(expr, ctx)
+    assert r.passed is passed, r
+    assert not r.informational
+
+
+@pytest.mark.parametrize("text", ["host reachable", "Root filesystem has more than 10% free",
+                                  "service is healthy", "uptime > 1 day", "cpu < 90"])
+def test_free_text_is_informational(text: str) -> None:
+    r = evaluate(text, CMD)
+    assert r.passed and r.informational and "informational" in r.detail
+
+
+def test_bad_regex_and_path_fail_cleanly() -> None:
+    assert not evaluate("stdout matches '('", CMD).passed
+    assert not evaluate("json $..x == 1", HTTP).passed
+    assert evaluate({"path": "$.items[0].id", "equals": 1}, HTTP).passed
+    assert not evaluate({"path": "$.items[5].id", "exists": True}, HTTP).passed
+    with pytest.raises(KeyError):
+        json_path({"a": [1]}, "$.a[3]")
+
+
+async def test_command_checks_local_and_over_ssh(sshd: SshServer) -> None:
+    r = await run_check("command: test -d /tmp")
+    assert r.passed and r.detail.startswith("exit 0")
+    r = await run_check({"command": "echo nope; exit 2"})
+    assert not r.passed and "exit 2" in r.detail and "nope" in r.detail
+    asset = Asset.model_validate(sshd.asset(id="ssh-check"))
+    r = await run_check("command: test -f /etc/hostname && hostname", asset=asset)
+    assert r.passed, r
+    bad = Asset.model_validate(sshd.asset(id="ssh-check-bad",
+                                          known_hosts=str(sshd.empty_known_hosts)))
+    r = await run_check("command: true", asset=bad)
+    assert not r.passed and "host key" in r.detail
+
+
+async def test_safety_checks_by_stage() -> None:
+    checks = [SafetyCheck(check="command: true", stage="before"),
+              SafetyCheck(check="Root filesystem has more than 10% free", stage="before"),
+              SafetyCheck(check="command: exit 1", stage="before", failure_action="warn"),
+              SafetyCheck(check="command: exit 1", stage="after", failure_action="abort")]
+    before = await run_safety_checks(checks, "before")
+    assert [o.action for o in before] == ["ok", "ok", "warn"]
+    assert before[1].result.informational and not should_abort(before)
+    after = await run_safety_checks(checks, "after")
+    assert should_abort(after) and after[0].to_dict()["action"] == "abort"
+    unknown = await run_safety_checks([SafetyCheck(check="command: true", target="ghost-host")],
+                                      "before")
+    assert unknown[0].action == "abort" and "ghost-host" in unknown[0].result.detail
+
+
+async def test_validate_executor() -> None:
+    prior = {
+        "step_001": {"status": "completed", "exit_code": 0, "stdout": "active (running)",
+                     "stderr": "", "output": {"pid": 1}},
+        "step_002.http": {"status": "completed", "exit_code": None, "stdout": "",
+                          "output": {"status": 200, "body": {"ok": True}}},
+    }
+    checks = ["step_001.exit_code == 0", "step_001.stdout matches 'running'",
+              {"step": "step_002.http", "expr": "json $.ok == true"},
+              "step_002.http.status == 200", "step_002.http.json $.ok == true",
+              "status == 200", "service looks fine"]
+    ctx = make_ctx(StepKind.VALIDATE, {"checks": checks}, prior_outputs=prior)
+    out = await ValidateExecutor().run(ctx)
+    assert out.ok, out.error
+    assert out.output["passed"] == 7 and out.output["failed"] == 0
+    assert out.output["informational"] == 1
+    ctx = make_ctx(StepKind.VALIDATE, {"checks": ["step_001.exit_code == 1",
+                                                  "step_999.exit_code == 0",
+                                                  {"step": "nope", "expr": "exit_code == 0"}]},
+                   prior_outputs=prior)
+    out = await ValidateExecutor().run(ctx)
+    assert not out.ok and out.output["failed"] == 3 and not out.retryable
+    assert out.error_type == "ValidationFailed" and "step_999" in (out.error or "")
