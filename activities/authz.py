@@ -16,12 +16,9 @@ async def authorize(inp: AuthorizeInput) -> AuthorizeResult:
     pool = await get_pool()
     policy = await rbac.load_policy(pool)
     roles = policy.roles_of(inp.tenant, inp.actor, inp.environment.value)
-    decision = policy.evaluate(tenant=inp.tenant, actor=inp.actor, resource=inp.resource,
-                               tool="*", action=inp.action,
-                               environment=inp.environment.value)
-    await rbac.audit(pool, decision, tenant=inp.tenant, actor=inp.actor, action=inp.action,
-                     resource=inp.resource, environment=inp.environment.value,
-                     execution_id=inp.execution_id, step_id=inp.step_id)
+    decision = await rbac.check(pool, tenant=inp.tenant, actor=inp.actor, action=inp.action,
+                                environment=inp.environment.value,
+                                execution_id=inp.execution_id, step_id=inp.step_id)
     return AuthorizeResult(allowed=decision.allowed, reason=decision.reason,
                            roles=sorted(roles), rule_id=decision.rule_id,
                            policy_version=decision.policy_version)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,27 +52,31 @@ def _fail(message: str, error_type: str, *, retryable: bool = False, **details: 
 async def _check_permission(inp: StepRunInput, pool: Any) -> None:
     from safety import rbac
 
-    decision = rbac.evaluate(tenant=inp.tenant, actor=inp.actor,
-                             resource=inp.step.target or "localhost", tool=inp.step.tool,
-                             action="execute", environment=inp.environment.value)
-    await rbac.audit(pool, decision, tenant=inp.tenant, actor=inp.actor,
-                     action="execute", resource=inp.step.target or "localhost",
-                     environment=inp.environment.value, execution_id=inp.execution_id,
-                     step_id=inp.step.id)
+    target = inp.step.target or "localhost"
+    decision = await rbac.check(pool, tenant=inp.tenant, actor=inp.actor, action="execute",
+                                environment=inp.environment.value, resource=target,
+                                tool=inp.step.tool, execution_id=inp.execution_id,
+                                step_id=inp.step.id)
     if not decision.allowed:
-        _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on "
-              f"{inp.step.target or 'localhost'} in {inp.environment.value}: {decision.reason}",
-              RBAC_DENIED)
+        _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on {target} in "
+              f"{inp.environment.value}: {decision.reason}", RBAC_DENIED)
 
 
 async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any) -> None:
     """Fencing check, unknown-outcome guard and the 'running' row, in one transaction."""
-    from safety.mutex import check_fencing
+    from safety.mutex import LockLost as LockLostError
+    from safety.mutex import check_fencing, renew
 
     from .attempts import record_attempt_started, resolve_unfinished, unfinished_attempt
 
     step = inp.step
     async with pool.acquire() as conn, conn.transaction():
+        if inp.fencing_tokens:
+            try:
+                await renew(conn, inp.tenant, list(inp.fencing_tokens), inp.execution_id,
+                            inp.lease_seconds)
+            except LockLostError as err:
+                _fail(f"{err}; step {step.id} did not act", LOCK_LOST)
         for asset, token in sorted(inp.fencing_tokens.items()):
             if not await check_fencing(conn, inp.tenant, asset, inp.execution_id, token):
                 _fail(f"lock lost: execution {inp.execution_id} no longer holds asset {asset!r} "
@@ -126,6 +131,19 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
 def _mirror_output(result: StepResult) -> dict[str, Any]:
     return {"stdout": result.stdout, "stderr": result.stderr, "output": result.output,
             "duration_ms": result.duration_ms}
+
+
+@contextlib.asynccontextmanager
+async def _leases_renewed(inp: StepRunInput, pool: Any) -> AsyncIterator[asyncio.Event | None]:
+    """While a step runs on locked assets, keep their leases alive."""
+    if not inp.fencing_tokens:
+        yield None
+        return
+    from safety.mutex import keep_renewed
+
+    async with keep_renewed(pool, inp.tenant, list(inp.fencing_tokens), inp.execution_id,
+                            inp.lease_seconds) as lost:
+        yield lost
 
 
 async def _heartbeat_forever(interval: float) -> None:
@@ -184,7 +202,13 @@ async def run_step(inp: StepRunInput) -> StepResult:
     beat = asyncio.create_task(_heartbeat_forever(
         max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
     try:
-        outcome = await executor_for(step.kind).run(ctx)
+        async with _leases_renewed(inp, pool) as lost:
+            outcome = await executor_for(step.kind).run(ctx)
+        if lost is not None and lost.is_set():
+            outcome = StepOutcome(ok=False, error="lock lost while the step ran: another "
+                                  "execution may now hold the asset", error_type=LOCK_LOST,
+                                  retryable=False, exit_code=outcome.exit_code,
+                                  stdout=outcome.stdout, stderr=outcome.stderr)
     except asyncio.CancelledError:
         await _record_cancelled(inp, attempt, pool)
         raise

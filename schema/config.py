@@ -27,6 +27,7 @@ class Settings(BaseModel):
     strict_rbac: bool | None = None
     rbac_policy_file: str | None = None
     inventory_file: str | None = None
+    idempotency_window_seconds: float = 86_400.0
 
     @property
     def stack_file(self) -> Path:
@@ -54,4 +55,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         strict_rbac=None if strict is None else strict.lower() in ("1", "true", "yes"),
         rbac_policy_file=env.get("OPSC_RBAC_POLICY"),
         inventory_file=env.get("OPSC_INVENTORY"),
+        idempotency_window_seconds=float(env.get("OPSC_IDEMPOTENCY_WINDOW_SECONDS") or 86_400),
     )

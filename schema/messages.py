@@ -114,6 +114,7 @@ class StepRunInput(BaseModel):
     step: StepSpec
     policy: TimeoutPolicy
     fencing_tokens: dict[str, int] = Field(default_factory=dict)
+    lease_seconds: float = 60.0
     prior_outputs: dict[str, Any] = Field(default_factory=dict)  # for validate steps
     rbac_required: bool = True
     override_unknown_outcome: bool = False  # an operator resolved an unknown outcome: retry

@@ -109,7 +109,7 @@ class ExecutionClient:
                 for i, s in enumerate(request.steps) if s.inputs.get("target") in unknown])
         return request
 
-    async def _authorize_submission(self, request: ExecutionRequest, execution_id: str) -> None:
+    async def _authorize_submission(self, request: ExecutionRequest) -> None:
         policy = await rbac.load_policy(self.pool)
         for step in request.steps:
             target = step.inputs.get("target") or "localhost"
@@ -119,7 +119,7 @@ class ExecutionClient:
             await rbac.audit(self.pool, decision, tenant=request.tenant, actor=request.actor,
                              action="execute", resource=str(target),
                              environment=request.environment.value,
-                             execution_id=execution_id, step_id=step.id)
+                             tool=step.tool, step_id=step.id)
             if not decision.allowed:
                 raise SubmissionRefused(
                     f"denied: {request.actor} may not execute {step.tool} on {target} in "
@@ -127,16 +127,12 @@ class ExecutionClient:
 
     async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
         request = await self.prepare(raw)
+        await self._authorize_submission(request)
         plan_doc = request.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
         key = idempotency.idempotency_key(plan_doc, request.tenant, request.actor)
         claim = await idempotency.claim(self.pool, request.tenant, key,
-                                        new_execution_id=str(uuid.uuid4()))
-        if claim.is_new:
-            try:
-                await self._authorize_submission(request, claim.execution_id)
-            except SubmissionRefused:
-                await idempotency.abandon(self.pool, request.tenant, key, claim.execution_id)
-                raise
+                                        self.settings.idempotency_window_seconds,
+                                        actor=request.actor)
         spec = build_spec(request, execution_id=claim.execution_id,
                           workflow_id=claim.workflow_id, idempotency_key=key,
                           previous_execution_id=claim.previous_execution_id,
@@ -167,11 +163,12 @@ class ExecutionClient:
                 static_details=(f"execution {spec.execution_id}, requested by {spec.actor} in "
                                 f"{spec.environment.value}, SLA {spec.sla_class.value}"))
         except WorkflowAlreadyStartedError:
-            return self.temporal.get_workflow_handle(spec.workflow_id)
+            return self.temporal.get_workflow_handle(spec.workflow_id,
+                                                     result_type=ExecutionResult)
 
     async def _wait_result(self, handle: WorkflowHandle[Any, Any]) -> ExecutionResult:
         try:
-            return await handle.result(result_type=ExecutionResult)  # type: ignore[no-any-return]
+            return await handle.result()  # type: ignore[no-any-return]
         except WorkflowFailureError:
             # Cancelled through Temporal (or failed): the mirror has the final word.
             return await self.result(handle.id)
@@ -196,9 +193,11 @@ class ExecutionClient:
             "WHERE workflow_id = $1 OR execution_id = $2", ident, as_uuid)
         if row:
             return row["execution_id"], row["workflow_id"]
-        found = await idempotency.find(self.pool, ident)
-        if found:
-            return found
+        claimed = await self.pool.fetchrow(
+            "SELECT execution_id::text, workflow_id FROM execution.idempotency_records "
+            "WHERE workflow_id = $1 OR execution_id = $2", ident, as_uuid)
+        if claimed:  # claimed, but the workflow has not written its first mirror row yet
+            return claimed["execution_id"], claimed["workflow_id"]
         raise ExecutionNotFound(f"no execution with id {ident!r}")
 
     async def handle(self, ident: str) -> WorkflowHandle[Any, Any]:
@@ -261,9 +260,9 @@ class ExecutionClient:
 
     async def result(self, ident: str) -> ExecutionResult:
         execution_id, workflow_id = await self.resolve_ids(ident)
-        handle = self.temporal.get_workflow_handle(workflow_id)
+        handle = self.temporal.get_workflow_handle(workflow_id, result_type=ExecutionResult)
         try:
-            return await handle.result(result_type=ExecutionResult)  # type: ignore[no-any-return]
+            return await handle.result()  # type: ignore[no-any-return]
         except WorkflowFailureError:
             pass
         row = await self.pool.fetchval(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from activities.locks import acquire_locks, release_locks
@@ -48,8 +47,7 @@ def build_worker(client: Client, task_queue: str, *, max_concurrent_activities: 
                  **kwargs: Any) -> Worker:
     return Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
                   activities=list(ACTIVITIES), workflow_runner=workflow_runner(),
-                  max_concurrent_activities=max_concurrent_activities,
-                  activity_executor=ThreadPoolExecutor(4), **kwargs)
+                  max_concurrent_activities=max_concurrent_activities, **kwargs)
 
 
 async def run_worker(settings: Settings | None = None,

@@ -17,6 +17,9 @@ from schema.migrate import migrate
 from starter.embedded_postgres import EmbeddedPostgres
 from starter.temporal_server import TemporalDevServer
 
+# The whole session's worker and client use the test RBAC policy (approver roles).
+os.environ["OPSC_RBAC_POLICY"] = str(Path(__file__).resolve().parent / "rbac_policy.yaml")
+
 
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[Path]:
