@@ -13,9 +13,10 @@ from typing import Any
 
 import asyncpg
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from schema.enums import ApprovalState, ExecutionStatus
-from schema.fsm import check_transition
+from schema.fsm import IllegalTransition, check_transition
 from schema.messages import (
     ApprovalRecord,
     EventRecord,
@@ -115,6 +116,29 @@ async def _create(conn: asyncpg.Connection, spec: ExecutionSpec, run_id: str | N
           s.description, s.target) for i, s in enumerate(spec.steps)])
 
 
+def check_status_events(current: str, w: MirrorWrite) -> None:
+    """The batch's status events must chain, legally, from the mirror's current status.
+
+    A batch the mirror already applied (a local activity retried after its commit) is
+    recognised by ending where the mirror already is.
+    """
+    moves = [(e.from_status, e.to_status) for e in w.events if e.type == "execution.status"]
+    target = w.status.value if w.status is not None else current
+    if moves and moves[-1][1] != target:
+        raise IllegalTransition(f"batch ends at {moves[-1][1]} but claims status {target}")
+    if current == target and (not moves or moves[0][0] != current):
+        return  # nothing to do, or a replay of a batch already applied
+    status = current
+    for src, dst in moves:
+        if src != status:
+            raise IllegalTransition(f"status event {src} -> {dst} does not follow the "
+                                    f"mirror's status {status}")
+        check_transition(ExecutionStatus(src), ExecutionStatus(dst or ""))
+        status = dst or ""
+    if status != target:
+        raise IllegalTransition(f"execution status {current} -> {target} without a status event")
+
+
 async def _update_execution(conn: asyncpg.Connection, w: MirrorWrite) -> None:
     if w.status is not None:
         current = await conn.fetchval(
@@ -122,8 +146,7 @@ async def _update_execution(conn: asyncpg.Connection, w: MirrorWrite) -> None:
             w.execution_id)
         if current is None:
             raise LookupError(f"execution {w.execution_id} has no mirror row")
-        if current != w.status.value:
-            check_transition(ExecutionStatus(current), w.status)
+        check_status_events(current, w)
     approval = (None if w.approval_state in (None, ApprovalState.NOT_REQUIRED)
                 else w.approval_state.value)
     await conn.execute(
@@ -196,7 +219,11 @@ async def mirror_write(w: MirrorWrite) -> MirrorWriteResult:
 
     pool = await get_pool()
     async with pool.acquire() as conn:
-        await apply_mirror_write(conn, w)
+        try:
+            await apply_mirror_write(conn, w)
+        except IllegalTransition as err:  # a bug, never fixed by retrying: fail loudly
+            raise ApplicationError(str(err), type="IllegalTransition",
+                                   non_retryable=True) from err
         if not w.load_policies or w.spec is None:
             return MirrorWriteResult()
         policies = await load_policies(conn)

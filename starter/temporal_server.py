@@ -58,7 +58,18 @@ class TemporalDevServer:
                 self.stop()
                 raise RuntimeError("temporal dev server did not open its port in time")
             time.sleep(0.05)
+        # An open port is not a healthy frontend: ask the server itself.
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("temporal dev server did not become healthy in time")
+            time.sleep(0.1)
         return self.address
+
+    def healthy(self) -> bool:
+        probe = subprocess.run([temporal_cli(), "operator", "cluster", "health", "--address",
+                                self.address], capture_output=True, text=True, timeout=10)
+        return probe.returncode == 0 and "SERVING" in probe.stdout
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc and self.proc.poll() is None:

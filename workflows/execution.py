@@ -68,7 +68,8 @@ ACTION_RANK = {ActionClass.READ: 0, ActionClass.MODIFY: 1, ActionClass.DEPLOY: 2
 STEP_TIMEOUT_GRACE = timedelta(seconds=10)
 MIRROR_TIMEOUT = timedelta(seconds=30)
 MIRROR_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
-                           maximum_interval=timedelta(seconds=10))
+                           maximum_interval=timedelta(seconds=10),
+                           non_retryable_error_types=["IllegalTransition"])
 LOCK_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["LockTimeout"])
 CLEANUP_RETRY = RetryPolicy(maximum_attempts=2, non_retryable_error_types=["CleanupFailed"])
 AUTHZ_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=5))
@@ -129,6 +130,7 @@ class ExecutionWorkflow:
         self.gate: Gate | None = None
         self.gates: list[Gate] = []
         self.gate_lock = asyncio.Lock()
+        self.flush_lock = asyncio.Lock()
         self.fencing: dict[str, int] = {}
         self.waiting_on: str | None = None
         self.resolutions: dict[str, ResolveRequest] = {}
@@ -209,6 +211,9 @@ class ExecutionWorkflow:
             await workflow.wait_condition(steps.done, timeout=timedelta(seconds=exec_seconds))
         except TimeoutError:
             pass
+        except asyncio.CancelledError:
+            await self._stop_body(steps)  # the running steps' activities must stop too
+            raise
         if not steps.done():
             self.error = f"execution deadline of {exec_seconds:g}s passed"
             self._emit("execution.deadline", message=self.error)
@@ -619,16 +624,18 @@ class ExecutionWorkflow:
         self._validate_decision(payload, "reject")
 
     def _validate_decision(self, payload: Any, kind: str) -> None:
+        """Refuse at once what is not a decision at all; the handler judges the rest, so
+        that every real decision, accepted or refused, lands on the gate's record."""
         try:
-            decision = ApprovalDecision.model_validate(payload)
+            ApprovalDecision.model_validate(payload)
         except ValidationError as err:
-            raise ApplicationError(f"malformed decision: {err.errors()[0]['msg']}",
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise ApplicationError(f"malformed decision: {where}: {first['msg']}",
                                    type="InvalidDecision") from None
         if self.gate is None:
-            raise ApplicationError("no approval is pending", type="NoApprovalPending")
-        refusal = self.gate.precheck(decision, kind)
-        if refusal:
-            raise ApplicationError(refusal, type="DecisionRefused")
+            raise ApplicationError(f"no approval is pending (status {self.status.value})",
+                                   type="NoApprovalPending")
 
     # ------------------------------------------------------------------ cancel and resolve
 
@@ -833,14 +840,17 @@ class ExecutionWorkflow:
         workflow.upsert_search_attributes(updates)
 
     async def _flush(self, **fields: Any) -> MirrorWriteResult:
-        events, self.events = self.events, []
-        write = MirrorWrite(execution_id=self.spec.execution_id,
-                            workflow_id=self.spec.workflow_id, status=self.status,
-                            approval_state=self.approval_state, events=events, **fields)
-        return await workflow.execute_local_activity(
-            "mirror_write", write, result_type=MirrorWriteResult,
-            start_to_close_timeout=MIRROR_TIMEOUT, retry_policy=MIRROR_RETRY,
-            summary="mirror")
+        """One mirror batch. Batches are serialised and snapshot under the lock, so the
+        mirror sees status events in the order the workflow made them."""
+        async with self.flush_lock:
+            events, self.events = self.events, []
+            write = MirrorWrite(execution_id=self.spec.execution_id,
+                                workflow_id=self.spec.workflow_id, status=self.status,
+                                approval_state=self.approval_state, events=events, **fields)
+            return await workflow.execute_local_activity(
+                "mirror_write", write, result_type=MirrorWriteResult,
+                start_to_close_timeout=MIRROR_TIMEOUT, retry_policy=MIRROR_RETRY,
+                summary="mirror")
 
     async def _finish(self, final: ExecutionStatus) -> None:
         if self.approval_state is ApprovalState.PENDING:
