@@ -1,0 +1,118 @@
+"""Lock activities: acquire (waiting with heartbeats), renew and release per-asset leases.
+
+Locks are taken after approval (the workflow calls `acquire_locks` once the plan is approved),
+so a pending approval never blocks a host. While queued, the activity heartbeats details that
+name the holder, and records a `locks.waiting` event in the mirror each time the holder
+changes, so `status`/`watch` can say who is in the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from safety import mutex
+from schema.locks import (
+    AcquireLocksInput,
+    AcquireLocksResult,
+    ReleaseLocksInput,
+    ReleaseLocksResult,
+    RenewLocksInput,
+    RenewLocksResult,
+)
+
+from .db import get_pool
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner() -> str:
+    try:
+        info = activity.info()
+        return f"{info.workflow_id}@{WORKER}"
+    except RuntimeError:
+        return WORKER
+
+
+async def _record_waiting(pool: Any, execution_id: str, attempt: mutex.AcquireAttempt) -> None:
+    """Best effort: the mirror row may not exist (tests, or a mirror outage)."""
+    holder = attempt.holder_execution_id or "queue"
+    with contextlib.suppress(Exception):
+        await pool.execute(
+            "INSERT INTO execution.execution_events (execution_id, event_key, event_type, message,"
+            " data) VALUES ($1, $2, 'locks.waiting', $3, $4::jsonb)"
+            " ON CONFLICT (execution_id, event_key) DO NOTHING",
+            uuid.UUID(execution_id), f"locks:waiting:{attempt.blocked_asset}:{holder}",
+            f"waiting for {attempt.blocked_asset}: held by "
+            + (f"execution {attempt.holder_execution_id}" if attempt.holder_execution_id
+               else f"nobody; {attempt.waiters_ahead} earlier request(s) queued"),
+            json.dumps(attempt.describe()))
+
+
+@activity.defn(name="acquire_locks")
+async def acquire_locks(inp: AcquireLocksInput) -> AcquireLocksResult:
+    """Wait (FIFO, heartbeating) until all assets are ours, up to `wait_timeout_seconds`.
+
+    Raises a non-retryable `LockTimeout` naming the holder; on cancellation the waiter rows
+    are removed before the cancellation propagates.
+    """
+    pool = await get_pool()
+    owner = _owner()
+    start = time.monotonic()
+    last_holder: tuple[str | None, str | None] | None = None
+
+    async def on_wait(attempt: mutex.AcquireAttempt, waited: float) -> None:
+        nonlocal last_holder
+        activity.heartbeat({**attempt.describe(), "waited_seconds": round(waited, 1)})
+        holder = (attempt.blocked_asset, attempt.holder_execution_id)
+        if holder != last_holder:
+            last_holder = holder
+            await _record_waiting(pool, inp.execution_id, attempt)
+
+    try:
+        tokens = await mutex.acquire(
+            pool, inp.tenant, inp.assets, inp.execution_id, owner, inp.lease_seconds,
+            timeout=inp.wait_timeout_seconds, poll_interval=inp.poll_interval_seconds,
+            on_wait=on_wait)
+    except mutex.LockTimeout as err:
+        raise ApplicationError(str(err), err.last.describe() if err.last else None,
+                               type="LockTimeout", non_retryable=True) from None
+    except asyncio.CancelledError:
+        # The execution is being cancelled: a grant that raced with the cancel is of no use,
+        # so free the assets too instead of letting the lease run out.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(mutex.release(pool, inp.tenant, inp.execution_id, inp.assets))
+        raise
+    return AcquireLocksResult(tokens=tokens, waited_seconds=time.monotonic() - start,
+                              owner=owner)
+
+
+@activity.defn(name="renew_locks")
+async def renew_locks(inp: RenewLocksInput) -> RenewLocksResult:
+    """Extend the leases; a non-retryable `LockLost` names any asset no longer held."""
+    pool = await get_pool()
+    try:
+        expires = await mutex.renew(pool, inp.tenant, inp.assets, inp.execution_id,
+                                    inp.lease_seconds)
+    except mutex.LockLost as err:
+        raise ApplicationError(str(err), {"assets": err.assets}, type="LockLost",
+                               non_retryable=True) from None
+    return RenewLocksResult(expires_at=expires)
+
+
+@activity.defn(name="release_locks")
+async def release_locks(inp: ReleaseLocksInput) -> ReleaseLocksResult:
+    """Release on completion, failure or cancel; idempotent, never touches others' leases."""
+    pool = await get_pool()
+    assets = inp.assets if inp.assets is not None else (list(inp.tokens) or None)
+    released = await mutex.release(pool, inp.tenant, inp.execution_id, assets)
+    return ReleaseLocksResult(released=released)

@@ -1,0 +1,87 @@
+"""The lock activities on a real Temporal dev server with the workflow's own wire models:
+a queued acquisition heartbeats, is cancelled by a workflow cancel, and leaves no waiter row."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import asyncpg
+from temporalio import workflow
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import RetryPolicy
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from activities import db as activities_db
+from activities.locks import acquire_locks, release_locks, renew_locks
+from safety import mutex
+from schema.locks import RenewLocksInput
+from schema.messages import LockGrant, LockRelease, LockRequest
+
+
+@workflow.defn(sandboxed=False)
+class LockProbe:
+    @workflow.run
+    async def run(self, req: LockRequest) -> dict[str, int]:
+        grant = await workflow.execute_activity(
+            "acquire_locks", req, result_type=LockGrant,
+            start_to_close_timeout=timedelta(seconds=60), heartbeat_timeout=timedelta(seconds=2),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+        await workflow.execute_activity(
+            "renew_locks", RenewLocksInput(tenant=req.tenant, execution_id=req.execution_id,
+                                           assets=list(grant.tokens), lease_seconds=30),
+            start_to_close_timeout=timedelta(seconds=10))
+        await workflow.execute_activity(
+            "release_locks", LockRelease(tenant=req.tenant, execution_id=req.execution_id,
+                                         tokens=grant.tokens),
+            start_to_close_timeout=timedelta(seconds=10))
+        return grant.tokens
+
+
+async def test_lock_activities_on_real_temporal(temporal_client: Client,
+                                                db_pool: asyncpg.Pool) -> None:
+    activities_db.set_pool(db_pool)
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    queue = f"locks-{uuid.uuid4().hex[:8]}"
+    async with Worker(temporal_client, task_queue=queue, workflows=[LockProbe],
+                      activities=[acquire_locks, renew_locks, release_locks],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        # uncontended: tokens come back and the lease is released at the end
+        eid = str(uuid.uuid4())
+        tokens = await temporal_client.execute_workflow(
+            LockProbe.run, LockRequest(tenant=tenant, execution_id=eid, assets=["b", "a"],
+                                       wait_timeout_seconds=10),
+            id=f"probe-{eid}", task_queue=queue)
+        assert sorted(tokens) == ["a", "b"]
+        assert await mutex.holder_of(db_pool, tenant, "a") is None
+
+        # queued behind another holder, then the workflow is cancelled
+        await mutex.acquire(db_pool, tenant, ["a"], "blocker", "w", 60, timeout=1)
+        eid2 = str(uuid.uuid4())
+        handle = await temporal_client.start_workflow(
+            LockProbe.run, LockRequest(tenant=tenant, execution_id=eid2, assets=["a"],
+                                       wait_timeout_seconds=60),
+            id=f"probe-{eid2}", task_queue=queue)
+        for _ in range(200):
+            desc = await handle.describe()
+            pending = desc.raw_description.pending_activities
+            if pending and pending[0].heartbeat_details.payloads:
+                break
+            await asyncio.sleep(0.05)
+        details = temporal_client.data_converter.payload_converter.from_payloads(
+            pending[0].heartbeat_details.payloads)[0]
+        assert details["holder_execution_id"] == "blocker"
+        await handle.cancel()
+        try:
+            await handle.result()
+            raise AssertionError("the workflow should have been cancelled")
+        except WorkflowFailureError:
+            pass
+        n = await db_pool.fetchval(
+            "SELECT count(*) FROM execution.execution_lock_waiters WHERE tenant = $1", tenant)
+        assert n == 0
+        holder = await mutex.holder_of(db_pool, tenant, "a")
+        assert holder is not None and holder.execution_id == "blocker"
+        await mutex.release(db_pool, tenant, "blocker")
