@@ -7,7 +7,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from activities.locks import acquire_locks, release_locks
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -16,6 +15,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import db
 from activities.authz import authorize
 from activities.cleanup import run_cleanup
+from activities.locks import acquire_locks, release_locks, renew_locks
 from activities.mirror import mirror_write
 from activities.plan_checks import run_plan_safety_checks
 from activities.steps import run_step
@@ -26,7 +26,8 @@ from workflows.execution import ExecutionWorkflow
 log = logging.getLogger("opsconductor.worker")
 
 ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup,
-                             run_plan_safety_checks, acquire_locks, release_locks)
+                             run_plan_safety_checks, acquire_locks, renew_locks,
+                             release_locks)
 PASSTHROUGH = ("schema", "pydantic", "pydantic_core", "annotated_types")
 
 

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
     )
     from schema.fsm import check_step_transition, check_transition
+    from schema.locks import RenewLocksInput
     from schema.messages import (
         ApprovalDecision,
         AuthorizeInput,
@@ -64,7 +65,7 @@ SA_SLA = SearchAttributeKey.for_keyword("OpsSlaClass")
 SA_APPROVAL = SearchAttributeKey.for_keyword("OpsApprovalState")
 SA_ASSETS = SearchAttributeKey.for_keyword_list("OpsAssets")
 
-ACTION_RANK = {ActionClass.READ: 0, ActionClass.MODIFY: 1, ActionClass.DEPLOY: 2}
+LEASE_SECONDS = 60.0  # asset leases: renewed by running steps and during approval gates
 STEP_TIMEOUT_GRACE = timedelta(seconds=10)
 MIRROR_TIMEOUT = timedelta(seconds=30)
 MIRROR_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
@@ -402,6 +403,7 @@ class ExecutionWorkflow:
                              workflow_id=self.spec.workflow_id, tenant=self.spec.tenant,
                              actor=self.spec.actor, environment=self.spec.environment,
                              step=step, policy=policy, fencing_tokens=self.fencing,
+                             lease_seconds=LEASE_SECONDS,
                              prior_outputs=prior, override_unknown_outcome=override),
                 result_type=StepResult,
                 start_to_close_timeout=step_timeout + STEP_TIMEOUT_GRACE,
@@ -497,15 +499,18 @@ class ExecutionWorkflow:
             self._set_status(ExecutionStatus.PENDING_APPROVAL, flush=False,
                              message=f"waiting for approval ({name}): {reason}")
             await self._flush(approvals=[gate.record()])
+            decided = lambda: gate.state is not ApprovalState.PENDING  # noqa: E731
+            renewer = asyncio.create_task(self._keep_leases(decided)) if self.fencing else None
             try:
-                await workflow.wait_condition(lambda: gate.state is not ApprovalState.PENDING,
-                                              timeout=timedelta(seconds=window))
+                await workflow.wait_condition(decided, timeout=timedelta(seconds=window))
             except TimeoutError:
                 gate.state = ApprovalState.EXPIRED
                 gate.decided_at = workflow.now()
             finally:
                 self.gate = None
                 self.waiting_on = None
+                if renewer is not None:
+                    renewer.cancel()
             self.approval_state = gate.state
             if gate.state is ApprovalState.APPROVED:
                 self._set_status(ExecutionStatus.APPROVED, flush=False,
@@ -771,7 +776,8 @@ class ExecutionWorkflow:
             grant = await workflow.execute_activity(
                 "acquire_locks",
                 LockRequest(tenant=self.spec.tenant, assets=assets,
-                            execution_id=self.spec.execution_id, wait_timeout_seconds=timeout),
+                            execution_id=self.spec.execution_id, wait_timeout_seconds=timeout,
+                            lease_seconds=LEASE_SECONDS),
                 result_type=LockGrant,
                 start_to_close_timeout=timedelta(seconds=timeout + 30),
                 heartbeat_timeout=timedelta(seconds=10), retry_policy=LOCK_RETRY,
@@ -790,6 +796,28 @@ class ExecutionWorkflow:
         self.fencing = dict(grant.tokens)
         self._emit("locks.acquired", data={"tokens": self.fencing})
         return True
+
+    async def _keep_leases(self, done: Any) -> None:
+        """Renew held leases while nothing else does (a gate in the middle of a run)."""
+        every = timedelta(seconds=LEASE_SECONDS / 3)
+        while not done():
+            try:
+                await workflow.wait_condition(done, timeout=every)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await workflow.execute_activity(
+                    "renew_locks",
+                    RenewLocksInput(tenant=self.spec.tenant, execution_id=self.spec.execution_id,
+                                    assets=sorted(self.fencing), lease_seconds=LEASE_SECONDS),
+                    start_to_close_timeout=timedelta(seconds=20),
+                    retry_policy=RetryPolicy(maximum_attempts=3,
+                                             non_retryable_error_types=["LockLost"]),
+                    summary="renew asset leases")
+            except ActivityError as err:
+                self._emit("locks.lost", message=str(getattr(err.cause, "message", err)))
+                return
 
     async def _release_locks(self) -> None:
         if not self.fencing:
