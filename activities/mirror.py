@@ -28,65 +28,85 @@ from schema.spec import ExecutionSpec
 
 from .db import get_pool
 
-EVENT_INSERT = """
+EVENT_COLUMNS = ("key text", "type text", "step_id text", "from_status text", "to_status text",
+                 "actor text", "message text", "data text", "at timestamptz")
+STEP_COLUMNS = ("step_id text", "status text", "attempts int", "started_at timestamptz",
+                "completed_at timestamptz", "exit_code int", "output text", "error text")
+
+
+def _unnest(columns: tuple[str, ...], first: int) -> str:
+    """`unnest($first::t1[], ...) AS u(c1, ...)`: array parameters, one per column."""
+    params = ", ".join(f"${first + i}::{c.split()[1]}[]" for i, c in enumerate(columns))
+    return f"unnest({params}) AS u({', '.join(c.split()[0] for c in columns)})"
+
+
+def _event_insert(first: int) -> str:
+    return f"""
 INSERT INTO execution.execution_events
   (execution_id, event_key, event_type, step_id, from_status, to_status, actor, message, data,
    created_at)
-SELECT $1::uuid, e.key, e.type, e.step_id, e.from_status, e.to_status, e.actor, e.message,
-       e.data::jsonb, coalesce(e.at, now())
-FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::timestamptz[])
-  AS e(key, type, step_id, from_status, to_status, actor, message, data, at)
-ON CONFLICT (execution_id, event_key) DO NOTHING
-"""
+SELECT $1::uuid, u.key, u.type, u.step_id, u.from_status, u.to_status, u.actor, u.message,
+       u.data::jsonb, coalesce(u.at, now())
+FROM {_unnest(EVENT_COLUMNS, first)}
+ON CONFLICT (execution_id, event_key) DO NOTHING"""
 
-STEP_UPSERT = """
+
+def _step_update(first: int) -> str:
+    return f"""
 UPDATE execution.execution_steps AS s SET
   status = u.status, attempts = greatest(s.attempts, u.attempts),
   started_at = coalesce(u.started_at, s.started_at),
   completed_at = coalesce(u.completed_at, s.completed_at),
-  duration_ms = CASE WHEN coalesce(u.started_at, s.started_at) IS NOT NULL
-                          AND coalesce(u.completed_at, s.completed_at) IS NOT NULL
-                     THEN extract(epoch FROM coalesce(u.completed_at, s.completed_at)
-                                  - coalesce(u.started_at, s.started_at)) * 1000
-                     ELSE s.duration_ms END,
+  duration_ms = extract(epoch FROM coalesce(u.completed_at, s.completed_at)
+                        - coalesce(u.started_at, s.started_at)) * 1000,
   exit_code = coalesce(u.exit_code, s.exit_code),
   output = coalesce(u.output::jsonb, s.output),
   error = coalesce(u.error, s.error),
   updated_at = now()
-FROM unnest($2::text[], $3::text[], $4::int[], $5::timestamptz[], $6::timestamptz[], $7::int[],
-            $8::text[], $9::text[])
-  AS u(step_id, status, attempts, started_at, completed_at, exit_code, output, error)
-WHERE s.execution_id = $1::uuid AND s.step_id = u.step_id
-"""
+FROM {_unnest(STEP_COLUMNS, first)}
+WHERE s.execution_id = $1::uuid AND s.step_id = u.step_id"""
+
+
+EVENT_INSERT = _event_insert(2)
+STEP_UPSERT = _step_update(2)
+STEP_AND_EVENT = f"WITH step AS ({_step_update(2)})\n{_event_insert(2 + len(STEP_COLUMNS))}"
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
-async def write_events(conn: asyncpg.Connection, execution_id: str,
+def _event_arrays(events: list[EventRecord]) -> list[list[Any]]:
+    return [[e.key for e in events], [e.type for e in events], [e.step_id for e in events],
+            [e.from_status for e in events], [e.to_status for e in events],
+            [e.actor for e in events], [e.message for e in events],
+            [json.dumps(e.data, default=str) for e in events], [e.at for e in events]]
+
+
+def _step_arrays(steps: list[StepRecord]) -> list[list[Any]]:
+    return [[s.step_id for s in steps], [s.status.value for s in steps],
+            [s.attempts for s in steps], [s.started_at for s in steps],
+            [s.completed_at for s in steps], [s.exit_code for s in steps],
+            [_json(s.output) for s in steps], [s.error for s in steps]]
+
+
+async def write_events(conn: asyncpg.Connection | asyncpg.Pool, execution_id: str,
                        events: list[EventRecord]) -> None:
-    if not events:
-        return
-    await conn.execute(
-        EVENT_INSERT, execution_id,
-        [e.key for e in events], [e.type for e in events], [e.step_id for e in events],
-        [e.from_status for e in events], [e.to_status for e in events],
-        [e.actor for e in events], [e.message for e in events],
-        [json.dumps(e.data, default=str) for e in events], [e.at for e in events])
+    if events:
+        await conn.execute(EVENT_INSERT, execution_id, *_event_arrays(events))
 
 
 async def write_steps(conn: asyncpg.Connection, execution_id: str,
                       steps: list[StepRecord]) -> None:
-    if not steps:
-        return
-    await conn.execute(
-        STEP_UPSERT, execution_id,
-        [s.step_id for s in steps], [s.status.value for s in steps], [s.attempts for s in steps],
-        [s.started_at for s in steps], [s.completed_at for s in steps],
-        [s.exit_code for s in steps], [_json(s.output) for s in steps],
-        [s.error for s in steps])
+    if steps:
+        await conn.execute(STEP_UPSERT, execution_id, *_step_arrays(steps))
+
+
+async def write_step_and_event(conn: asyncpg.Connection | asyncpg.Pool, execution_id: str,
+                               step: StepRecord, event: EventRecord) -> None:
+    """A step's row and its event in one statement: atomic, and one round trip."""
+    await conn.execute(STEP_AND_EVENT, execution_id, *_step_arrays([step]),
+                       *_event_arrays([event]))
 
 
 async def _create(conn: asyncpg.Connection, spec: ExecutionSpec, run_id: str | None) -> None:

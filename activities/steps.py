@@ -27,7 +27,7 @@ from .checks import result_context, run_checks
 from .db import get_pool
 from .executors.base import StepContext, StepOutcome
 from .executors.registry import executor_for
-from .mirror import write_events, write_steps
+from .mirror import write_events, write_step_and_event, write_steps
 
 log = logging.getLogger("opsconductor.step")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -49,23 +49,32 @@ def _fail(message: str, error_type: str, *, retryable: bool = False, **details: 
     raise ApplicationError(message, details or None, type=error_type, non_retryable=not retryable)
 
 
-async def _check_permission(inp: StepRunInput, pool: Any) -> None:
+async def _authorize(inp: StepRunInput, pool: Any) -> Any:
+    """Decide now, at the moment of action; the audit row is written with the start record
+    (a denial is audited at once)."""
     from safety import rbac
 
     target = inp.step.target or "localhost"
-    decision = await rbac.check(pool, tenant=inp.tenant, actor=inp.actor, action="execute",
-                                environment=inp.environment.value, resource=target,
-                                tool=inp.step.tool, execution_id=inp.execution_id,
-                                step_id=inp.step.id)
+    policy = await rbac.load_policy(pool)
+    decision = policy.evaluate(tenant=inp.tenant, actor=inp.actor, action="execute",
+                               environment=inp.environment.value, resource=target,
+                               tool=inp.step.tool)
+    entry = rbac.AuditEntry(decision, inp.tenant, inp.actor, "execute", inp.environment.value,
+                            target, inp.step.tool, inp.execution_id, inp.step.id)
     if not decision.allowed:
+        await rbac.audit_many(pool, [entry])
         _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on {target} in "
               f"{inp.environment.value}: {decision.reason}", RBAC_DENIED)
+    return entry
 
 
-async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any) -> None:
-    """Fencing check, unknown-outcome guard and the 'running' row, in one transaction."""
+async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any,
+                        audit: Any) -> None:
+    """Fencing check, unknown-outcome guard, RBAC audit and the 'running' row: one
+    transaction, so a step never acts without all of them recorded."""
     from safety.mutex import LockLost as LockLostError
     from safety.mutex import check_fencing, renew
+    from safety.rbac import audit_many
 
     from .attempts import record_attempt_started, resolve_unfinished, unfinished_attempt
 
@@ -93,13 +102,16 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                       f"operator resolves it (retry, skip or fail)",
                       UNKNOWN_OUTCOME, attempt=stale.attempt)
             await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
-        await write_steps(conn, inp.execution_id, [StepRecord(
-            step_id=step.id, status=StepStatus.RUNNING, attempts=attempt, started_at=started)])
-        await write_events(conn, inp.execution_id, [EventRecord(
-            key=f"step:{step.id}:running:{attempt}", type="step.status", step_id=step.id,
-            from_status="pending" if attempt == 1 else "running", to_status="running",
-            message=f"attempt {attempt} started on {WORKER_ID}", at=started,
-            data={"attempt": attempt, "worker": WORKER_ID})])
+        if audit is not None:
+            await audit_many(conn, [audit])
+        await write_step_and_event(
+            conn, inp.execution_id,
+            StepRecord(step_id=step.id, status=StepStatus.RUNNING, attempts=attempt,
+                       started_at=started),
+            EventRecord(key=f"step:{step.id}:running:{attempt}", type="step.status",
+                        step_id=step.id, from_status="pending" if attempt == 1 else "running",
+                        to_status="running", message=f"attempt {attempt} started on {WORKER_ID}",
+                        at=started, data={"attempt": attempt, "worker": WORKER_ID}))
 
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
@@ -109,23 +121,25 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
     step = inp.step
     status = result.status if final or result.status is StepStatus.COMPLETED \
         else StepStatus.RUNNING
+    record = StepRecord(
+        step_id=step.id, status=status, attempts=attempt,
+        completed_at=result.completed_at if status is not StepStatus.RUNNING else None,
+        exit_code=result.exit_code, output=_mirror_output(result), error=result.error)
+    event = EventRecord(
+        key=f"step:{step.id}:{result.status.value}:{attempt}",
+        type="step.status" if status is not StepStatus.RUNNING else "step.attempt_failed",
+        step_id=step.id, from_status="running", to_status=status.value,
+        message=result.error or f"attempt {attempt} {result.status.value}",
+        at=result.completed_at, data={"attempt": attempt, "exit_code": result.exit_code,
+                                      "duration_ms": result.duration_ms})
+    if step.idempotent:  # one statement: no transaction needed
+        await write_step_and_event(pool, inp.execution_id, record, event)
+        return
+    outcome = {StepStatus.COMPLETED: "succeeded", StepStatus.TIMEOUT: "timeout"}.get(
+        result.status, "failed")
     async with pool.acquire() as conn, conn.transaction():
-        if not step.idempotent:
-            outcome = {StepStatus.COMPLETED: "succeeded", StepStatus.TIMEOUT: "timeout"}.get(
-                result.status, "failed")
-            await record_attempt_finished(conn, inp.execution_id, step.id, attempt, outcome)
-        await write_steps(conn, inp.execution_id, [StepRecord(
-            step_id=step.id, status=status, attempts=attempt,
-            completed_at=result.completed_at if status is not StepStatus.RUNNING else None,
-            exit_code=result.exit_code, output=_mirror_output(result), error=result.error)])
-        event = EventRecord(
-            key=f"step:{step.id}:{result.status.value}:{attempt}",
-            type="step.status" if status is not StepStatus.RUNNING else "step.attempt_failed",
-            step_id=step.id, from_status="running", to_status=status.value,
-            message=result.error or f"attempt {attempt} {result.status.value}",
-            at=result.completed_at, data={"attempt": attempt, "exit_code": result.exit_code,
-                                          "duration_ms": result.duration_ms})
-        await write_events(conn, inp.execution_id, [event])
+        await record_attempt_finished(conn, inp.execution_id, step.id, attempt, outcome)
+        await write_step_and_event(conn, inp.execution_id, record, event)
 
 
 def _mirror_output(result: StepResult) -> dict[str, Any]:
@@ -154,16 +168,24 @@ async def _heartbeat_forever(interval: float) -> None:
 
 @activity.defn(name="run_step")
 async def run_step(inp: StepRunInput) -> StepResult:
+    # Heartbeat from the first instant: waiting for a pool connection under load must not
+    # look like a dead worker.
+    beat = asyncio.create_task(_heartbeat_forever(
+        max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
+    try:
+        return await _run_step(inp)
+    finally:
+        beat.cancel()
+
+
+async def _run_step(inp: StepRunInput) -> StepResult:
+    from safety.masking import Masker, forget_secret_values, register_secret_values
     from safety.secrets import SecretError, resolver_from_env
 
-    from safety.masking import Masker, forget_secret_values, register_secret_values
-
-    info = activity.info()
-    attempt = info.attempt
+    attempt = activity.info().attempt
     step = inp.step
     pool = await get_pool()
-    if inp.rbac_required:
-        await _check_permission(inp, pool)
+    audit = await _authorize(inp, pool) if inp.rbac_required else None
 
     try:
         asset = await resolve_asset(step.target)
@@ -191,7 +213,7 @@ async def run_step(inp: StepRunInput) -> StepResult:
                                    f"{failed[0].detail}"), "PreconditionFailed")
 
     started = _now()
-    await _record_start(inp, attempt, started, pool)
+    await _record_start(inp, attempt, started, pool, audit)
     timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
                   inp.policy.step_timeout_seconds)
     ctx = StepContext(
@@ -199,8 +221,6 @@ async def run_step(inp: StepRunInput) -> StepResult:
         environment=inp.environment.value, step=step, inputs=inputs, timeout=timeout,
         asset=asset, prior_outputs=inp.prior_outputs, attempt=attempt,
         heartbeat=activity.heartbeat)
-    beat = asyncio.create_task(_heartbeat_forever(
-        max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
     try:
         async with _leases_renewed(inp, pool) as lost:
             outcome = await executor_for(step.kind).run(ctx)
@@ -216,7 +236,6 @@ async def run_step(inp: StepRunInput) -> StepResult:
         outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
                               error_type="ExecutorError")
     finally:
-        beat.cancel()
         forget_secret_values(secret_values)
 
     if outcome.ok and step.success_criteria:

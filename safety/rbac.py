@@ -393,18 +393,47 @@ async def load_policy(db: asyncpg.Pool | asyncpg.Connection | None = None) -> Po
     return await engine_from_env().policy(db)
 
 
+AUDIT_INSERT = (
+    "INSERT INTO execution.rbac_audit (at, tenant, actor, roles, action, resource, tool,"
+    " environment, execution_id, step_id, decision, rule_id, reason, policy_version)"
+    " VALUES (clock_timestamp(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One decision and what it was about, as `execution.rbac_audit` records it."""
+
+    decision: Decision
+    tenant: str
+    actor: str
+    action: str
+    environment: str
+    resource: str | None = None
+    tool: str | None = None
+    execution_id: str | None = None
+    step_id: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        d = self.decision
+        return (self.tenant, self.actor, list(d.roles), self.action, self.resource, self.tool,
+                self.environment, self.execution_id, self.step_id,
+                "allow" if d.allowed else "deny", d.rule_id, d.reason, d.policy_version)
+
+
+async def audit_many(db: asyncpg.Pool | asyncpg.Connection, entries: Sequence[AuditEntry]) -> None:
+    """Record several decisions in one round trip (a submission checks every step)."""
+    if entries:
+        await db.executemany(AUDIT_INSERT, [e.row() for e in entries])
+
+
 async def audit(db: asyncpg.Pool | asyncpg.Connection, decision: Decision, *, tenant: str,
                 actor: str, action: str, environment: str, resource: str | None = None,
                 tool: str | None = None, execution_id: str | None = None,
                 step_id: str | None = None) -> None:
     """Record one decision in `execution.rbac_audit` (who, what, where, outcome, rule, version)."""
-    await db.execute(
-        "INSERT INTO execution.rbac_audit (at, tenant, actor, roles, action, resource, tool,"
-        " environment, execution_id, step_id, decision, rule_id, reason, policy_version)"
-        " VALUES (clock_timestamp(), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        tenant, actor, list(decision.roles), action, resource, tool, environment, execution_id,
-        step_id, "allow" if decision.allowed else "deny", decision.rule_id, decision.reason,
-        decision.policy_version)
+    entry = AuditEntry(decision, tenant, actor, action, environment, resource, tool,
+                       execution_id, step_id)
+    await db.execute(AUDIT_INSERT, *entry.row())
 
 
 async def check(db: asyncpg.Pool | asyncpg.Connection, *, tenant: str, actor: str, action: str,

@@ -110,20 +110,24 @@ class ExecutionClient:
         return request
 
     async def _authorize_submission(self, request: ExecutionRequest) -> None:
+        """Every step's permission, decided and audited before anything is written."""
         policy = await rbac.load_policy(self.pool)
+        entries = []
         for step in request.steps:
-            target = step.inputs.get("target") or "localhost"
+            target = str(step.inputs.get("target") or "localhost")
             decision = policy.evaluate(tenant=request.tenant, actor=request.actor,
-                                       resource=str(target), tool=step.tool, action="execute",
+                                       resource=target, tool=step.tool, action="execute",
                                        environment=request.environment.value)
-            await rbac.audit(self.pool, decision, tenant=request.tenant, actor=request.actor,
-                             action="execute", resource=str(target),
-                             environment=request.environment.value,
-                             tool=step.tool, step_id=step.id)
-            if not decision.allowed:
-                raise SubmissionRefused(
-                    f"denied: {request.actor} may not execute {step.tool} on {target} in "
-                    f"{request.environment.value} (step {step.id}): {decision.reason}")
+            entries.append(rbac.AuditEntry(decision, request.tenant, request.actor, "execute",
+                                           request.environment.value, target, step.tool,
+                                           step_id=step.id))
+        await rbac.audit_many(self.pool, entries)
+        denied = next((e for e in entries if not e.decision.allowed), None)
+        if denied is not None:
+            raise SubmissionRefused(
+                f"denied: {request.actor} may not execute {denied.tool} on {denied.resource} "
+                f"in {request.environment.value} (step {denied.step_id}): "
+                f"{denied.decision.reason}")
 
     async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
         request = await self.prepare(raw)
