@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +32,21 @@ ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup,
 PASSTHROUGH = ("schema", "pydantic", "pydantic_core", "annotated_types")
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
+def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
+    """The sandbox, in one of two strengths.
+
+    strict: our workflow modules are re-imported into the sandbox for every run, so any
+    non-deterministic call in them fails loudly. The test suite runs this way
+    (OPSC_WORKFLOW_SANDBOX=strict).
+    fast (default): they are passed through like `schema`, which saves about a third of the
+    worker's CPU per execution (the re-import dominated it); the workflow code is the same
+    code the strict suite and the replay test have checked.
+    """
+    if strict is None:
+        strict = os.environ.get("OPSC_WORKFLOW_SANDBOX", "fast").lower() == "strict"
+    modules = PASSTHROUGH if strict else (*PASSTHROUGH, "workflows")
     return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
 
 
 async def connect(settings: Settings) -> Client:

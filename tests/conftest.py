@@ -19,6 +19,8 @@ from starter.temporal_server import TemporalDevServer
 
 # The whole session's worker and client use the test RBAC policy (approver roles).
 os.environ["OPSC_RBAC_POLICY"] = str(Path(__file__).resolve().parent / "rbac_policy.yaml")
+# Tests run the workflow in the strict sandbox: a non-deterministic call fails them.
+os.environ.setdefault("OPSC_WORKFLOW_SANDBOX", "strict")
 
 
 @pytest.fixture(scope="session")

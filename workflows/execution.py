@@ -132,6 +132,7 @@ class ExecutionWorkflow:
         self.gates: list[Gate] = []
         self.gate_lock = asyncio.Lock()
         self.flush_lock = asyncio.Lock()
+        self.search_attributes_stale = False
         self.fencing: dict[str, int] = {}
         self.waiting_on: str | None = None
         self.resolutions: dict[str, ResolveRequest] = {}
@@ -148,10 +149,10 @@ class ExecutionWorkflow:
                    actor=spec.actor, message=f"{len(spec.steps)} step(s): {spec.title}")
         if spec.approval_level == 0 and not spec.assets:
             self._set_status(ExecutionStatus.RUNNING)  # nothing to wait for: one write, not two
+        self._upsert_search_attributes(initial=True)
         first = await self._flush(spec=spec, load_policies=True, started_at=self.started_at,
                                   run_id=workflow.info().run_id)
         self.policies = first.policies
-        self._upsert_search_attributes(initial=True)
 
         body = asyncio.create_task(self._body())
         try:
@@ -854,12 +855,15 @@ class ExecutionWorkflow:
         self.status = new
         self._emit("execution.status", from_status=old.value, to_status=new.value,
                    message=message)
-        self._upsert_search_attributes()
+        self.search_attributes_stale = True
 
     def _upsert_search_attributes(self, initial: bool = False) -> None:
+        """Each upsert is a visibility write on the server: done once per mirror batch, and
+        the identity attributes only when the starter did not set them already."""
+        self.search_attributes_stale = False
         updates = [SA_STATUS.value_set(self.status.value),
                    SA_APPROVAL.value_set(self.approval_state.value)]
-        if initial:
+        if initial and workflow.info().typed_search_attributes.get(SA_TENANT) is None:
             updates += [SA_TENANT.value_set(self.spec.tenant),
                         SA_ENVIRONMENT.value_set(self.spec.environment.value),
                         SA_ACTOR.value_set(self.spec.actor),
@@ -871,6 +875,8 @@ class ExecutionWorkflow:
         """One mirror batch. Batches are serialised and snapshot under the lock, so the
         mirror sees status events in the order the workflow made them."""
         async with self.flush_lock:
+            if self.search_attributes_stale:
+                self._upsert_search_attributes()
             events, self.events = self.events, []
             write = MirrorWrite(execution_id=self.spec.execution_id,
                                 workflow_id=self.spec.workflow_id, status=self.status,
