@@ -12,7 +12,8 @@ MARKS = {"completed": "✔", "failed": "✘", "timeout": "⏱", "running": "▶"
 
 
 def render(view: dict[str, Any]) -> str:
-    lines = [f"[{view['status']}] {view.get('percent', '')}"
+    percent = f" {view['percent']:.0f}%" if view.get("percent") is not None else ""
+    lines = [f"[{view['status']}]{percent}"
              + (f"  waiting on {view['waiting_on']}" if view.get("waiting_on") else "")]
     for s in view["steps"]:
         lines.append(f"  {MARKS.get(s['status'], '?')} {s['id']:<28} {s['status']:<10}"
