@@ -185,7 +185,7 @@ async def cmd_pending(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         rows = await client.pending(args.approver)
         _out(args, rows, lambda: "\n".join(
-            f"{r['execution_id']}  gate={r['gate']:<20} needs {r['required_approvals']}× "
+            f"{r['execution_id']}  gate={r['gate']:<20} needs {r['required_approvals']} x "
             f"{r['required_role']}  requested by {r['actor']}  expires {r['expires_at']}  "
             f"{r['title']}" for r in rows) or "nothing waiting")
         return EXIT_OK

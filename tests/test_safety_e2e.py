@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import uuid
 from collections.abc import Iterator
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,7 @@ async def test_two_hundred_executions_on_one_asset_never_overlap_and_keep_order(
         "FROM execution.execution_steps s JOIN execution.executions e USING (execution_id) "
         "WHERE e.tenant = $1 ORDER BY s.started_at", tenant)
     assert len(rows) == 200
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert before["completed_at"] <= after["started_at"], "two steps overlapped"
     assert [r["id"] for r in rows] == [r.execution_id for r in responses]
     left = await engine.pool.fetchval(

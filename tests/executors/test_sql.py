@@ -101,7 +101,7 @@ async def test_cancel_stops_the_query_on_the_server(pg_url: str, db_pool: asyncp
     q = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()"
     loop = asyncio.get_running_loop()
     end = loop.time() + 10
-    while await db_pool.fetchval(q, f"%{marker}%") == 0 and loop.time() < end:  # noqa: ASYNC110
+    while await db_pool.fetchval(q, f"%{marker}%") == 0 and loop.time() < end:
         await asyncio.sleep(0.05)
     assert await db_pool.fetchval(q, f"%{marker}%") == 1
     task.cancel()
@@ -110,6 +110,6 @@ async def test_cancel_stops_the_query_on_the_server(pg_url: str, db_pool: asyncp
     except asyncio.CancelledError:
         pass
     end = loop.time() + 10
-    while await db_pool.fetchval(q, f"%{marker}%") and loop.time() < end:  # noqa: ASYNC110
+    while await db_pool.fetchval(q, f"%{marker}%") and loop.time() < end:
         await asyncio.sleep(0.05)
     assert await db_pool.fetchval(q, f"%{marker}%") == 0

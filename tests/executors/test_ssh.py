@@ -45,7 +45,7 @@ def group_members(pgid: int) -> list[int]:
 async def wait_gone(pgid: int, limit: float = 5.0) -> list[int]:
     loop = asyncio.get_running_loop()
     end = loop.time() + limit
-    while (left := group_members(pgid)) and loop.time() < end:  # noqa: ASYNC110 (polls /proc)
+    while (left := group_members(pgid)) and loop.time() < end:
         await asyncio.sleep(0.05)
     return left
 
@@ -118,7 +118,7 @@ async def test_cancel_kills_remote_group(sshd: SshServer) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + 5
     # sh + two sleeps; /proc has no event to await
-    while len(group_members(pgid)) < 3 and loop.time() < end:  # noqa: ASYNC110
+    while len(group_members(pgid)) < 3 and loop.time() < end:
         await asyncio.sleep(0.05)
     assert len(group_members(pgid)) >= 3
     task.cancel()
