@@ -19,7 +19,7 @@ from schema.assets import Asset
 
 from ..assets import resolve_credentials, resolve_secret_refs, secret_failure
 from ..service_clients import AutomationResult, AutomationServiceClient, AutomationServiceError
-from .base import StepContext, StepOutcome, cap_text
+from .base import StepContext, StepOutcome, cap_text, require_asset
 
 HEARTBEAT_INTERVAL = 1.0
 
@@ -41,10 +41,9 @@ class AutomationCommandRunner:
 
     async def run(self, ctx: StepContext, command: str, *, env: dict[str, str],
                   cwd: str | None, timeout: float) -> StepOutcome:
-        asset = ctx.asset
-        if not isinstance(asset, Asset):
-            return StepOutcome(ok=False, error="automation runner needs a target asset",
-                               error_type="InvalidStep", retryable=False)
+        asset = require_asset(ctx, "automation")
+        if isinstance(asset, StepOutcome):
+            return asset
         base_url = _base_url(asset)
         if not base_url:
             return StepOutcome(ok=False, error=f"asset {asset.id!r} uses the Automation Service "

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from schema.spec import StepSpec
 
@@ -52,6 +54,28 @@ class CommandRunner(Protocol):
 
     async def run(self, ctx: StepContext, command: str, *, env: dict[str, str],
                   cwd: str | None, timeout: float) -> StepOutcome: ...
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_inputs(model: type[M], ctx: StepContext) -> M | StepOutcome:
+    """The step's resolved inputs as `model`, or the failed outcome naming what is wrong."""
+    try:
+        return model.model_validate(ctx.inputs)
+    except ValueError as err:
+        return StepOutcome(ok=False, error=f"invalid {ctx.step.tool} inputs: {err}",
+                           error_type="InvalidStep", retryable=False)
+
+
+def require_asset(ctx: StepContext, runner: str) -> Any:
+    """The target asset, or the failed outcome when a remote runner got a local step."""
+    from schema.assets import Asset
+
+    if isinstance(ctx.asset, Asset):
+        return ctx.asset
+    return StepOutcome(ok=False, error=f"{runner} runner needs a target asset",
+                       error_type="InvalidStep", retryable=False)
 
 
 def cap_text(data: bytes | str, cap: int = OUTPUT_CAP_BYTES) -> str:

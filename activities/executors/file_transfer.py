@@ -31,7 +31,7 @@ import asyncssh
 from schema.assets import Asset
 from schema.tools import FileTransferInputs
 
-from .base import StepContext, StepOutcome
+from .base import StepContext, StepOutcome, parse_inputs
 from .ssh import SshError, ssh_connection
 
 CHUNK = 256 * 1024
@@ -145,11 +145,9 @@ async def _remote_sha256(conn: asyncssh.SSHClientConnection, sftp: asyncssh.SFTP
 
 class FileTransferExecutor:
     async def run(self, ctx: StepContext) -> StepOutcome:
-        try:
-            inputs = FileTransferInputs.model_validate(ctx.inputs)
-        except ValueError as err:
-            return StepOutcome(ok=False, error=f"invalid file_transfer inputs: {err}",
-                               error_type="InvalidStep", retryable=False)
+        inputs = parse_inputs(FileTransferInputs, ctx)
+        if isinstance(inputs, StepOutcome):
+            return inputs
         asset = ctx.asset if isinstance(ctx.asset, Asset) else None
         progress = _Progress(ctx.heartbeat, inputs.direction)
         try:

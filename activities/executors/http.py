@@ -27,7 +27,7 @@ import httpx
 from schema.tools import HttpInputs
 
 from ..checks import assert_json
-from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome
+from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome, parse_inputs
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEPT_HEADERS = ("content-type", "content-length", "location", "etag", "last-modified",
@@ -45,11 +45,9 @@ class HttpExecutor:
         self.transport = transport
 
     async def run(self, ctx: StepContext) -> StepOutcome:
-        try:
-            inputs = HttpInputs.model_validate(ctx.inputs)
-        except ValueError as err:
-            return StepOutcome(ok=False, error=f"invalid http_request inputs: {err}",
-                               error_type="InvalidStep", retryable=False)
+        inputs = parse_inputs(HttpInputs, ctx)
+        if isinstance(inputs, StepOutcome):
+            return inputs
         method = inputs.method
         may_repeat = (method in IDEMPOTENT_METHODS or inputs.idempotent is True
                       or (ctx.step.idempotent and inputs.idempotent is not False))

@@ -33,7 +33,7 @@ from schema.enums import ActionClass
 from schema.tools import SqlInputs
 
 from ..assets import resolve_secret_refs, secret_failure
-from .base import StepContext, StepOutcome
+from .base import StepContext, StepOutcome, parse_inputs
 
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 
@@ -93,11 +93,9 @@ def _affected(tag: str) -> int | None:
 
 class SqlExecutor:
     async def run(self, ctx: StepContext) -> StepOutcome:
-        try:
-            inputs = SqlInputs.model_validate(ctx.inputs)
-        except ValueError as err:
-            return StepOutcome(ok=False, error=f"invalid sql_query inputs: {err}",
-                               error_type="InvalidStep", retryable=False)
+        inputs = parse_inputs(SqlInputs, ctx)
+        if isinstance(inputs, StepOutcome):
+            return inputs
         asset = ctx.asset
         if not isinstance(asset, Asset) or asset.database is None:
             name = getattr(asset, "id", None) or "the worker's own machine"

@@ -40,7 +40,7 @@ from safety.secrets import SecretError
 from schema.assets import Asset
 
 from ..assets import resolve_credentials, secret_failure
-from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome
+from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome, require_asset
 
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE_SECONDS = 2.0
@@ -361,10 +361,9 @@ class SshCommandRunner:
 
     async def run(self, ctx: StepContext, command: str, *, env: dict[str, str],
                   cwd: str | None, timeout: float) -> StepOutcome:
-        asset = ctx.asset
-        if not isinstance(asset, Asset):
-            return StepOutcome(ok=False, error="SSH runner needs a target asset",
-                               error_type="InvalidStep", retryable=False)
+        asset = require_asset(ctx, "SSH")
+        if isinstance(asset, StepOutcome):
+            return asset
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         remote, env_block = wrap_command(command, env=env, cwd=cwd)
