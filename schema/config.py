@@ -1,4 +1,7 @@
-"""Configuration from `OPSC_*` environment variables, falling back to a running dev stack.
+"""Where the servers are: `OPSC_*` environment variables, falling back to a running dev stack.
+
+(Policy, inventory and secret settings are read by the modules that use them, at the moment
+of use, so a changed file or variable takes effect without restarting a worker.)
 
 A running `opsconductor dev` writes `$OPSC_HOME/stack.json`; every command reads it when the
 variables are unset, so nobody has to pass addresses by hand.
@@ -24,9 +27,6 @@ class Settings(BaseModel):
     task_queue: str = DEFAULT_TASK_QUEUE
     database_url: str | None = None
     ui_url: str | None = None
-    strict_rbac: bool | None = None
-    rbac_policy_file: str | None = None
-    inventory_file: str | None = None
     idempotency_window_seconds: float = 86_400.0
 
     @property
@@ -44,7 +44,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             stack = json.loads(stack_path.read_text())
         except (OSError, ValueError):
             stack = {}
-    strict = env.get("OPSC_RBAC_STRICT")
     return Settings(
         home=home,
         temporal_address=env.get("OPSC_TEMPORAL_ADDRESS") or stack.get("temporal_address"),
@@ -52,8 +51,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         task_queue=env.get("OPSC_TASK_QUEUE") or stack.get("task_queue") or DEFAULT_TASK_QUEUE,
         database_url=env.get("OPSC_DATABASE_URL") or stack.get("database_url"),
         ui_url=stack.get("ui_url"),
-        strict_rbac=None if strict is None else strict.lower() in ("1", "true", "yes"),
-        rbac_policy_file=env.get("OPSC_RBAC_POLICY"),
-        inventory_file=env.get("OPSC_INVENTORY"),
         idempotency_window_seconds=float(env.get("OPSC_IDEMPOTENCY_WINDOW_SECONDS") or 86_400),
     )
