@@ -96,7 +96,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     doc = _load_request(args)
 
     async def go(client: Any) -> int:
-        resp = await client.execute(doc, wait=True if args.wait else None)
+        resp = await client.execute(doc, wait=args.wait)
         if resp.result is None:
             _out(args, resp, f"execution {resp.execution_id} ({resp.status.value})"
                  + (" — duplicate of an existing execution" if resp.duplicate else "")
