@@ -13,6 +13,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from schema.config import Settings, load_settings
@@ -48,6 +49,7 @@ class DevStack:
     wrote_stack_file: bool = False
     worker_task: asyncio.Task[None] | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    policy_file: Path | None = None
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -101,9 +103,22 @@ class DevStack:
             self.postgres.stop()
             self.postgres = None
 
+    def use_default_policy(self) -> Path | None:
+        """Without OPSC_RBAC_POLICY, the dev stack uses `$OPSC_HOME/rbac_policy.yaml`, a copy
+        of the bundled example made on first start (edit it to try roles and rules)."""
+        if os.environ.get("OPSC_RBAC_POLICY"):
+            return None
+        path = self.settings.home / "rbac_policy.yaml"
+        if not path.exists():
+            path.write_text((resources.files("starter") / "examples" /
+                             "rbac_policy.yaml").read_text())
+        os.environ["OPSC_RBAC_POLICY"] = str(path)
+        return path
+
     async def start(self) -> Settings:
         """Servers, migrations, stack.json and a worker task; returns the settings."""
         settings = await asyncio.to_thread(self.start_servers)
+        self.policy_file = self.use_default_policy()
         try:
             assert settings.database_url
             await migrate(settings.database_url)
@@ -145,6 +160,8 @@ async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
     stack = DevStack.from_env()
     settings = await stack.start()
     print_fn("OpsConductor dev stack is up.\n" + describe(settings))
+    if stack.policy_file:
+        print_fn(f"RBAC:       {stack.policy_file} (OPSC_RBAC_POLICY overrides)")
     print_fn(f"Stack file: {settings.stack_file}\nPress Ctrl-C to stop.")
     loop = asyncio.get_running_loop()
     done = asyncio.Event()

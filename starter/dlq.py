@@ -11,7 +11,9 @@ import json
 import uuid
 from typing import Any
 
-from .client import ExecutionClient, ExecutionNotFound, ExecutionResponse
+from safety import rbac
+
+from .client import ExecutionClient, ExecutionNotFound, ExecutionResponse, SubmissionRefused
 
 
 async def list_dlq(client: ExecutionClient, include_all: bool = False) -> list[dict[str, Any]]:
@@ -30,10 +32,16 @@ async def requeue(client: ExecutionClient, entry_id: int, actor: str) -> Executi
         "JOIN execution.executions e USING (execution_id) WHERE d.id = $1", entry_id)
     if row is None:
         raise ExecutionNotFound(f"no DLQ entry {entry_id}")
-    if row["status"] != "open":
-        raise ExecutionNotFound(f"DLQ entry {entry_id} is already {row['status']}")
+    if row["status"] != "open":  # it exists: a refusal (exit 1), not "not found"
+        raise SubmissionRefused(f"DLQ entry {entry_id} is already {row['status']}")
     spec = json.loads(row["spec"])
     request = spec["request"]
+    decision = await rbac.check(client.pool, tenant=spec["tenant"], actor=actor,
+                                action="requeue", environment=spec["environment"],
+                                execution_id=str(row["execution_id"]))
+    if not decision.allowed:
+        raise SubmissionRefused(f"denied: {actor} may not requeue executions of "
+                                f"{spec['tenant']} in {spec['environment']}: {decision.reason}")
     response = await client.execute(request, wait=False)
     await client.pool.execute(
         "UPDATE execution.execution_dlq SET status = 'requeued', requeued_at = now(), "
