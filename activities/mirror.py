@@ -61,7 +61,7 @@ UPDATE execution.execution_steps AS s SET
                         - coalesce(u.started_at, s.started_at)) * 1000,
   exit_code = coalesce(u.exit_code, s.exit_code),
   output = coalesce(u.output::jsonb, s.output),
-  error = coalesce(u.error, s.error),
+  error = CASE WHEN u.status = 'completed' THEN u.error ELSE coalesce(u.error, s.error) END,
   updated_at = now()
 FROM {_unnest(STEP_COLUMNS, first)}
 WHERE s.execution_id = $1::uuid AND s.step_id = u.step_id"""
@@ -223,6 +223,11 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
                 or w.started_at or w.cancel_reason is not None or w.deadline_at or w.steps):
             await _update_execution(conn, w)
         await write_events(conn, w.execution_id, w.events)
+        for res in w.resolutions:
+            from .attempts import resolve_unfinished
+
+            assert res.step_id is not None
+            await resolve_unfinished(conn, w.execution_id, res.step_id, res.action, res.actor)
         if w.dead_letters:
             await conn.executemany(
                 "INSERT INTO execution.execution_dlq (execution_id, workflow_id, step_id, reason,"

@@ -100,7 +100,7 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                       f"{stale.started_at:%H:%M:%S} and never finished; its outcome is unknown "
                       f"and the step is not idempotent, so it is not run again until an "
                       f"operator resolves it (retry, skip or fail)",
-                      UNKNOWN_OUTCOME, attempt=stale.attempt)
+                      UNKNOWN_OUTCOME, stale_attempt=stale.attempt, attempt=attempt)
             await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
         if audit is not None:
             await audit_many(conn, [audit])
@@ -182,7 +182,10 @@ async def _run_step(inp: StepRunInput) -> StepResult:
     from safety.masking import Masker, forget_secret_values, register_secret_values
     from safety.secrets import SecretError, resolver_from_env
 
-    attempt = activity.info().attempt
+    # Attempt numbers run on across activity invocations: after an operator's retry, the new
+    # invocation's first attempt continues the step's count instead of reusing number 1.
+    local_attempt = activity.info().attempt
+    attempt = inp.attempt_offset + local_attempt
     step = inp.step
     pool = await get_pool()
     audit = await _authorize(inp, pool) if inp.rbac_required else None
@@ -261,7 +264,7 @@ async def _run_step(inp: StepRunInput) -> StepResult:
         error=masker.mask_text(outcome.error) if outcome.error else None,
         error_type=outcome.error_type, started_at=started, completed_at=completed,
         duration_ms=(completed - started).total_seconds() * 1000)
-    final = outcome.ok or not outcome.retryable or attempt >= inp.policy.max_attempts
+    final = outcome.ok or not outcome.retryable or local_attempt >= inp.policy.max_attempts
     await _record_end(inp, attempt, result, final, pool)
     if not outcome.ok:
         log.warning("step %s attempt %d failed: %s", step.id, attempt, result.error)

@@ -98,6 +98,7 @@ class MirrorWrite(BaseModel):
     completed_at: datetime | None = None
     deadline_at: datetime | None = None
     dead_letters: list[DeadLetter] = Field(default_factory=list)
+    resolutions: list[ResolveRequest] = Field(default_factory=list)  # close crashed attempts
     load_policies: bool = False  # return the timeout policy rows for the spec's SLA class
 
 
@@ -118,6 +119,7 @@ class StepRunInput(BaseModel):
     prior_outputs: dict[str, Any] = Field(default_factory=dict)  # for validate steps
     rbac_required: bool = True
     override_unknown_outcome: bool = False  # an operator resolved an unknown outcome: retry
+    attempt_offset: int = 0  # attempts this step used in earlier activity invocations
 
 
 class StepResult(BaseModel):

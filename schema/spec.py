@@ -113,7 +113,11 @@ def plan_title(req: ExecutionRequest) -> str:
     return first.description or f"{first.tool} plan"
 
 
-def step_specs(req: ExecutionRequest) -> list[StepSpec]:
+def step_specs(req: ExecutionRequest,
+               asset_ids: dict[str, str | None] | None = None) -> list[StepSpec]:
+    """`asset_ids` maps each target as written to the asset's id (None: this machine), so
+    that locks and fencing key on the asset, whichever name the plan used for it."""
+    asset_ids = asset_ids or {}
     out = []
     for index, step in enumerate(req.steps):
         tool = lookup(step.tool)
@@ -132,7 +136,8 @@ def step_specs(req: ExecutionRequest) -> list[StepSpec]:
             inputs=dumped,
             command=(tool.build_command(inputs) if tool.build_command
                      else getattr(inputs, "command", None)),
-            target=getattr(inputs, "target", None) or step.execution_location or None,
+            target=_canonical(getattr(inputs, "target", None) or step.execution_location,
+                              asset_ids),
             depends_on=list(step.depends_on),
             order=step.execution_order if step.execution_order is not None else index + 1,
             failure_handling=step.failure_handling,
@@ -145,10 +150,17 @@ def step_specs(req: ExecutionRequest) -> list[StepSpec]:
     return out
 
 
+def _canonical(target: str | None, asset_ids: dict[str, str | None]) -> str | None:
+    if not target:
+        return None
+    return asset_ids.get(target, target)
+
+
 def build_spec(req: ExecutionRequest, *, execution_id: str, workflow_id: str,
                idempotency_key: str, previous_execution_id: str | None = None,
-               submitted_at: datetime | None = None, default_parallel: int = 1) -> ExecutionSpec:
-    steps = step_specs(req)
+               submitted_at: datetime | None = None, default_parallel: int = 1,
+               asset_ids: dict[str, str | None] | None = None) -> ExecutionSpec:
+    steps = step_specs(req, asset_ids)
     sla = req.sla_class or sla_class_for([s.estimated_duration for s in steps])
     plan_doc = req.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
     return ExecutionSpec(

@@ -33,7 +33,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities import db
-from activities.assets import check_targets
+from activities.assets import UnknownAsset, resolve_asset
 from activities.mirror import write_events
 from safety import idempotency, rbac
 from schema.config import Settings, load_settings
@@ -96,25 +96,37 @@ class ExecutionClient:
 
     # ------------------------------------------------------------------ submit
 
-    async def prepare(self, raw: Any) -> ExecutionRequest:
-        """Every check that needs no write: structure, tools, inputs, assets, permission."""
+    async def prepare(self, raw: Any) -> tuple[ExecutionRequest, dict[str, str | None]]:
+        """Every check that needs no write: structure, tools, inputs, assets. Returns the
+        request and each target's asset id (None for this machine)."""
         request = validate_request(raw)
-        targets = sorted({s.inputs.get("target") for s in request.steps
-                          if isinstance(s.inputs.get("target"), str)} - {"localhost", "local"})
-        unknown = await check_targets(targets)
+        targets = sorted({t for s in request.steps
+                          if isinstance(t := s.inputs.get("target") or s.execution_location,
+                                        str) and t})
+        asset_ids: dict[str, str | None] = {}
+        unknown = []
+        for target in targets:
+            try:
+                asset = await resolve_asset(target)
+            except UnknownAsset:
+                unknown.append(target)
+                continue
+            asset_ids[target] = asset.id if asset is not None else None
         if unknown:
             raise RequestValidationError([
                 Problem(path=f"plan.plan.steps[{i}].inputs.target",
                         message=f"unknown asset {s.inputs.get('target')!r}")
                 for i, s in enumerate(request.steps) if s.inputs.get("target") in unknown])
-        return request
+        return request, asset_ids
 
-    async def _authorize_submission(self, request: ExecutionRequest) -> None:
+    async def _authorize_submission(self, request: ExecutionRequest,
+                                    asset_ids: dict[str, str | None]) -> None:
         """Every step's permission, decided and audited before anything is written."""
         policy = await rbac.load_policy(self.pool)
         entries = []
         for step in request.steps:
-            target = str(step.inputs.get("target") or "localhost")
+            given = step.inputs.get("target") or step.execution_location
+            target = (asset_ids.get(given) if given else None) or "localhost"
             decision = policy.evaluate(tenant=request.tenant, actor=request.actor,
                                        resource=target, tool=step.tool, action="execute",
                                        environment=request.environment.value)
@@ -130,8 +142,8 @@ class ExecutionClient:
                 f"{denied.decision.reason}")
 
     async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
-        request = await self.prepare(raw)
-        await self._authorize_submission(request)
+        request, asset_ids = await self.prepare(raw)
+        await self._authorize_submission(request, asset_ids)
         plan_doc = request.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
         key = idempotency.idempotency_key(plan_doc, request.tenant, request.actor)
         claim = await idempotency.claim(self.pool, request.tenant, key,
@@ -140,6 +152,7 @@ class ExecutionClient:
         spec = build_spec(request, execution_id=claim.execution_id,
                           workflow_id=claim.workflow_id, idempotency_key=key,
                           previous_execution_id=claim.previous_execution_id,
+                          asset_ids=asset_ids,
                           submitted_at=claim.created_at or datetime.now(UTC))
         handle = await self._ensure_started(spec)
         response = ExecutionResponse(

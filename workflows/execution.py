@@ -88,6 +88,7 @@ class _StepState:
         self.completed_at: datetime | None = None
         self.result: StepResult | None = None
         self.error: str | None = None
+        self.attempt_offset = 0
 
     def move(self, new: StepStatus) -> None:
         if new != self.status:
@@ -380,6 +381,7 @@ class ExecutionWorkflow:
             action = await self._await_resolution(step)
             if action == "retry":
                 override = True
+                state.attempt_offset = state.attempts
                 continue
             if action == "skip":
                 self._step_status(state, StepStatus.SKIPPED, "skipped by operator")
@@ -405,7 +407,8 @@ class ExecutionWorkflow:
                              actor=self.spec.actor, environment=self.spec.environment,
                              step=step, policy=policy, fencing_tokens=self.fencing,
                              lease_seconds=LEASE_SECONDS,
-                             prior_outputs=prior, override_unknown_outcome=override),
+                             prior_outputs=prior, override_unknown_outcome=override,
+                             attempt_offset=state.attempt_offset),
                 result_type=StepResult,
                 start_to_close_timeout=step_timeout + STEP_TIMEOUT_GRACE,
                 heartbeat_timeout=timedelta(seconds=policy.heartbeat_timeout_seconds),
@@ -421,7 +424,8 @@ class ExecutionWorkflow:
         except ActivityError as err:
             return self._step_failed(step, err)
         state.result = result
-        state.attempts = result.attempts
+        state.attempts = result.attempts  # the activity counts on from attempt_offset
+        state.error = None  # an earlier unknown outcome, now resolved by this success
         state.started_at = result.started_at or state.started_at
         state.completed_at = result.completed_at
         state.status = StepStatus.COMPLETED  # the activity wrote this transition and its event
@@ -444,6 +448,8 @@ class ExecutionWorkflow:
                 status = state.result.status if state.result.status in FAILED_STEP else status
             if cause.type == "UnknownOutcome":
                 state.error = cause.message
+                if isinstance(details, dict):
+                    state.attempts = int(details.get("attempt") or state.attempts)
                 return "unknown"
             state.error = cause.message
             if state.result is not None and state.result.status in FAILED_STEP:
@@ -480,6 +486,8 @@ class ExecutionWorkflow:
         self._emit("step.resolved", step_id=step.id, actor=res.actor,
                    message=f"{res.actor} chose {res.action}" + (
                        f": {res.comment}" if res.comment else ""))
+        if res.action != "retry":  # a retry closes the crashed attempt as it starts
+            await self._flush(resolutions=[res.model_copy(update={"step_id": step.id})])
         if res.action == "retry":
             self._step_status(state, StepStatus.RUNNING, "retry requested by operator")
         return res.action

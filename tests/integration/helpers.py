@@ -1,0 +1,169 @@
+"""Shared helpers of the integration tests: polling, subprocesses, process groups, mirror rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+VENV_BIN = Path(sys.executable).parent
+OPSCONDUCTOR = str(VENV_BIN / "opsconductor")
+T = TypeVar("T")
+
+
+async def poll(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30,
+               interval: float = 0.1, what: str = "condition") -> T:
+    """Await `fn()` until it returns something truthy; fail with `what` after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    last: Any = None
+    while True:
+        last = await fn()
+        if last:
+            return last
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid` on this host."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def wait_group_gone(pgid: int, timeout: float = 10) -> list[int]:
+    """Wait until the group has no live member; return the survivors (empty when gone)."""
+    async def gone() -> bool:
+        return not group_members(pgid)
+
+    with contextlib.suppress(AssertionError):
+        await poll(gone, timeout=timeout, interval=0.05)
+    return group_members(pgid)
+
+
+@dataclass
+class Cli:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr[-3000:]}"
+
+
+async def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> Cli:
+    """Run `opsconductor ARGS` without blocking the event loop (the in-process worker runs
+    on it)."""
+    proc = await asyncio.create_subprocess_exec(
+        OPSCONDUCTOR, *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"opsconductor {' '.join(args)} did not finish in {timeout}s") \
+            from None
+    assert proc.returncode is not None
+    return Cli(proc.returncode, out.decode(), err.decode())
+
+
+async def run_binary(*args: str, timeout: float = 60) -> Cli:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Cli(proc.returncode, out.decode(), err.decode())
+
+
+def opsc_env(*, temporal_address: str, database_url: str, task_queue: str, home: Path,
+             **extra: str) -> dict[str, str]:
+    """The environment of an `opsconductor` subprocess: this session's env (which carries
+    OPSC_RBAC_POLICY) without any other OPSC_* configuration, plus the given servers."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OPSC_") or k in ("OPSC_RBAC_POLICY",)}
+    env.update(OPSC_TEMPORAL_ADDRESS=temporal_address, OPSC_DATABASE_URL=database_url,
+               OPSC_TASK_QUEUE=task_queue, OPSC_HOME=str(home), **extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`opsconductor worker` in its own session (so nothing it leaves behind shares our group)."""
+    with log.open("ab") as fh:
+        return subprocess.Popen([OPSCONDUCTOR, "worker"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+async def events(pool: Any, execution_id: str) -> list[Any]:
+    return list(await pool.fetch(
+        "SELECT * FROM execution.execution_events WHERE execution_id = $1 ORDER BY id",
+        uuid.UUID(execution_id)))
+
+
+async def step_rows(pool: Any, execution_id: str) -> dict[str, Any]:
+    rows = await pool.fetch(
+        "SELECT * FROM execution.execution_steps WHERE execution_id = $1 ORDER BY position",
+        uuid.UUID(execution_id))
+    return {r["step_id"]: r for r in rows}
+
+
+async def execution_row(pool: Any, execution_id: str) -> Any:
+    return await pool.fetchrow(
+        "SELECT *, status::text AS st FROM execution.executions WHERE execution_id = $1",
+        uuid.UUID(execution_id))
