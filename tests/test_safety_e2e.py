@@ -291,3 +291,30 @@ async def test_a_step_whose_lease_expired_refuses_to_act(db_pool: Any, tmp_path:
     assert info.value.type == "LockLost" and info.value.non_retryable
     assert "lock lost" in str(info.value)
     assert not marker.exists()
+
+
+async def test_cancel_while_waiting_for_a_lock_ends_promptly_and_leaves_the_queue(
+        engine: Any, tmp_path: Path) -> None:
+    tenant = f"wait{uuid.uuid4().hex[:6]}"
+    started = tmp_path / "started"
+    holder = await engine.execute(request(
+        [shell("hold", f"touch {started}; sleep 60", target="shared-host", idempotent=True)],
+        tenant=tenant), wait=False)
+    while not started.exists():
+        await asyncio.sleep(0.05)
+    waiter = await engine.execute(request([shell("s", "true", target="shared-host")],
+                                          tenant=tenant), wait=False)
+    await _queued(engine, tenant, waiter.execution_id)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert (await engine.cancel(waiter.execution_id, "alice", "not needed")).accepted
+    result = await engine.result(waiter.execution_id)
+    assert result.status.value == "cancelled"
+    assert loop.time() - t0 < 8
+    assert await engine.pool.fetchval(
+        "SELECT count(*) FROM execution.execution_lock_waiters WHERE execution_id = $1",
+        waiter.execution_id) == 0
+    assert (await engine.cancel(holder.execution_id, "alice", "done")).accepted
+    assert (await engine.result(holder.execution_id)).status.value == "cancelled"
+    assert await engine.pool.fetchval(
+        "SELECT count(*) FROM execution.execution_locks WHERE tenant = $1", tenant) == 0

@@ -71,6 +71,8 @@ MIRROR_TIMEOUT = timedelta(seconds=30)
 MIRROR_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=10),
                            non_retryable_error_types=["IllegalTransition"])
+# A cancel reaches a waiting activity with its next heartbeat (at most 0.8 x this timeout).
+LOCK_HEARTBEAT = timedelta(seconds=3)
 LOCK_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=["LockTimeout"])
 CLEANUP_RETRY = RetryPolicy(maximum_attempts=2, non_retryable_error_types=["CleanupFailed"])
 AUTHZ_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=5))
@@ -789,7 +791,7 @@ class ExecutionWorkflow:
                             lease_seconds=LEASE_SECONDS),
                 result_type=LockGrant,
                 start_to_close_timeout=timedelta(seconds=timeout + 30),
-                heartbeat_timeout=timedelta(seconds=10), retry_policy=LOCK_RETRY,
+                heartbeat_timeout=LOCK_HEARTBEAT, retry_policy=LOCK_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"locks on {', '.join(assets)}"[:200])
         except ActivityError as err:

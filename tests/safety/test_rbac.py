@@ -10,7 +10,7 @@ import pytest
 
 from safety import rbac
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rbac_policy.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "starter" / "examples" / "rbac_policy.yaml"
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_deny_wins_even_with_allow(policy: rbac.Policy) -> None:
 
 def test_role_bindings_per_environment(policy: rbac.Policy) -> None:
     assert policy.roles_of("acme", "alice", "dev") == {"sre", "approver"}
-    assert policy.roles_of("acme", "carol", "prod") == {"senior-approver"}
+    assert policy.roles_of("acme", "carol", "prod") == {"senior_approver"}
     assert policy.roles_of("acme", "carol", "staging") == set()
     assert policy.roles_of("other", "bob", "dev") == set()
 
