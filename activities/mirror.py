@@ -125,15 +125,19 @@ async def _create(conn: asyncpg.Connection, spec: ExecutionSpec, run_id: str | N
         spec.approval_level, spec.idempotency_key, spec.plan_hash, len(spec.steps), spec.assets,
         spec.tags, json.dumps(spec.metadata, default=str), spec.trace_id,
         spec.model_dump_json(), spec.previous_execution_id, spec.submitted_at)
-    await conn.executemany(
+    steps = spec.steps
+    await conn.execute(
         """
         INSERT INTO execution.execution_steps
           (execution_id, step_id, position, tool, kind, action_class, description, target)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        SELECT $1, u.* FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                                   $7::text[], $8::text[]) AS u
         ON CONFLICT (execution_id, step_id) DO NOTHING
         """,
-        [(spec.execution_id, s.id, i, s.tool, s.kind.value, s.action_class.value,
-          s.description, s.target) for i, s in enumerate(spec.steps)])
+        spec.execution_id, [s.id for s in steps], list(range(len(steps))),
+        [s.tool for s in steps], [s.kind.value for s in steps],
+        [s.action_class.value for s in steps], [s.description for s in steps],
+        [s.target for s in steps])
 
 
 def check_status_events(current: str, w: MirrorWrite) -> None:

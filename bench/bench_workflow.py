@@ -93,8 +93,6 @@ async def burst_ours(engine: object, n: int) -> float:
 
 
 async def main(runs: int, burst: int) -> None:
-    import asyncpg
-
     from activities import db
     from schema.config import Settings
     from schema.migrate import migrate
@@ -110,7 +108,7 @@ async def main(runs: int, burst: int) -> None:
         url = postgres.start()
         try:
             await migrate(url)
-            pool = await asyncpg.create_pool(url, min_size=4, max_size=20)
+            pool = await db.create_pool(url, min_size=4, max_size=20)
             db.set_pool(pool)
             client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
             settings = Settings(home=Path(tmp), task_queue=TASK_QUEUE_OURS,

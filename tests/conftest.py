@@ -52,7 +52,9 @@ async def migrated_pg(pg_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def db_pool(migrated_pg: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(migrated_pg, min_size=1, max_size=10)
+    from activities.db import create_pool
+
+    pool = await create_pool(migrated_pg, min_size=1, max_size=10)
     try:
         yield pool
     finally:

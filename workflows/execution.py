@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalState,
         ExecutionStatus,
         FailureHandling,
+        StepKind,
         StepStatus,
     )
     from schema.fsm import check_step_transition, check_transition
@@ -241,12 +242,10 @@ class ExecutionWorkflow:
         checks = [c for c in self.spec.safety_checks if c.stage == stage]
         if not checks:
             return True
-        prior = {sid: s.result.model_dump(mode="json") for sid, s in self.steps.items()
-                 if s.result is not None and s.status is StepStatus.COMPLETED}
         res = await workflow.execute_activity(
             "run_safety_checks",
             SafetyChecksInput(execution_id=self.spec.execution_id, stage=stage,  # type: ignore[arg-type]
-                              checks=checks, prior_outputs=prior),
+                              checks=checks, prior_outputs=self._prior_outputs()),
             result_type=SafetyChecksResult, start_to_close_timeout=timedelta(minutes=5),
             retry_policy=RetryPolicy(maximum_attempts=2), summary=f"{stage} safety checks")
         for outcome in res.outcomes:
@@ -262,6 +261,11 @@ class ExecutionWorkflow:
                           f"{failed['result']['detail']}")
         await self._flush()
         return not res.abort
+
+    def _prior_outputs(self) -> dict[str, Any]:
+        """Completed steps' results, for checks and `validate` steps that read them."""
+        return {sid: s.result.model_dump(mode="json") for sid, s in self.steps.items()
+                if s.result is not None and s.status is StepStatus.COMPLETED}
 
     def _outcome(self) -> ExecutionStatus:
         failed = [s for s in self.steps.values() if s.status in FAILED_STEP]
@@ -399,8 +403,8 @@ class ExecutionWorkflow:
                                              policy.step_timeout_seconds))
         state.move(StepStatus.RUNNING)  # the activity writes this transition and its event
         state.started_at = state.started_at or workflow.now()
-        prior = {sid: s.result.model_dump(mode="json") for sid, s in self.steps.items()
-                 if s.result is not None and s.status is StepStatus.COMPLETED}
+        prior = self._prior_outputs() if (step.kind is StepKind.VALIDATE or step.preconditions
+                                          or step.success_criteria) else {}
         try:
             result = await workflow.execute_activity(
                 "run_step",
