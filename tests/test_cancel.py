@@ -12,8 +12,8 @@ import pytest
 
 from starter.binaries import temporal_cli
 from tests.plans import request, shell, step
+from tests.processes import alive
 from tests.test_approvals import events, pending, until
-from tests.test_spine import _alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -50,13 +50,13 @@ async def test_cancel_signal_kills_the_command_and_rolls_back_in_reverse(
         engine: Any, tmp_path: Path) -> None:
     log = tmp_path / "log"
     resp, pids = await _long_running(engine, tmp_path, log)
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     outcome = await engine.cancel(resp.execution_id, "bob", "maintenance window closed")
     assert outcome.accepted, outcome.reason
     result = await engine.result(resp.execution_id)
     assert result.status.value == "cancelled"
     assert result.cancel_actor == "bob" and result.cancel_reason == "maintenance window closed"
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if alive(p)]
     # rollback only for completed steps, newest first; the running step had none to undo
     assert log.read_text().split() == ["prep", "config", "undo-config", "undo-prep"]
     by_id = {s.step_id: s.status.value for s in result.steps}
@@ -84,7 +84,7 @@ async def test_native_temporal_cancel_ends_cancelled_too(engine: Any, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     status = await _wait_status(engine, resp.execution_id, "cancelled")
     assert status["cancel_actor"] == "temporal"
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if alive(p)]
     assert log.read_text().split() == ["prep", "config", "undo-config", "undo-prep"]
     desc = await engine.temporal.get_workflow_handle(resp.workflow_id).describe()
     assert desc.status.name == "CANCELED"

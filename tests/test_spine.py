@@ -6,7 +6,6 @@ Runs against the session's real Temporal dev server and real PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from schema.validation import RequestValidationError
 from tests.plans import request, shell, step
+from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 EXAMPLE = Path(__file__).resolve().parent.parent / "starter" / "examples"
@@ -117,19 +117,6 @@ async def test_failing_step_with_continue_ends_partial(engine: Any) -> None:
     assert row["st"] == "partial"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 async def test_hanging_step_is_retried_per_policy_then_fails_and_its_group_is_gone(
         engine: Any, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
@@ -145,7 +132,7 @@ async def test_hanging_step_is_retried_per_policy_then_fails_and_its_group_is_go
     assert hang.attempts == 2
     recorded = [int(p) for p in pids.read_text().split()]
     assert len(recorded) == 4  # a shell and a sleep per attempt
-    assert not [p for p in recorded if _alive(p)]
+    assert not [p for p in recorded if alive(p)]
     _, steps, events = await mirror(engine, resp.execution_id)
     assert steps[0]["status"] == "timeout" and steps[0]["attempts"] == 2
     assert [e["event_type"] for e in events if e["step_id"] == "hang"].count(

@@ -7,6 +7,7 @@ so as root a dedicated test user gets a fresh random password each session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -68,31 +69,24 @@ def _ensure_password_user() -> str | None:
     return PASSWORD_USER
 
 
-@pytest.fixture(scope="session")
-def sshd(session_dir: Path) -> Iterator[SshServer]:
+@contextlib.contextmanager
+def openssh_server(d: Path, *, password_auth: bool) -> Iterator[tuple[int, Path]]:
+    """Keys, known_hosts, config and a running sshd in `d`; yields (port, log)."""
     if not Path(SSHD).exists():
         pytest.skip("OpenSSH server not installed (apt-get install -y openssh-server)")
-    d = session_dir / "sshd"
     d.mkdir()
     d.chmod(0o755)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")],
-                   check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")],
-                   check=True)
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
     (d / "authorized_keys").chmod(0o644)
     port = free_port()
-    host_pub = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    kind, key = (d / "host_key.pub").read_text().split()[:2]
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
     (d / "empty_known_hosts").write_text("")
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    password_user = _ensure_password_user()
-    password = None
-    if password_user:
-        password = "pw-" + secrets.token_hex(12)
-        subprocess.run(["chpasswd"], input=f"{password_user}:{password}\n", text=True,
-                       check=True, capture_output=True)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True) if os.geteuid() == 0 else None
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     (d / "sshd_config").write_text(f"""\
 Port {port}
 ListenAddress 127.0.0.1
@@ -101,7 +95,7 @@ PidFile {d / "sshd.pid"}
 AuthorizedKeysFile {d / "authorized_keys"}
 StrictModes no
 PubkeyAuthentication yes
-PasswordAuthentication yes
+PasswordAuthentication {"yes" if password_auth else "no"}
 KbdInteractiveAuthentication no
 UsePAM no
 PermitRootLogin prohibit-password
@@ -121,20 +115,34 @@ LogLevel VERBOSE
             proc.kill()
             pytest.fail(f"sshd did not listen: {log.read_text()[-1000:]}")
         time.sleep(0.05)
-    set_secret("test/ssh/key", (d / "client_key").read_text())
-    if password:
-        set_secret("test/ssh/password", password)
     try:
-        yield SshServer(host="127.0.0.1", port=port, dir=d, user=user,
-                        client_key=(d / "client_key").read_text(),
-                        known_hosts=d / "known_hosts", empty_known_hosts=d / "empty_known_hosts",
-                        password_user=password_user, password=password, log=log)
+        yield port, log
     finally:
         proc.terminate()
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def sshd(session_dir: Path) -> Iterator[SshServer]:
+    d = session_dir / "sshd"
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    password_user = _ensure_password_user()
+    password = None
+    if password_user:
+        password = "pw-" + secrets.token_hex(12)
+        subprocess.run(["chpasswd"], input=f"{password_user}:{password}\n", text=True,
+                       check=True, capture_output=True)
+    with openssh_server(d, password_auth=True) as (port, log):
+        set_secret("test/ssh/key", (d / "client_key").read_text())
+        if password:
+            set_secret("test/ssh/password", password)
+        yield SshServer(host="127.0.0.1", port=port, dir=d, user=user,
+                        client_key=(d / "client_key").read_text(),
+                        known_hosts=d / "known_hosts", empty_known_hosts=d / "empty_known_hosts",
+                        password_user=password_user, password=password, log=log)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,6 +12,7 @@ from activities.executors.ssh import POOL, SshCommandRunner
 from schema.assets import Asset
 from schema.enums import ActionClass, FailureHandling, StepKind
 from schema.spec import StepSpec
+from tests.processes import group_members
 
 from .conftest import SshServer
 
@@ -24,22 +25,6 @@ def step_ctx(asset: Asset | None, *, command: str = "true", timeout: float = 30,
     return StepContext(execution_id="00000000-0000-0000-0000-000000000001", workflow_id="wf",
                        tenant="t", environment="dev", step=step, inputs={"command": command},
                        timeout=timeout, asset=asset, heartbeat=heartbeat)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group on this host."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
 
 
 async def wait_gone(pgid: int, limit: float = 5.0) -> list[int]:

@@ -12,16 +12,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from starter.ports import free_port, port_open
-from tests.executors.conftest import SSHD, SshServer, secret_env_name
+from tests.executors.conftest import SshServer, openssh_server, secret_env_name
 
 SSH_KEY_SECRET = "integration/ssh/key"
 SSH_ASSET = "ssh-int"
@@ -29,65 +25,19 @@ SSH_ASSET = "ssh-int"
 
 @pytest.fixture(scope="session")
 def ssh_host(session_dir: Path) -> Iterator[SshServer]:
-    if not Path(SSHD).exists():
-        pytest.skip("OpenSSH server not installed (apt-get install -y openssh-server)")
     d = session_dir / "sshd-integration"
-    d.mkdir()
-    d.chmod(0o755)
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    (d / "authorized_keys").chmod(0o644)
-    port = free_port()
-    kind, key = (d / "host_key.pub").read_text().split()[:2]
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {kind} {key}\n")
-    (d / "empty_known_hosts").write_text("")
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    (d / "sshd_config").write_text(f"""\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / "host_key"}
-PidFile {d / "sshd.pid"}
-AuthorizedKeysFile {d / "authorized_keys"}
-StrictModes no
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-PermitRootLogin prohibit-password
-MaxSessions 64
-MaxStartups 64
-LogLevel VERBOSE
-""")
-    log = d / "sshd.log"
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None:
-            pytest.skip(f"sshd cannot run here: {log.read_text()[-1000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"sshd did not listen: {log.read_text()[-1000:]}")
-        time.sleep(0.05)
-    env_name = secret_env_name(SSH_KEY_SECRET)
-    os.environ[env_name] = (d / "client_key").read_text()
-    try:
-        yield SshServer(host="127.0.0.1", port=port, dir=d,
-                        user=pwd.getpwuid(os.geteuid()).pw_name,
-                        client_key=(d / "client_key").read_text(),
-                        known_hosts=d / "known_hosts", empty_known_hosts=d / "empty_known_hosts",
-                        password_user=None, password=None, log=log)
-    finally:
-        os.environ.pop(env_name, None)
-        proc.terminate()
+    with openssh_server(d, password_auth=False) as (port, log):
+        env_name = secret_env_name(SSH_KEY_SECRET)
+        os.environ[env_name] = (d / "client_key").read_text()
         try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            yield SshServer(host="127.0.0.1", port=port, dir=d,
+                            user=pwd.getpwuid(os.geteuid()).pw_name,
+                            client_key=(d / "client_key").read_text(),
+                            known_hosts=d / "known_hosts",
+                            empty_known_hosts=d / "empty_known_hosts",
+                            password_user=None, password=None, log=log)
+        finally:
+            os.environ.pop(env_name, None)
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.processes import alive, group_members  # noqa: F401  (alive is re-exported)
+
 VENV_BIN = Path(sys.executable).parent
 OPSCONDUCTOR = str(VENV_BIN / "opsconductor")
 T = TypeVar("T")
@@ -33,36 +35,6 @@ async def poll(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30,
         if loop.time() > end:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
         await asyncio.sleep(interval)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid` on this host."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
 
 
 def kill_group(pgid: int) -> None:
