@@ -1,7 +1,7 @@
 """Copy a file to or from an asset: SFTP over the asset's SSH connection, or a local copy.
 
 Guarantees, the same for both paths:
-* bytes go to a temporary name beside the destination (`.NAME.opsc-XXXX.part`), which is
+* bytes go to a temporary name beside the destination (`.NAME.opsc-<random>.part`), which is
   renamed over the destination only after the copy is verified: a reader never sees half a
   file, and an existing destination survives a failed transfer untouched;
 * the sha256 of the bytes read from the source is checked against the written copy (remote:
