@@ -646,13 +646,7 @@ class ExecutionWorkflow:
     def _validate_decision(self, payload: Any, kind: str) -> None:
         """Refuse at once what is not a decision at all; the handler judges the rest, so
         that every real decision, accepted or refused, lands on the gate's record."""
-        try:
-            ApprovalDecision.model_validate(payload)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise ApplicationError(f"malformed decision: {where}: {first['msg']}",
-                                   type="InvalidDecision") from None
+        self._validate_payload(ApprovalDecision, payload, "decision")
         if self.gate is None:
             raise ApplicationError(f"no approval is pending (status {self.status.value})",
                                    type="NoApprovalPending")
@@ -690,6 +684,21 @@ class ExecutionWorkflow:
     async def cancel_update(self, payload: Any) -> DecisionOutcome:
         return await self._accept_cancel(payload)
 
+    @cancel_update.validator
+    def _validate_cancel(self, payload: Any) -> None:
+        self._validate_payload(CancelRequest, payload, "cancel")
+        if self.cancel is not None or self.final_status is not None:
+            raise ApplicationError("the execution is already ending", type="AlreadyEnding")
+
+    def _validate_payload(self, model: Any, payload: Any, kind: str) -> None:
+        try:
+            model.model_validate(payload)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise ApplicationError(f"malformed {kind}: {where}: {first['msg']}",
+                                   type="InvalidPayload") from None
+
     @workflow.signal(name="resolve")
     async def resolve_signal(self, payload: Any) -> None:
         await self._accept_resolution(payload)
@@ -697,6 +706,10 @@ class ExecutionWorkflow:
     @workflow.update(name="resolve_update")
     async def resolve_update(self, payload: Any) -> DecisionOutcome:
         return await self._accept_resolution(payload)
+
+    @resolve_update.validator
+    def _validate_resolve(self, payload: Any) -> None:
+        self._validate_payload(ResolveRequest, payload, "resolve")
 
     async def _accept_resolution(self, raw: Any) -> DecisionOutcome:
         try:
