@@ -82,6 +82,12 @@ NON_RETRYABLE_STEP_ERRORS = ["RbacDenied", "LockLost", "UnknownOutcome", "Secret
 FAILED_STEP = (StepStatus.FAILED, StepStatus.TIMEOUT)
 
 
+def describe_invalid(kind: str, err: ValidationError) -> str:
+    """`malformed cancel: actor: Field required; ...`: every problem, with its field."""
+    return f"malformed {kind}: " + "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in err.errors())
+
+
 class _StepState:
     def __init__(self, spec: StepSpec):
         self.spec = spec
@@ -556,23 +562,15 @@ class ExecutionWorkflow:
         try:
             decision = ApprovalDecision.model_validate(raw)
         except ValidationError as err:
-            return await self._refuse(kind, raw, "malformed decision: " + "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
-                for e in err.errors()))
+            return await self._refuse(kind, raw, describe_invalid("decision", err))
         gate = self.gate
         if gate is None:
             return await self._refuse(kind, raw, "no approval is pending", decision.approver)
         refusal = gate.precheck(decision, kind)
         if refusal:
             return await self._refuse(kind, raw, refusal, decision.approver)
-        auth = await workflow.execute_activity(
-            "authorize",
-            AuthorizeInput(tenant=self.spec.tenant, environment=self.spec.environment,
-                           actor=decision.approver, action="approve",
-                           execution_id=self.spec.execution_id,
-                           step_id=None if gate.name == EXECUTION_GATE else gate.name),
-            result_type=AuthorizeResult, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=AUTHZ_RETRY)
+        auth = await self._authorize(decision.approver, "approve",
+                                     None if gate.name == EXECUTION_GATE else gate.name)
         if self.gate is not gate:
             return await self._refuse(kind, raw, "the approval window closed", decision.approver)
         refusal = gate.precheck(decision, kind)  # re-check: other decisions may have landed
@@ -604,6 +602,17 @@ class ExecutionWorkflow:
             f"; still needs {gate.missing()}" if gate.state is ApprovalState.PENDING else
             f"; gate {gate.state.value}"), approval_state=gate.state,
             approvals_counted=gate.counted(), approvals_required=gate.rule.required_approvals)
+
+    async def _authorize(self, actor: str, action: str,
+                         step_id: str | None = None) -> AuthorizeResult:
+        """RBAC (audited) for an operator's approve, cancel or resolve, in the worker."""
+        return await workflow.execute_activity(
+            "authorize",
+            AuthorizeInput(tenant=self.spec.tenant, environment=self.spec.environment,
+                           actor=actor, action=action, execution_id=self.spec.execution_id,
+                           step_id=step_id),
+            result_type=AuthorizeResult, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=AUTHZ_RETRY)
 
     async def _refuse(self, kind: str, raw: Any, reason: str,
                       actor: str | None = None) -> DecisionOutcome:
@@ -657,17 +666,10 @@ class ExecutionWorkflow:
         try:
             req = CancelRequest.model_validate(raw)
         except ValidationError as err:
-            return await self._refuse("cancel", raw, "malformed cancel: " + "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
-                for e in err.errors()))
+            return await self._refuse("cancel", raw, describe_invalid("cancel", err))
         if self.cancel is not None or self.final_status is not None:
             return DecisionOutcome(accepted=False, reason="the execution is already ending")
-        auth = await workflow.execute_activity(
-            "authorize",
-            AuthorizeInput(tenant=self.spec.tenant, environment=self.spec.environment,
-                           actor=req.actor, action="cancel", execution_id=self.spec.execution_id),
-            result_type=AuthorizeResult, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=AUTHZ_RETRY)
+        auth = await self._authorize(req.actor, "cancel")
         if not auth.allowed and req.actor != self.spec.actor:
             return await self._refuse("cancel", raw, f"not permitted to cancel: {auth.reason}",
                                       req.actor)
@@ -694,10 +696,7 @@ class ExecutionWorkflow:
         try:
             model.model_validate(payload)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise ApplicationError(f"malformed {kind}: {where}: {first['msg']}",
-                                   type="InvalidPayload") from None
+            raise ApplicationError(describe_invalid(kind, err), type="InvalidPayload") from None
 
     @workflow.signal(name="resolve")
     async def resolve_signal(self, payload: Any) -> None:
@@ -715,8 +714,7 @@ class ExecutionWorkflow:
         try:
             req = ResolveRequest.model_validate(raw)
         except ValidationError as err:
-            return await self._refuse("resolve", raw,
-                                      f"malformed resolve: {err.errors()[0]['msg']}")
+            return await self._refuse("resolve", raw, describe_invalid("resolve", err))
         waiting = [s.spec.id for s in self.steps.values() if s.status is StepStatus.WAITING
                    and s.spec.id not in self.resolutions and s.error is not None
                    and self.waiting_on and "unknown outcome" in self.waiting_on]
@@ -724,13 +722,7 @@ class ExecutionWorkflow:
         if step_id is None or step_id not in waiting:
             return await self._refuse("resolve", raw, "no step is waiting for a resolution",
                                       req.actor)
-        auth = await workflow.execute_activity(
-            "authorize",
-            AuthorizeInput(tenant=self.spec.tenant, environment=self.spec.environment,
-                           actor=req.actor, action="resolve", execution_id=self.spec.execution_id,
-                           step_id=step_id),
-            result_type=AuthorizeResult, start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=AUTHZ_RETRY)
+        auth = await self._authorize(req.actor, "resolve", step_id)
         if not auth.allowed:
             return await self._refuse("resolve", raw, f"not permitted to resolve: {auth.reason}",
                                       req.actor)
