@@ -165,20 +165,30 @@ async def resolve_asset(target: str | None) -> Asset | None:
     return asset
 
 
-async def check_targets(targets: Iterable[str | None]) -> list[str]:
-    """The targets that do not resolve (unique, in order): for submission-time validation.
+async def resolve_targets(targets: Iterable[str | None]
+                          ) -> tuple[dict[str, str | None], list[str]]:
+    """Each target's asset id (None: this machine) and the targets that do not resolve
+    (unique, in order): for submission, so that locks key on the asset, not the name used.
 
     Asset Service outages and a broken inventory raise: they are not "unknown asset".
     """
+    ids: dict[str, str | None] = {}
     unknown: list[str] = []
     for target in dict.fromkeys(targets):
-        if is_local_target(target):
+        if not target:
             continue
         try:
-            await resolve_asset(target)
+            asset = await resolve_asset(target)
         except UnknownAsset:
             unknown.append(str(target))
-    return unknown
+            continue
+        ids[target] = asset.id if asset is not None else None
+    return ids, unknown
+
+
+async def check_targets(targets: Iterable[str | None]) -> list[str]:
+    """The targets that do not resolve (unique, in order)."""
+    return (await resolve_targets(targets))[1]
 
 
 async def resolve_secret_refs(obj: Any) -> tuple[Any, list[str]]:

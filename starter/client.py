@@ -33,7 +33,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities import db
-from activities.assets import UnknownAsset, resolve_asset
+from activities.assets import resolve_targets
 from activities.mirror import write_events
 from safety import idempotency, rbac
 from schema.config import Settings, load_settings
@@ -103,15 +103,7 @@ class ExecutionClient:
         targets = sorted({t for s in request.steps
                           if isinstance(t := s.inputs.get("target") or s.execution_location,
                                         str) and t})
-        asset_ids: dict[str, str | None] = {}
-        unknown = []
-        for target in targets:
-            try:
-                asset = await resolve_asset(target)
-            except UnknownAsset:
-                unknown.append(target)
-                continue
-            asset_ids[target] = asset.id if asset is not None else None
+        asset_ids, unknown = await resolve_targets(targets)
         if unknown:
             raise RequestValidationError([
                 Problem(path=f"plan.plan.steps[{i}].inputs.target",
