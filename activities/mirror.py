@@ -8,7 +8,6 @@ checked against the status machine here too, so the mirror can never record an i
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -261,7 +260,3 @@ async def mirror_write(w: MirrorWrite) -> MirrorWriteResult:
         action: apply_overrides(policy, w.spec.timeouts)
         for (s, action), policy in policies.items() if s == sla
     })
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

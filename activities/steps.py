@@ -27,7 +27,7 @@ from .checks import result_context, run_checks
 from .db import get_pool
 from .executors.base import StepContext, StepOutcome
 from .executors.registry import executor_for
-from .mirror import write_events, write_step_and_event, write_steps
+from .mirror import write_step_and_event
 
 log = logging.getLogger("opsconductor.step")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -284,10 +284,10 @@ async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:
             if not inp.step.idempotent:
                 await record_attempt_finished(conn, inp.execution_id, inp.step.id, attempt,
                                               "cancelled")
-            await write_steps(conn, inp.execution_id, [StepRecord(
-                step_id=inp.step.id, status=StepStatus.CANCELLED, attempts=attempt,
-                completed_at=now, error="cancelled")])
-            await write_events(conn, inp.execution_id, [EventRecord(
-                key=f"step:{inp.step.id}:cancelled:{attempt}", type="step.status",
-                step_id=inp.step.id, from_status="running", to_status="cancelled", at=now,
-                message="step cancelled; its processes were stopped")])
+            await write_step_and_event(
+                conn, inp.execution_id,
+                StepRecord(step_id=inp.step.id, status=StepStatus.CANCELLED, attempts=attempt,
+                           completed_at=now, error="cancelled"),
+                EventRecord(key=f"step:{inp.step.id}:cancelled:{attempt}", type="step.status",
+                            step_id=inp.step.id, from_status="running", to_status="cancelled",
+                            at=now, message="step cancelled; its processes were stopped"))

@@ -1,7 +1,7 @@
 """Inputs and results of the lock activities (`activities/locks.py`), one model per call.
 
-Field names match `schema.messages.LockRequest` / `LockGrant` / `LockRelease`, so either set of
-models can be sent and received over Temporal's JSON payloads.
+`schema.messages` exports them under their earlier names too (`LockRequest`, `LockGrant`,
+`LockRelease`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ from .enums import (
     SlaClass,
     StepStatus,
 )
+from .locks import AcquireLocksInput as LockRequest  # noqa: F401  (older names)
+from .locks import AcquireLocksResult as LockGrant  # noqa: F401
+from .locks import ReleaseLocksInput as LockRelease  # noqa: F401
 from .request import SafetyCheck
 from .spec import ExecutionSpec, StepSpec
 
@@ -238,26 +241,6 @@ class AuthorizeResult(BaseModel):
     roles: list[str] = Field(default_factory=list)
     rule_id: str | None = None
     policy_version: str | None = None
-
-
-class LockRequest(BaseModel):
-    """Take every asset of an execution, all or nothing, in canonical (sorted) order."""
-
-    tenant: str
-    execution_id: str
-    assets: list[str]
-    wait_timeout_seconds: float
-    lease_seconds: float = 60.0
-
-
-class LockGrant(BaseModel):
-    tokens: dict[str, int]  # asset -> fencing token
-
-
-class LockRelease(BaseModel):
-    tenant: str
-    execution_id: str
-    tokens: dict[str, int]
 
 
 class SafetyChecksInput(BaseModel):

@@ -28,7 +28,12 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
     )
     from schema.fsm import check_step_transition, check_transition
-    from schema.locks import RenewLocksInput
+    from schema.locks import (
+        AcquireLocksInput,
+        AcquireLocksResult,
+        ReleaseLocksInput,
+        RenewLocksInput,
+    )
     from schema.messages import (
         ApprovalDecision,
         AuthorizeInput,
@@ -39,9 +44,6 @@ with workflow.unsafe.imports_passed_through():
         DecisionOutcome,
         EventRecord,
         ExecutionResult,
-        LockGrant,
-        LockRelease,
-        LockRequest,
         MirrorWrite,
         MirrorWriteResult,
         Progress,
@@ -795,10 +797,10 @@ class ExecutionWorkflow:
         try:
             grant = await workflow.execute_activity(
                 "acquire_locks",
-                LockRequest(tenant=self.spec.tenant, assets=assets,
-                            execution_id=self.spec.execution_id, wait_timeout_seconds=timeout,
-                            lease_seconds=LEASE_SECONDS),
-                result_type=LockGrant,
+                AcquireLocksInput(tenant=self.spec.tenant, assets=assets,
+                                  execution_id=self.spec.execution_id,
+                                  wait_timeout_seconds=timeout, lease_seconds=LEASE_SECONDS),
+                result_type=AcquireLocksResult,
                 start_to_close_timeout=timedelta(seconds=timeout + 30),
                 heartbeat_timeout=LOCK_HEARTBEAT, retry_policy=LOCK_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -845,8 +847,8 @@ class ExecutionWorkflow:
         try:
             await workflow.execute_activity(
                 "release_locks",
-                LockRelease(tenant=self.spec.tenant, execution_id=self.spec.execution_id,
-                            tokens=self.fencing),
+                ReleaseLocksInput(tenant=self.spec.tenant, execution_id=self.spec.execution_id,
+                                  tokens=self.fencing),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=5))
             self._emit("locks.released", data={"assets": sorted(self.fencing)})
