@@ -59,6 +59,32 @@ BEGIN
               AND w.seen_until > clock_timestamp() GROUP BY w.asset) h;
 END $$;
 
+-- Take one lease if it is free, expired or already ours (re-entrant: same token, longer
+-- lease); returns its fencing token, or NULL when another execution holds it.
+-- Callers hold the asset's lock_guard.
+CREATE OR REPLACE FUNCTION execution.lock_take(
+  p_tenant text, p_asset text, p_execution_id text, p_owner text,
+  p_ttl_seconds double precision, p_now timestamptz)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  v_token bigint;
+BEGIN
+  INSERT INTO execution.execution_locks AS l
+    (tenant, asset, execution_id, owner, fencing_token, acquired_at, renewed_at, expires_at)
+  VALUES (p_tenant, p_asset, p_execution_id, p_owner, nextval('execution.lock_fencing_seq'),
+          p_now, p_now, p_now + make_interval(secs => p_ttl_seconds))
+  ON CONFLICT (tenant, asset) DO UPDATE SET
+    fencing_token = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > p_now
+                         THEN l.fencing_token ELSE EXCLUDED.fencing_token END,
+    acquired_at = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > p_now
+                       THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
+    execution_id = EXCLUDED.execution_id, owner = EXCLUDED.owner,
+    renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
+    WHERE l.execution_id = EXCLUDED.execution_id OR l.expires_at <= p_now
+  RETURNING l.fencing_token INTO v_token;
+  RETURN v_token;
+END $$;
+
 -- Try to take every asset in p_assets at once, or queue for them (p_enqueue).
 -- Returns acquired + tokens {asset: token}, or the blocking asset, its holder and the number
 -- of live waiters ahead. p_ticket: the request's ticket from an earlier call (keeps its place).
@@ -89,19 +115,8 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || chr(31) || v_asset, 7423004));
     IF NOT EXISTS (SELECT 1 FROM execution.execution_lock_waiters w
                     WHERE w.tenant = p_tenant AND w.asset = v_asset) THEN
-      INSERT INTO execution.execution_locks AS l
-        (tenant, asset, execution_id, owner, fencing_token, acquired_at, renewed_at, expires_at)
-      VALUES (p_tenant, v_asset, p_execution_id, p_owner, nextval('execution.lock_fencing_seq'),
-              v_now, v_now, v_now + make_interval(secs => p_ttl_seconds))
-      ON CONFLICT (tenant, asset) DO UPDATE SET
-        fencing_token = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > v_now
-                             THEN l.fencing_token ELSE EXCLUDED.fencing_token END,
-        acquired_at = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > v_now
-                           THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
-        execution_id = EXCLUDED.execution_id, owner = EXCLUDED.owner,
-        renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
-        WHERE l.execution_id = EXCLUDED.execution_id OR l.expires_at <= v_now
-      RETURNING l.fencing_token INTO v_token;
+      v_token := execution.lock_take(p_tenant, v_asset, p_execution_id, p_owner,
+                                     p_ttl_seconds, v_now);
       IF v_token IS NOT NULL THEN
         acquired := true;
         tokens := jsonb_build_object(v_asset, v_token);
@@ -110,8 +125,7 @@ BEGIN
       END IF;
     END IF;
   END IF;
-  PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant || chr(31) || a, 7423004))
-     FROM unnest(v_assets) a ORDER BY a;
+  PERFORM execution.lock_guard(p_tenant, v_assets);
   IF v_ticket IS NULL THEN  -- a retried request keeps the place it already has in the queue
     SELECT min(w.ticket) INTO v_ticket FROM execution.execution_lock_waiters w
      WHERE w.tenant = p_tenant AND w.execution_id = p_execution_id AND w.asset = ANY (v_assets);
@@ -153,18 +167,8 @@ BEGIN
   END LOOP;
   -- Free and our turn on every asset: take them all (re-entrant for the same execution).
   FOREACH v_asset IN ARRAY v_assets LOOP
-    INSERT INTO execution.execution_locks AS l
-      (tenant, asset, execution_id, owner, fencing_token, acquired_at, renewed_at, expires_at)
-    VALUES (p_tenant, v_asset, p_execution_id, p_owner, nextval('execution.lock_fencing_seq'),
-            v_now, v_now, v_now + make_interval(secs => p_ttl_seconds))
-    ON CONFLICT (tenant, asset) DO UPDATE SET
-      fencing_token = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > v_now
-                           THEN l.fencing_token ELSE EXCLUDED.fencing_token END,
-      acquired_at = CASE WHEN l.execution_id = EXCLUDED.execution_id AND l.expires_at > v_now
-                         THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
-      execution_id = EXCLUDED.execution_id, owner = EXCLUDED.owner,
-      renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
-    RETURNING l.fencing_token INTO v_token;
+    v_token := execution.lock_take(p_tenant, v_asset, p_execution_id, p_owner, p_ttl_seconds,
+                                   v_now);
     v_tokens := v_tokens || jsonb_build_object(v_asset, v_token);
   END LOOP;
   IF v_ticket IS NOT NULL THEN
