@@ -47,10 +47,9 @@ from typing import Any
 
 import yaml
 
-from safety.secrets import SecretError, SecretNotFound, resolver_from_env
-from schema.assets import Asset, Inventory
-
-from .service_clients import AssetNotFound, AssetServiceClient
+from opsconductor.activities.service_clients import AssetNotFound, AssetServiceClient
+from opsconductor.safety.secrets import SecretError, SecretNotFound, resolver_from_env
+from opsconductor.schema.assets import Asset, Inventory
 
 LOCAL_TARGETS = frozenset({"localhost", "local", "127.0.0.1", "::1"})
 
@@ -200,7 +199,8 @@ async def resolve_secret_refs(obj: Any) -> tuple[Any, list[str]]:
 async def resolve_credentials(asset: Asset) -> tuple[dict[str, str], list[str]]:
     """The asset's credentials as values (resolved now, never stored) and the secret values.
 
-    Raises `safety.secrets.SecretError` (`SecretNotFound` when a reference does not resolve).
+    Raises `opsconductor.safety.secrets.SecretError` (`SecretNotFound` when a reference does not
+    resolve).
     """
     if asset.credentials:
         refs = {k: v.model_dump(exclude_none=True) for k, v in asset.credentials.items()}

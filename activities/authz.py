@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from schema.messages import AuthorizeInput, AuthorizeResult
-
-from .db import get_pool
+from opsconductor.activities.db import get_pool
+from opsconductor.schema.messages import AuthorizeInput, AuthorizeResult
 
 
 @activity.defn(name="authorize")
 async def authorize(inp: AuthorizeInput) -> AuthorizeResult:
-    from safety import rbac
+    from opsconductor.safety import rbac
 
     pool = await get_pool()
     policy = await rbac.load_policy(pool)

@@ -43,10 +43,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from schema.assets import Asset
-from schema.enums import ActionClass, FailureHandling, StepKind
-from schema.request import SafetyCheck
-from schema.spec import StepSpec
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
+from opsconductor.schema.request import SafetyCheck
+from opsconductor.schema.spec import StepSpec
 
 FIELDS = frozenset({"exit_code", "stdout", "stderr", "output", "status", "http_status", "rows",
                     "row_count", "body", "elapsed_ms", "bytes", "sha256", "truncated", "error",
@@ -406,9 +406,9 @@ def _command_of(check: str | Mapping[str, Any]) -> str | None:
 async def run_command_check(command: str, *, asset: Asset | None, timeout: float = 30.0,
                             env: Mapping[str, str] | None = None) -> CheckResult:
     """Run `command` on the asset's connector (local machine when None); pass on exit 0."""
-    from .executors.base import StepContext
-    from .executors.local_command import LocalCommandRunner
-    from .executors.registry import command_runner_for
+    from opsconductor.activities.executors.base import StepContext
+    from opsconductor.activities.executors.local_command import LocalCommandRunner
+    from opsconductor.activities.executors.registry import command_runner_for
 
     label = f"command: {command}"
     spec = StepSpec(id="check", tool="shell", kind=StepKind.COMMAND,
@@ -464,7 +464,7 @@ async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
     warn (record an event and go on) or continue (go on silently). Informational checks pass.
     A check's `target` names the asset its command runs on.
     """
-    from .assets import UnknownAsset, resolve_asset
+    from opsconductor.activities.assets import UnknownAsset, resolve_asset
 
     out: list[SafetyCheckOutcome] = []
     for check in checks:

@@ -11,20 +11,18 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from schema.enums import ActionClass, FailureHandling, StepKind, StepStatus
-from schema.messages import CleanupInput, StepResult
-from schema.spec import StepSpec
-
-from .assets import resolve_asset
-from .executors.base import StepContext
-from .executors.command import CommandExecutor
+from opsconductor.activities.assets import resolve_asset
+from opsconductor.activities.executors.base import StepContext
+from opsconductor.activities.executors.command import CommandExecutor
+from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind, StepStatus
+from opsconductor.schema.messages import CleanupInput, StepResult
+from opsconductor.schema.spec import StepSpec
 
 
 @activity.defn(name="run_cleanup")
 async def run_cleanup(inp: CleanupInput) -> StepResult:
-    from safety.masking import Masker
-
-    from .steps import _heartbeat_forever, _now
+    from opsconductor.activities.steps import _heartbeat_forever, _now
+    from opsconductor.safety.masking import Masker
 
     asset = await resolve_asset(inp.target)
     step = StepSpec(id=f"{inp.reason}:{inp.step_id}", description=f"{inp.reason} of {inp.step_id}",

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from schema.config import load_settings
+from opsconductor.schema.config import load_settings
 
 _pool: asyncpg.Pool | None = None
 _lock = asyncio.Lock()

@@ -20,8 +20,9 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from safety import mutex
-from schema.locks import (
+from opsconductor.activities.db import get_pool
+from opsconductor.safety import mutex
+from opsconductor.schema.locks import (
     AcquireLocksInput,
     AcquireLocksResult,
     ReleaseLocksInput,
@@ -29,8 +30,6 @@ from schema.locks import (
     RenewLocksInput,
     RenewLocksResult,
 )
-
-from .db import get_pool
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 

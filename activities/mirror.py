@@ -14,18 +14,17 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from schema.enums import ApprovalState, ExecutionStatus
-from schema.fsm import IllegalTransition, check_transition
-from schema.messages import (
+from opsconductor.activities.db import get_pool
+from opsconductor.schema.enums import ApprovalState, ExecutionStatus
+from opsconductor.schema.fsm import IllegalTransition, check_transition
+from opsconductor.schema.messages import (
     ApprovalRecord,
     EventRecord,
     MirrorWrite,
     MirrorWriteResult,
     StepRecord,
 )
-from schema.spec import ExecutionSpec
-
-from .db import get_pool
+from opsconductor.schema.spec import ExecutionSpec
 
 EVENT_COLUMNS = ("key text", "type text", "step_id text", "from_status text", "to_status text",
                  "actor text", "message text", "data text", "at timestamptz")
@@ -227,7 +226,7 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
             await _update_execution(conn, w)
         await write_events(conn, w.execution_id, w.events)
         for res in w.resolutions:
-            from .attempts import resolve_unfinished
+            from opsconductor.activities.attempts import resolve_unfinished
 
             assert res.step_id is not None
             await resolve_unfinished(conn, w.execution_id, res.step_id, res.action, res.actor)
@@ -243,7 +242,7 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
 @activity.defn(name="mirror_write")
 async def mirror_write(w: MirrorWrite) -> MirrorWriteResult:
     """Apply one batch to the mirror; on the first call also return the timeout policies."""
-    from safety.timeouts import apply_overrides, load_policies
+    from opsconductor.safety.timeouts import apply_overrides, load_policies
 
     pool = await get_pool()
     async with pool.acquire() as conn:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from temporalio import activity
 
-from schema.messages import SafetyChecksInput, SafetyChecksResult
-
-from .checks import run_safety_checks, should_abort
+from opsconductor.activities.checks import run_safety_checks, should_abort
+from opsconductor.schema.messages import SafetyChecksInput, SafetyChecksResult
 
 
 @activity.defn(name="run_safety_checks")
 async def run_plan_safety_checks(inp: SafetyChecksInput) -> SafetyChecksResult:
-    from safety.masking import Masker
+    from opsconductor.safety.masking import Masker
 
     last = next(reversed(inp.prior_outputs.values())) if inp.prior_outputs else {}
     context = {**(last or {}), "steps": inp.prior_outputs}

@@ -19,15 +19,14 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from schema.enums import StepStatus
-from schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
-
-from .assets import UnknownAsset, resolve_asset
-from .checks import result_context, run_checks
-from .db import get_pool
-from .executors.base import StepContext, StepOutcome
-from .executors.registry import executor_for
-from .mirror import write_step_and_event
+from opsconductor.activities.assets import UnknownAsset, resolve_asset
+from opsconductor.activities.checks import result_context, run_checks
+from opsconductor.activities.db import get_pool
+from opsconductor.activities.executors.base import StepContext, StepOutcome
+from opsconductor.activities.executors.registry import executor_for
+from opsconductor.activities.mirror import write_step_and_event
+from opsconductor.schema.enums import StepStatus
+from opsconductor.schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
 
 log = logging.getLogger("opsconductor.step")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
@@ -52,7 +51,7 @@ def _fail(message: str, error_type: str, *, retryable: bool = False, **details: 
 async def _authorize(inp: StepRunInput, pool: Any) -> Any:
     """Decide now, at the moment of action; the audit row is written with the start record
     (a denial is audited at once)."""
-    from safety import rbac
+    from opsconductor.safety import rbac
 
     target = inp.step.target or "localhost"
     policy = await rbac.load_policy(pool)
@@ -72,11 +71,14 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                         audit: Any) -> None:
     """Fencing check, unknown-outcome guard, RBAC audit and the 'running' row: one
     transaction, so a step never acts without all of them recorded."""
-    from safety.mutex import LockLost as LockLostError
-    from safety.mutex import check_fencing, renew
-    from safety.rbac import audit_many
-
-    from .attempts import record_attempt_started, resolve_unfinished, unfinished_attempt
+    from opsconductor.activities.attempts import (
+        record_attempt_started,
+        resolve_unfinished,
+        unfinished_attempt,
+    )
+    from opsconductor.safety.mutex import LockLost as LockLostError
+    from opsconductor.safety.mutex import check_fencing, renew
+    from opsconductor.safety.rbac import audit_many
 
     step = inp.step
     async with pool.acquire() as conn, conn.transaction():
@@ -116,7 +118,7 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
                       pool: Any) -> None:
-    from .attempts import record_attempt_finished
+    from opsconductor.activities.attempts import record_attempt_finished
 
     step = inp.step
     status = result.status if final or result.status is StepStatus.COMPLETED \
@@ -153,7 +155,7 @@ async def _leases_renewed(inp: StepRunInput, pool: Any) -> AsyncIterator[asyncio
     if not inp.fencing_tokens:
         yield None
         return
-    from safety.mutex import keep_renewed
+    from opsconductor.safety.mutex import keep_renewed
 
     async with keep_renewed(pool, inp.tenant, list(inp.fencing_tokens), inp.execution_id,
                             inp.lease_seconds) as lost:
@@ -179,8 +181,8 @@ async def run_step(inp: StepRunInput) -> StepResult:
 
 
 async def _run_step(inp: StepRunInput) -> StepResult:
-    from safety.masking import Masker, forget_secret_values, register_secret_values
-    from safety.secrets import SecretError, resolver_from_env
+    from opsconductor.safety.masking import Masker, forget_secret_values, register_secret_values
+    from opsconductor.safety.secrets import SecretError, resolver_from_env
 
     # Attempt numbers run on across activity invocations: after an operator's retry, the new
     # invocation's first attempt continues the step's count instead of reusing number 1.
@@ -198,7 +200,7 @@ async def _run_step(inp: StepRunInput) -> StepResult:
     try:
         inputs, secret_values = await resolver_from_env().resolve(step.inputs)
     except SecretError as err:
-        from .assets import secret_failure
+        from opsconductor.activities.assets import secret_failure
 
         error_type, retryable = secret_failure(err)
         _fail(f"step {step.id}: {err}", error_type, retryable=retryable)
@@ -276,7 +278,7 @@ async def _run_step(inp: StepRunInput) -> StepResult:
 
 async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:
     """Best effort: the workflow writes the final state too, so a failure here is harmless."""
-    from .attempts import record_attempt_finished
+    from opsconductor.activities.attempts import record_attempt_finished
 
     now = _now()
     with contextlib.suppress(Exception):

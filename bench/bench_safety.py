@@ -23,10 +23,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safety import idempotency, mutex
-from safety.masking import Masker, MaskingLogFilter
-from schema.migrate import migrate
-from starter.embedded_postgres import EmbeddedPostgres
+from opsconductor.safety import idempotency, mutex
+from opsconductor.safety.masking import Masker, MaskingLogFilter
+from opsconductor.schema.migrate import migrate
+from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 
 OLD = {"masking": 2_000, "locks": 500, "events": 1_000, "idempotency": 1_000}
 OURS = {"masking": 200_000, "locks": 5_000, "events": 50_000, "idempotency": None}

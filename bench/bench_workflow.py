@@ -93,13 +93,13 @@ async def burst_ours(engine: object, n: int) -> float:
 
 
 async def main(runs: int, burst: int) -> None:
-    from activities import db
-    from schema.config import Settings
-    from schema.migrate import migrate
-    from starter.client import ExecutionClient
-    from starter.embedded_postgres import EmbeddedPostgres
-    from starter.temporal_server import TemporalDevServer
-    from starter.worker import build_worker
+    from opsconductor.activities import db
+    from opsconductor.schema.config import Settings
+    from opsconductor.schema.migrate import migrate
+    from opsconductor.starter.client import ExecutionClient
+    from opsconductor.starter.embedded_postgres import EmbeddedPostgres
+    from opsconductor.starter.temporal_server import TemporalDevServer
+    from opsconductor.starter.worker import build_worker
 
     with tempfile.TemporaryDirectory(prefix="opsc-bench-") as tmp:
         temporal = TemporalDevServer(headless=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import asyncpg
 
-from schema.canonical import canonical_json, sha256_hex
+from opsconductor.schema.canonical import canonical_json, sha256_hex
 
 DEFAULT_WINDOW_SECONDS = 86_400.0
 RETRYABLE_STATUSES = frozenset({"failed", "cancelled", "timeout", "rejected"})

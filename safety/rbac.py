@@ -57,7 +57,7 @@ from typing import Any
 import asyncpg
 import yaml
 
-from schema.canonical import canonical_json, sha256_hex
+from opsconductor.schema.canonical import canonical_json, sha256_hex
 
 ACTIONS = frozenset({"execute", "approve", "reject", "cancel", "requeue", "resolve"})
 DEFAULT_STRICT = frozenset({"prod"})

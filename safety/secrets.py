@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from schema.tools import is_secret_ref
+from opsconductor.schema.tools import is_secret_ref
 
 ENV_PREFIX = "OPSC_SECRET_"
 DEFAULT_ORDER = ("env", "file", "vault")

@@ -21,9 +21,9 @@ from datetime import datetime
 
 import asyncpg
 
-from schema.enums import ActionClass, SlaClass
-from schema.messages import TimeoutPolicy
-from schema.request import TimeoutOverrides
+from opsconductor.schema.enums import ActionClass, SlaClass
+from opsconductor.schema.messages import TimeoutPolicy
+from opsconductor.schema.request import TimeoutOverrides
 
 CACHE_TTL_SECONDS = 60.0
 MAX_EXTENSION = 4.0

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .tools import SecretRef
+from opsconductor.schema.tools import SecretRef
 
 Connector = Literal["local", "ssh", "automation-service"]
 HostKeyChecking = Literal["strict", "accept-new", "off"]

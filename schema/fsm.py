@@ -4,8 +4,8 @@ Both the workflow (before it changes status) and the mirror (before it writes a 
 `check_transition`, so a bug that tries an illegal move fails loudly in either place.
 """
 
-from .enums import ExecutionStatus as S
-from .enums import StepStatus as T
+from opsconductor.schema.enums import ExecutionStatus as S
+from opsconductor.schema.enums import StepStatus as T
 
 EXECUTION_TRANSITIONS: dict[S, frozenset[S]] = {
     S.QUEUED: frozenset(

@@ -1,7 +1,7 @@
 """Inputs and results of the lock activities (`activities/locks.py`), one model per call.
 
-`schema.messages` exports them under their earlier names too (`LockRequest`, `LockGrant`,
-`LockRelease`).
+`opsconductor.schema.messages` exports them under their earlier names too (`LockRequest`,
+`LockGrant`, `LockRelease`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .enums import (
+from opsconductor.schema.enums import (
     ActionClass,
     ApprovalState,
     Environment,
@@ -15,11 +15,11 @@ from .enums import (
     SlaClass,
     StepStatus,
 )
-from .locks import AcquireLocksInput as LockRequest  # noqa: F401  (older names)
-from .locks import AcquireLocksResult as LockGrant  # noqa: F401
-from .locks import ReleaseLocksInput as LockRelease  # noqa: F401
-from .request import SafetyCheck
-from .spec import ExecutionSpec, StepSpec
+from opsconductor.schema.locks import AcquireLocksInput as LockRequest  # noqa: F401  (older names)
+from opsconductor.schema.locks import AcquireLocksResult as LockGrant  # noqa: F401
+from opsconductor.schema.locks import ReleaseLocksInput as LockRelease  # noqa: F401
+from opsconductor.schema.request import SafetyCheck
+from opsconductor.schema.spec import ExecutionSpec, StepSpec
 
 
 class TimeoutPolicy(BaseModel):

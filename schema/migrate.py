@@ -10,7 +10,7 @@ MIGRATION_LOCK = 7_423_001  # advisory lock id: two migrators never interleave
 
 
 def migration_files() -> list[tuple[str, str]]:
-    folder = resources.files("schema") / "migrations"
+    folder = resources.files("opsconductor.schema") / "migrations"
     files = sorted((p.name, p.read_text()) for p in folder.iterdir() if p.name.endswith(".sql"))
     return files
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .enums import Environment, ExecutionMode, FailureHandling, SlaClass
+from opsconductor.schema.enums import Environment, ExecutionMode, FailureHandling, SlaClass
 
 
 class PlanStep(BaseModel):
@@ -80,7 +80,7 @@ class ApprovalPoint(BaseModel):
 
 
 class TimeoutOverrides(BaseModel):
-    """Per-request overrides of the timeout policy, clamped by `safety.timeouts` to limits."""
+    """Per-request overrides of the timeout policy, clamped by `safety/timeouts.py` to limits."""
 
     model_config = ConfigDict(extra="forbid")
     step_timeout_seconds: float | None = Field(default=None, gt=0)

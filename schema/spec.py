@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .canonical import plan_hash
-from .enums import (
+from opsconductor.schema.canonical import plan_hash
+from opsconductor.schema.enums import (
     ActionClass,
     Environment,
     ExecutionMode,
@@ -20,8 +20,14 @@ from .enums import (
     SlaClass,
     StepKind,
 )
-from .request import ApprovalPoint, ExecutionRequest, RollbackEntry, SafetyCheck, TimeoutOverrides
-from .tools import lookup
+from opsconductor.schema.request import (
+    ApprovalPoint,
+    ExecutionRequest,
+    RollbackEntry,
+    SafetyCheck,
+    TimeoutOverrides,
+)
+from opsconductor.schema.tools import lookup
 
 FAST_LIMIT_SECONDS = 10.0
 MEDIUM_LIMIT_SECONDS = 30.0

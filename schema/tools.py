@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .enums import ActionClass, StepKind
+from opsconductor.schema.enums import ActionClass, StepKind
 
 
 class SecretRef(BaseModel):

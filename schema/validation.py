@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .request import ExecutionRequest
-from .tools import TOOLS, lookup
+from opsconductor.schema.request import ExecutionRequest
+from opsconductor.schema.tools import TOOLS, lookup
 
 
 class Problem(BaseModel):

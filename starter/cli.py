@@ -40,10 +40,9 @@ def _err(args: argparse.Namespace, message: str, code: int) -> int:
 
 async def _with_client(args: argparse.Namespace,
                        fn: Callable[[Any], Awaitable[int]]) -> int:
-    from activities.db import DatabaseUnavailable
-    from schema.validation import RequestValidationError
-
-    from .client import ExecutionClient, ExecutionNotFound, SubmissionRefused
+    from opsconductor.activities.db import DatabaseUnavailable
+    from opsconductor.schema.validation import RequestValidationError
+    from opsconductor.starter.client import ExecutionClient, ExecutionNotFound, SubmissionRefused
 
     try:
         client = await ExecutionClient.connect()
@@ -195,7 +194,7 @@ async def cmd_pending(args: argparse.Namespace) -> int:
 
 
 async def cmd_watch(args: argparse.Namespace) -> int:
-    from .progress_view import watch
+    from opsconductor.starter.progress_view import watch
 
     async def go(client: Any) -> int:
         view = await watch(client, args.id, json_lines=args.json)
@@ -205,7 +204,7 @@ async def cmd_watch(args: argparse.Namespace) -> int:
 
 
 async def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from .dlq import list_dlq
+    from opsconductor.starter.dlq import list_dlq
 
     async def go(client: Any) -> int:
         rows = await list_dlq(client, include_all=args.all)
@@ -218,7 +217,7 @@ async def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
-    from .dlq import requeue
+    from opsconductor.starter.dlq import requeue
 
     async def go(client: Any) -> int:
         resp = await requeue(client, args.id, args.actor)
@@ -230,7 +229,7 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
-    from .health import check_health
+    from opsconductor.starter.health import check_health
 
     report = await check_health()
     _out(args, report, lambda: "\n".join(f"{k:<10} {'ok' if v['ok'] else 'DOWN'}  {v['detail']}"
@@ -239,8 +238,8 @@ async def cmd_health(args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    from schema.config import load_settings
-    from schema.migrate import migrate
+    from opsconductor.schema.config import load_settings
+    from opsconductor.schema.migrate import migrate
 
     url = load_settings().database_url
     if not url:
@@ -259,7 +258,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from .worker import run_worker
+    from opsconductor.starter.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = asyncio.Event()
@@ -274,13 +273,13 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def cmd_dev(args: argparse.Namespace) -> int:
-    from .dev_stack import run_dev
+    from opsconductor.starter.dev_stack import run_dev
 
     return await run_dev()
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from opsconductor.starter.demo import run_demo
 
     return await run_demo(json_output=args.json)
 

@@ -32,19 +32,18 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities import db
-from activities.assets import resolve_targets
-from activities.mirror import write_events
-from safety import idempotency, rbac
-from schema.config import Settings, load_settings
-from schema.enums import ExecutionMode, ExecutionStatus
-from schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
-from schema.request import ExecutionRequest
-from schema.spec import ExecutionSpec, build_spec
-from schema.validation import Problem, RequestValidationError, validate_request
-from workflows.execution import ExecutionWorkflow
-
-from .worker import connect
+from opsconductor.activities import db
+from opsconductor.activities.assets import resolve_targets
+from opsconductor.activities.mirror import write_events
+from opsconductor.safety import idempotency, rbac
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.enums import ExecutionMode, ExecutionStatus
+from opsconductor.schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
+from opsconductor.schema.request import ExecutionRequest
+from opsconductor.schema.spec import ExecutionSpec, build_spec
+from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
+from opsconductor.starter.worker import connect
+from opsconductor.workflows.execution import ExecutionWorkflow
 
 
 class SubmissionRefused(RuntimeError):

@@ -13,14 +13,13 @@ import uuid
 from importlib import resources
 from typing import Any
 
-from schema.config import load_settings
-
-from .dev_stack import DevStack, describe, stack_alive
-from .progress_view import watch
+from opsconductor.schema.config import load_settings
+from opsconductor.starter.dev_stack import DevStack, describe, stack_alive
+from opsconductor.starter.progress_view import watch
 
 
 def example_request() -> dict[str, Any]:
-    text = (resources.files("starter") / "examples" / "diagnostic_plan.json").read_text()
+    text = (resources.files("opsconductor.starter") / "examples" / "diagnostic_plan.json").read_text()
     request: dict[str, Any] = json.loads(text)
     # A fresh run every time: the demo shows an execution, not the idempotency window.
     request["plan"]["execution_metadata"]["demo_run"] = uuid.uuid4().hex[:8]
@@ -38,7 +37,7 @@ async def mirror_rows(client: Any, execution_id: str) -> dict[str, int]:
 
 
 async def run_demo(json_output: bool = False) -> int:
-    from .client import ExecutionClient
+    from opsconductor.starter.client import ExecutionClient
 
     say = (lambda *_: None) if json_output else print
     stack = None

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from schema.config import Settings, load_settings
-from schema.migrate import migrate
-
-from .embedded_postgres import EmbeddedPostgres
-from .ports import free_port, port_open
-from .temporal_server import TemporalDevServer
-from .worker import run_worker
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.migrate import migrate
+from opsconductor.starter.embedded_postgres import EmbeddedPostgres
+from opsconductor.starter.ports import free_port, port_open
+from opsconductor.starter.temporal_server import TemporalDevServer
+from opsconductor.starter.worker import run_worker
 
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_UI_PORT = 8233
@@ -110,7 +109,7 @@ class DevStack:
             return None
         path = self.settings.home / "rbac_policy.yaml"
         if not path.exists():
-            path.write_text((resources.files("starter") / "examples" /
+            path.write_text((resources.files("opsconductor.starter") / "examples" /
                              "rbac_policy.yaml").read_text())
         os.environ["OPSC_RBAC_POLICY"] = str(path)
         return path
@@ -150,7 +149,7 @@ def describe(settings: Settings) -> str:
 
 
 def _redacted(url: str | None) -> str:
-    from activities.db import _redact
+    from opsconductor.activities.db import _redact
 
     return _redact(url) if url else "(none)"
 

@@ -11,9 +11,13 @@ import json
 import uuid
 from typing import Any
 
-from safety import rbac
-
-from .client import ExecutionClient, ExecutionNotFound, ExecutionResponse, SubmissionRefused
+from opsconductor.safety import rbac
+from opsconductor.starter.client import (
+    ExecutionClient,
+    ExecutionNotFound,
+    ExecutionResponse,
+    SubmissionRefused,
+)
 
 
 async def list_dlq(client: ExecutionClient, include_all: bool = False) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import free_port, port_open
+from opsconductor.starter.ports import free_port, port_open
 
 PG_SYSTEM_USER = "opsc_postgres"
 DATABASE = "opsconductor"

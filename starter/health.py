@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from schema.config import load_settings
+from opsconductor.schema.config import load_settings
 
 
 async def check_health() -> dict[str, dict[str, Any]]:
@@ -31,7 +31,7 @@ async def check_health() -> dict[str, dict[str, Any]]:
         from temporalio.api.taskqueue.v1 import TaskQueue
         from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-        from .worker import connect
+        from opsconductor.starter.worker import connect
 
         client = await asyncio.wait_for(connect(settings), 5)
         report["temporal"] = {"ok": True, "detail": f"{settings.temporal_address} "

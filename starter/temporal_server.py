@@ -8,10 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from schema.search_attributes import SEARCH_ATTRIBUTES
-
-from .binaries import temporal_cli
-from .ports import free_port, port_open
+from opsconductor.schema.search_attributes import SEARCH_ATTRIBUTES
+from opsconductor.starter.binaries import temporal_cli
+from opsconductor.starter.ports import free_port, port_open
 
 
 def _die_with_parent() -> None:

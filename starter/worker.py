@@ -13,23 +13,23 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import db
-from activities.authz import authorize
-from activities.cleanup import run_cleanup
-from activities.locks import acquire_locks, release_locks, renew_locks
-from activities.mirror import mirror_write
-from activities.plan_checks import run_plan_safety_checks
-from activities.steps import run_step
-from safety.masking import install_log_masking
-from schema.config import Settings, load_settings
-from workflows.execution import ExecutionWorkflow
+from opsconductor.activities import db
+from opsconductor.activities.authz import authorize
+from opsconductor.activities.cleanup import run_cleanup
+from opsconductor.activities.locks import acquire_locks, release_locks, renew_locks
+from opsconductor.activities.mirror import mirror_write
+from opsconductor.activities.plan_checks import run_plan_safety_checks
+from opsconductor.activities.steps import run_step
+from opsconductor.safety.masking import install_log_masking
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.workflows.execution import ExecutionWorkflow
 
 log = logging.getLogger("opsconductor.worker")
 
 ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup,
                              run_plan_safety_checks, acquire_locks, renew_locks,
                              release_locks)
-PASSTHROUGH = ("schema", "pydantic", "pydantic_core", "annotated_types")
+PASSTHROUGH = ("opsconductor.schema", "pydantic", "pydantic_core", "annotated_types")
 
 
 def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
@@ -44,7 +44,7 @@ def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
     """
     if strict is None:
         strict = os.environ.get("OPSC_WORKFLOW_SANDBOX", "fast").lower() == "strict"
-    modules = PASSTHROUGH if strict else (*PASSTHROUGH, "workflows")
+    modules = PASSTHROUGH if strict else (*PASSTHROUGH, "opsconductor.workflows")
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
 
@@ -81,7 +81,7 @@ async def run_worker(settings: Settings | None = None,
         async with worker:
             await (stop.wait() if stop else asyncio.Event().wait())
     finally:
-        from activities.executors.ssh import close_connections
+        from opsconductor.activities.executors.ssh import close_connections
 
         await close_connections()
         db.set_pool(None)

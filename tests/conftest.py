@@ -13,9 +13,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from schema.migrate import migrate
-from starter.embedded_postgres import EmbeddedPostgres
-from starter.temporal_server import TemporalDevServer
+from opsconductor.schema.migrate import migrate
+from opsconductor.starter.embedded_postgres import EmbeddedPostgres
+from opsconductor.starter.temporal_server import TemporalDevServer
 
 # The whole session's worker and client use the test RBAC policy (approver roles).
 os.environ["OPSC_RBAC_POLICY"] = str(Path(__file__).resolve().parent / "rbac_policy.yaml")
@@ -52,7 +52,7 @@ async def migrated_pg(pg_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def db_pool(migrated_pg: str) -> AsyncIterator[asyncpg.Pool]:
-    from activities.db import create_pool
+    from opsconductor.activities.db import create_pool
 
     pool = await create_pool(migrated_pg, min_size=1, max_size=10)
     try:
@@ -81,10 +81,10 @@ async def temporal_client(temporal_server: TemporalDevServer) -> Client:
 async def engine(temporal_client: Client, db_pool: asyncpg.Pool,
                  session_dir: Path) -> AsyncIterator[Any]:
     """One worker for the whole session plus an ExecutionClient bound to its task queue."""
-    from activities import db
-    from schema.config import Settings
-    from starter.client import ExecutionClient
-    from starter.worker import build_worker
+    from opsconductor.activities import db
+    from opsconductor.schema.config import Settings
+    from opsconductor.starter.client import ExecutionClient
+    from opsconductor.starter.worker import build_worker
 
     db.set_pool(db_pool)
     task_queue = "opsc-tests"

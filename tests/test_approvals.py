@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from starter.binaries import temporal_cli
+from opsconductor.starter.binaries import temporal_cli
 from tests.plans import request, shell, step
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from starter.binaries import temporal_cli
+from opsconductor.starter.binaries import temporal_cli
 from tests.plans import request, shell, step
 from tests.processes import alive
 from tests.test_approvals import events, pending, until

@@ -19,10 +19,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from starter.worker import workflow_runner
+from opsconductor.starter.worker import workflow_runner
+from opsconductor.workflows.execution import ExecutionWorkflow
 from tests.plans import request, shell, step
 from tests.test_approvals import pending, until
-from workflows.execution import ExecutionWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 HISTORIES = Path(__file__).resolve().parent / "histories"

@@ -22,12 +22,12 @@ import yaml
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.steps import run_step
-from safety import mutex
-from safety.masking import install_log_masking
-from schema.enums import ActionClass, Environment, FailureHandling, SlaClass, StepKind
-from schema.messages import StepRunInput, TimeoutPolicy
-from schema.spec import StepSpec
+from opsconductor.activities.steps import run_step
+from opsconductor.safety import mutex
+from opsconductor.safety.masking import install_log_masking
+from opsconductor.schema.enums import ActionClass, Environment, FailureHandling, SlaClass, StepKind
+from opsconductor.schema.messages import StepRunInput, TimeoutPolicy
+from opsconductor.schema.spec import StepSpec
 from tests.plans import request, shell, step
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -232,7 +232,7 @@ async def test_a_permission_revoked_between_two_steps_stops_the_next_step(
 
 async def test_prod_is_strict_and_rbac_refusal_starts_nothing(engine: Any) -> None:
     before = await engine.pool.fetchval("SELECT count(*) FROM execution.idempotency_records")
-    from starter.client import SubmissionRefused
+    from opsconductor.starter.client import SubmissionRefused
 
     with pytest.raises(SubmissionRefused, match="denied"):
         await engine.execute(request([step("s")], actor="mallory", environment="prod"))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from schema.validation import RequestValidationError
+from opsconductor.schema.validation import RequestValidationError
 from tests.plans import request, shell, step
 from tests.processes import alive
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schema.enums import ApprovalState
-from schema.messages import ApprovalDecision, ApprovalRecord
-from schema.request import ApprovalPoint
+from opsconductor.schema.enums import ApprovalState
+from opsconductor.schema.messages import ApprovalDecision, ApprovalRecord
+from opsconductor.schema.request import ApprovalPoint
 
 APPROVER_ROLE = "approver"
 SENIOR_ROLE = "senior_approver"

@@ -2,7 +2,7 @@
 
 Control flow only: every effect on the world is an activity (steps, locks, RBAC look-ups) or
 a local activity (mirror writes, batched so a step costs one round trip). The status machine
-in `schema.fsm` is checked before every status change.
+in `opsconductor.schema.fsm` is checked before every status change.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from schema.enums import (
+    from opsconductor.schema.enums import (
         ActionClass,
         ApprovalState,
         ExecutionStatus,
@@ -27,14 +27,14 @@ with workflow.unsafe.imports_passed_through():
         StepKind,
         StepStatus,
     )
-    from schema.fsm import check_step_transition, check_transition
-    from schema.locks import (
+    from opsconductor.schema.fsm import check_step_transition, check_transition
+    from opsconductor.schema.locks import (
         AcquireLocksInput,
         AcquireLocksResult,
         ReleaseLocksInput,
         RenewLocksInput,
     )
-    from schema.messages import (
+    from opsconductor.schema.messages import (
         ApprovalDecision,
         AuthorizeInput,
         AuthorizeResult,
@@ -56,9 +56,14 @@ with workflow.unsafe.imports_passed_through():
         StepRunInput,
         TimeoutPolicy,
     )
-    from schema.spec import ExecutionSpec, StepSpec
-
-    from .approvals import EXECUTION_GATE, Gate, GateRule, rule_for_level, rule_for_point
+    from opsconductor.schema.spec import ExecutionSpec, StepSpec
+    from opsconductor.workflows.approvals import (
+        EXECUTION_GATE,
+        Gate,
+        GateRule,
+        rule_for_level,
+        rule_for_point,
+    )
 
 SA_TENANT = SearchAttributeKey.for_keyword("OpsTenant")
 SA_ENVIRONMENT = SearchAttributeKey.for_keyword("OpsEnvironment")

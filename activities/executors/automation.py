@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import os
 
-from safety.secrets import SecretError
-from schema.assets import Asset
-
-from ..assets import resolve_credentials, resolve_secret_refs, secret_failure
-from ..service_clients import AutomationResult, AutomationServiceClient, AutomationServiceError
-from .base import StepContext, StepOutcome, cap_text, require_asset
+from opsconductor.activities.assets import resolve_credentials, resolve_secret_refs, secret_failure
+from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text, require_asset
+from opsconductor.activities.service_clients import (
+    AutomationResult,
+    AutomationServiceClient,
+    AutomationServiceError,
+)
+from opsconductor.safety.secrets import SecretError
+from opsconductor.schema.assets import Asset
 
 HEARTBEAT_INTERVAL = 1.0
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from schema.spec import StepSpec
+from opsconductor.schema.spec import StepSpec
 
 OUTPUT_CAP_BYTES = 64 * 1024  # per stream; larger output is truncated with a marker
 
@@ -70,7 +70,7 @@ def parse_inputs(model: type[M], ctx: StepContext) -> M | StepOutcome:
 
 def require_asset(ctx: StepContext, runner: str) -> Any:
     """The target asset, or the failed outcome when a remote runner got a local step."""
-    from schema.assets import Asset
+    from opsconductor.schema.assets import Asset
 
     if isinstance(ctx.asset, Asset):
         return ctx.asset

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CommandRunner, StepContext, StepOutcome
-from .local_command import LocalCommandRunner
-from .registry import command_runner_for
+from opsconductor.activities.executors.base import CommandRunner, StepContext, StepOutcome
+from opsconductor.activities.executors.local_command import LocalCommandRunner
+from opsconductor.activities.executors.registry import command_runner_for
 
 
 def _string_env(env: dict[str, Any]) -> dict[str, str]:

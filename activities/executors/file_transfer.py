@@ -28,11 +28,10 @@ from typing import Any, BinaryIO
 
 import asyncssh
 
-from schema.assets import Asset
-from schema.tools import FileTransferInputs
-
-from .base import StepContext, StepOutcome, parse_inputs
-from .ssh import SshError, ssh_connection
+from opsconductor.activities.executors.base import StepContext, StepOutcome, parse_inputs
+from opsconductor.activities.executors.ssh import SshError, ssh_connection
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.tools import FileTransferInputs
 
 CHUNK = 256 * 1024
 HEARTBEAT_INTERVAL = 1.0

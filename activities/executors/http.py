@@ -3,7 +3,7 @@
 Inputs (schema.tools.HttpInputs): method, url, headers, query, `json` (JSON body) or `body`
 (text; a dict/list body is sent as JSON), expect_status (int or list; default: any status
 below 400), assertions ([{"path": "$.status", "equals": "ok"}, ...] — JSON-path subset and
-operators in `activities.checks`), timeout_seconds (capped by the step's timeout).
+operators in `opsconductor.activities.checks`), timeout_seconds (capped by the step's timeout).
 
 Secrets may appear in headers and body: the activity resolved them before this runs and
 masks the outcome after; this module never logs inputs. Redirects are not followed (a
@@ -24,10 +24,14 @@ from typing import Any
 
 import httpx
 
-from schema.tools import HttpInputs
-
-from ..checks import assert_json
-from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome, parse_inputs
+from opsconductor.activities.checks import assert_json
+from opsconductor.activities.executors.base import (
+    OUTPUT_CAP_BYTES,
+    StepContext,
+    StepOutcome,
+    parse_inputs,
+)
+from opsconductor.schema.tools import HttpInputs
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 KEPT_HEADERS = ("content-type", "content-length", "location", "etag", "last-modified",

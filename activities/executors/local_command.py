@@ -11,7 +11,12 @@ import contextlib
 import os
 import signal
 
-from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome, cap_text
+from opsconductor.activities.executors.base import (
+    OUTPUT_CAP_BYTES,
+    StepContext,
+    StepOutcome,
+    cap_text,
+)
 
 KILL_GRACE_SECONDS = 2.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .base import StepContext, StepOutcome
+from opsconductor.activities.executors.base import StepContext, StepOutcome
 
 
 class NoopExecutor:

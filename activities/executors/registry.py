@@ -9,21 +9,22 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from schema.enums import StepKind
-
-from .base import CommandRunner, Executor
+from opsconductor.activities.executors.base import CommandRunner, Executor
+from opsconductor.schema.enums import StepKind
 
 _EXECUTORS: dict[StepKind, tuple[str, str]] = {
-    StepKind.COMMAND: ("activities.executors.command", "CommandExecutor"),
-    StepKind.NOOP: ("activities.executors.noop", "NoopExecutor"),
-    StepKind.HTTP: ("activities.executors.http", "HttpExecutor"),
-    StepKind.SQL: ("activities.executors.sql", "SqlExecutor"),
-    StepKind.FILE_TRANSFER: ("activities.executors.file_transfer", "FileTransferExecutor"),
-    StepKind.VALIDATE: ("activities.executors.validate", "ValidateExecutor"),
+    StepKind.COMMAND: ("opsconductor.activities.executors.command", "CommandExecutor"),
+    StepKind.NOOP: ("opsconductor.activities.executors.noop", "NoopExecutor"),
+    StepKind.HTTP: ("opsconductor.activities.executors.http", "HttpExecutor"),
+    StepKind.SQL: ("opsconductor.activities.executors.sql", "SqlExecutor"),
+    StepKind.FILE_TRANSFER: ("opsconductor.activities.executors.file_transfer",
+                             "FileTransferExecutor"),
+    StepKind.VALIDATE: ("opsconductor.activities.executors.validate", "ValidateExecutor"),
 }
 _RUNNERS: dict[str, tuple[str, str]] = {
-    "ssh": ("activities.executors.ssh", "SshCommandRunner"),
-    "automation-service": ("activities.executors.automation", "AutomationCommandRunner"),
+    "ssh": ("opsconductor.activities.executors.ssh", "SshCommandRunner"),
+    "automation-service": ("opsconductor.activities.executors.automation",
+                           "AutomationCommandRunner"),
 }
 _cache: dict[tuple[str, str], Any] = {}
 

@@ -27,13 +27,12 @@ from typing import Any
 
 import asyncpg
 
-from safety.secrets import SecretError
-from schema.assets import Asset, DatabaseTarget
-from schema.enums import ActionClass
-from schema.tools import SqlInputs
-
-from ..assets import resolve_secret_refs, secret_failure
-from .base import StepContext, StepOutcome, parse_inputs
+from opsconductor.activities.assets import resolve_secret_refs, secret_failure
+from opsconductor.activities.executors.base import StepContext, StepOutcome, parse_inputs
+from opsconductor.safety.secrets import SecretError
+from opsconductor.schema.assets import Asset, DatabaseTarget
+from opsconductor.schema.enums import ActionClass
+from opsconductor.schema.tools import SqlInputs
 
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 

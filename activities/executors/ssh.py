@@ -36,11 +36,15 @@ from typing import Any
 
 import asyncssh
 
-from safety.secrets import SecretError
-from schema.assets import Asset
-
-from ..assets import resolve_credentials, secret_failure
-from .base import OUTPUT_CAP_BYTES, StepContext, StepOutcome, require_asset
+from opsconductor.activities.assets import resolve_credentials, secret_failure
+from opsconductor.activities.executors.base import (
+    OUTPUT_CAP_BYTES,
+    StepContext,
+    StepOutcome,
+    require_asset,
+)
+from opsconductor.safety.secrets import SecretError
+from opsconductor.schema.assets import Asset
 
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE_SECONDS = 2.0

@@ -4,15 +4,15 @@
 A check names its step either in the expression ("step_001.exit_code == 0") or as
 {"step": "step_001", "expr": "..."}; an unqualified check looks at the most recent earlier
 step in `ctx.prior_outputs` (dict step_id -> result with exit_code, stdout, stderr, output).
-The check language is documented in `activities.checks`.
+The check language is documented in `opsconductor.activities.checks`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..checks import result_context, run_check
-from .base import StepContext, StepOutcome
+from opsconductor.activities.checks import result_context, run_check
+from opsconductor.activities.executors.base import StepContext, StepOutcome
 
 
 class ValidateExecutor:

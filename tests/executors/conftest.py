@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from starter.ports import free_port, port_open
+from opsconductor.starter.ports import free_port, port_open
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PASSWORD_USER = "opsc_sshtest"
@@ -149,6 +149,6 @@ def sshd(session_dir: Path) -> Iterator[SshServer]:
 async def _close_ssh_connections() -> AsyncIterator[None]:
     """Connections are cached per worker (here: per test session); close them at the end."""
     yield
-    from activities.executors.ssh import close_connections
+    from opsconductor.activities.executors.ssh import close_connections
 
     await close_connections()

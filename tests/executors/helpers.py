@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from activities.executors.base import StepContext
-from schema.enums import ActionClass, FailureHandling, StepKind
-from schema.spec import StepSpec
+from opsconductor.activities.executors.base import StepContext
+from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
+from opsconductor.schema.spec import StepSpec
 
 
 def make_ctx(kind: StepKind, inputs: dict[str, Any], *, asset: Any = None,

@@ -7,7 +7,7 @@ from importlib import resources
 
 import asyncpg
 
-from activities.attempts import (
+from opsconductor.activities.attempts import (
     attempts,
     record_attempt_finished,
     record_attempt_started,
@@ -28,7 +28,7 @@ async def new_execution(pool: asyncpg.Pool) -> str:
 
 
 async def test_migration_is_idempotent(db_pool: asyncpg.Pool) -> None:
-    sql = (resources.files("schema") / "migrations" / "003_attempts.sql").read_text()
+    sql = (resources.files("opsconductor.schema") / "migrations" / "003_attempts.sql").read_text()
     async with db_pool.acquire() as conn:
         await conn.execute(sql)
         await conn.execute(sql)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.checks import (
+from opsconductor.activities.checks import (
     evaluate,
     json_path,
     result_context,
@@ -12,14 +12,13 @@ from activities.checks import (
     run_safety_checks,
     should_abort,
 )
-from activities.executors.base import StepOutcome
-from activities.executors.validate import ValidateExecutor
-from schema.assets import Asset
-from schema.enums import StepKind
-from schema.request import SafetyCheck
-
-from .conftest import SshServer
-from .helpers import make_ctx
+from opsconductor.activities.executors.base import StepOutcome
+from opsconductor.activities.executors.validate import ValidateExecutor
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import StepKind
+from opsconductor.schema.request import SafetyCheck
+from tests.executors.conftest import SshServer
+from tests.executors.helpers import make_ctx
 
 CMD = result_context(StepOutcome(ok=True, exit_code=0, stdout="nginx.service\n"
                                  "   Active: active (running) since Mon\n", stderr=""))

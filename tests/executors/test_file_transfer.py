@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from activities.executors.file_transfer import FileTransferExecutor
-from schema.assets import Asset
-from schema.enums import ActionClass, StepKind
-
-from .conftest import SshServer
-from .helpers import make_ctx
+from opsconductor.activities.executors.file_transfer import FileTransferExecutor
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import ActionClass, StepKind
+from tests.executors.conftest import SshServer
+from tests.executors.helpers import make_ctx
 
 
 def leftovers(d: Path) -> list[str]:

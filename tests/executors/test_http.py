@@ -6,12 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from activities.executors.http import HttpExecutor
-from schema.enums import ActionClass, StepKind
-from starter.ports import free_port
-
-from .helpers import make_ctx
-from .servers import ApiHandler, serve
+from opsconductor.activities.executors.http import HttpExecutor
+from opsconductor.schema.enums import ActionClass, StepKind
+from opsconductor.starter.ports import free_port
+from tests.executors.helpers import make_ctx
+from tests.executors.servers import ApiHandler, serve
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,27 @@ from pathlib import Path
 
 import pytest
 
-from activities.assets import UnknownAsset, check_targets, resolve_asset, resolve_credentials
-from activities.executors.automation import AutomationCommandRunner
-from activities.executors.registry import command_runner_for
-from activities.service_clients import (
+from opsconductor.activities.assets import (
+    UnknownAsset,
+    check_targets,
+    resolve_asset,
+    resolve_credentials,
+)
+from opsconductor.activities.executors.automation import AutomationCommandRunner
+from opsconductor.activities.executors.registry import command_runner_for
+from opsconductor.activities.service_clients import (
     AssetNotFound,
     AssetServiceAuthError,
     AssetServiceClient,
     AssetServiceError,
     AutomationServiceClient,
 )
-from schema.assets import Asset
-from schema.enums import StepKind
-from starter.ports import free_port
-
-from .conftest import set_secret
-from .helpers import make_ctx
-from .servers import AssetService, AutomationService, serve
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import StepKind
+from opsconductor.starter.ports import free_port
+from tests.executors.conftest import set_secret
+from tests.executors.helpers import make_ctx
+from tests.executors.servers import AssetService, AutomationService, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 

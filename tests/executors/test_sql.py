@@ -7,12 +7,11 @@ import uuid
 
 import asyncpg
 
-from activities.executors.sql import SqlExecutor
-from schema.assets import Asset
-from schema.enums import ActionClass, StepKind
-
-from .conftest import set_secret
-from .helpers import make_ctx
+from opsconductor.activities.executors.sql import SqlExecutor
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import ActionClass, StepKind
+from tests.executors.conftest import set_secret
+from tests.executors.helpers import make_ctx
 
 
 def db_asset(pg_url: str, **db: object) -> Asset:

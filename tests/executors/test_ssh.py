@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from activities.executors.base import StepContext
-from activities.executors.ssh import POOL, SshCommandRunner
-from schema.assets import Asset
-from schema.enums import ActionClass, FailureHandling, StepKind
-from schema.spec import StepSpec
+from opsconductor.activities.executors.base import StepContext
+from opsconductor.activities.executors.ssh import POOL, SshCommandRunner
+from opsconductor.schema.assets import Asset
+from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
+from opsconductor.schema.spec import StepSpec
+from tests.executors.conftest import SshServer
 from tests.processes import group_members
-
-from .conftest import SshServer
 
 
 def step_ctx(asset: Asset | None, *, command: str = "true", timeout: float = 30,

@@ -58,6 +58,6 @@ def ssh_inventory(ssh_host: SshServer, tmp_path: Path,
 async def _close_integration_ssh_connections() -> AsyncIterator[None]:
     """The in-process worker caches SSH connections; close them at the end of the session."""
     yield
-    from activities.executors.ssh import close_connections
+    from opsconductor.activities.executors.ssh import close_connections
 
     await close_connections()

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from temporalio.service import RPCError
 
-from safety.idempotency import idempotency_key, workflow_id_for
-from schema.validation import validate_request
-from starter.binaries import temporal_cli
-from starter.ports import free_port
+from opsconductor.safety.idempotency import idempotency_key, workflow_id_for
+from opsconductor.schema.validation import validate_request
+from opsconductor.starter.binaries import temporal_cli
+from opsconductor.starter.ports import free_port
 from tests.integration.helpers import (
     OPSCONDUCTOR,
     execution_row,

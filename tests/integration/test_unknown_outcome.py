@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from schema.config import Settings
-from starter.client import ExecutionClient, ExecutionResponse
-from starter.worker import build_worker
+from opsconductor.schema.config import Settings
+from opsconductor.starter.client import ExecutionClient, ExecutionResponse
+from opsconductor.starter.worker import build_worker
 from tests.integration.helpers import (
     alive,
     events,

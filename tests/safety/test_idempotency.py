@@ -7,7 +7,13 @@ import uuid
 
 import asyncpg
 
-from safety.idempotency import claim, idempotency_key, record_outcome, runs, workflow_id_for
+from opsconductor.safety.idempotency import (
+    claim,
+    idempotency_key,
+    record_outcome,
+    runs,
+    workflow_id_for,
+)
 
 PLAN = {"plan": {"steps": [{"id": "s1", "tool": "noop", "inputs": {}}]}}
 

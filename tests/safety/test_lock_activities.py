@@ -12,11 +12,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import db as activities_db
-from activities.locks import acquire_locks, release_locks, renew_locks
-from safety import mutex
-from schema.locks import AcquireLocksInput, ReleaseLocksInput, RenewLocksInput
-from schema.messages import LockGrant
+from opsconductor.activities import db as activities_db
+from opsconductor.activities.locks import acquire_locks, release_locks, renew_locks
+from opsconductor.safety import mutex
+from opsconductor.schema.locks import AcquireLocksInput, ReleaseLocksInput, RenewLocksInput
+from opsconductor.schema.messages import LockGrant
 
 
 @pytest.fixture(autouse=True)

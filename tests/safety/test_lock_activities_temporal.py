@@ -13,11 +13,11 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities import db as activities_db
-from activities.locks import acquire_locks, release_locks, renew_locks
-from safety import mutex
-from schema.locks import RenewLocksInput
-from schema.messages import LockGrant, LockRelease, LockRequest
+from opsconductor.activities import db as activities_db
+from opsconductor.activities.locks import acquire_locks, release_locks, renew_locks
+from opsconductor.safety import mutex
+from opsconductor.schema.locks import RenewLocksInput
+from opsconductor.schema.messages import LockGrant, LockRelease, LockRequest
 
 
 @workflow.defn(sandboxed=False)

@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from safety.masking import (
+from opsconductor.safety.masking import (
     MASK,
     Masker,
     MaskingLogFilter,

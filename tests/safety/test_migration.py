@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from schema.migrate import migration_files
+from opsconductor.schema.migrate import migration_files
 
 
 async def test_002_applies_twice(db_pool: asyncpg.Pool) -> None:

@@ -10,7 +10,7 @@ import uuid
 import asyncpg
 import pytest
 
-from safety import mutex
+from opsconductor.safety import mutex
 
 
 def _tenant() -> str:

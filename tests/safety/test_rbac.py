@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from safety import rbac
+from opsconductor.safety import rbac
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "starter" / "examples" / "rbac_policy.yaml"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import hvac
 import pytest
 
-from safety.secrets import (
+from opsconductor.safety.secrets import (
     EnvBackend,
     FileBackend,
     SecretBackendError,
@@ -22,7 +22,7 @@ from safety.secrets import (
     VaultBackend,
     resolver_from_env,
 )
-from starter.ports import free_port
+from opsconductor.starter.ports import free_port
 
 ROOT_TOKEN = "opsc-test-root"
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from safety import timeouts
-from schema.enums import ActionClass, SlaClass
-from schema.request import TimeoutOverrides
+from opsconductor.safety import timeouts
+from opsconductor.schema.enums import ActionClass, SlaClass
+from opsconductor.schema.request import TimeoutOverrides
 
 
 async def test_table_matches_fallback_and_is_cached(db_pool: asyncpg.Pool) -> None:

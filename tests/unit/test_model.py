@@ -7,11 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from schema.enums import ActionClass, ExecutionMode, ExecutionStatus, SlaClass, StepKind
-from schema.fsm import IllegalTransition, can_transition, check_transition
-from schema.spec import build_spec, mode_for, sla_class_for
-from schema.tools import lookup
-from schema.validation import RequestValidationError, find_cycle, validate_request
+from opsconductor.schema.enums import (
+    ActionClass,
+    ExecutionMode,
+    ExecutionStatus,
+    SlaClass,
+    StepKind,
+)
+from opsconductor.schema.fsm import IllegalTransition, can_transition, check_transition
+from opsconductor.schema.spec import build_spec, mode_for, sla_class_for
+from opsconductor.schema.tools import lookup
+from opsconductor.schema.validation import RequestValidationError, find_cycle, validate_request
 from tests.plans import request, shell, step
 
 SHARED_EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples"
