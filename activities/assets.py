@@ -2,9 +2,14 @@
 
 Where assets come from:
 
-* `OPSC_ASSET_SERVICE_URL` set: OpsConductor's Asset Service (`OPSC_ASSET_SERVICE_TOKEN` is
-  its bearer token). Its credentials endpoint is used when a record names no secret refs.
-* otherwise an inventory file: `OPSC_INVENTORY`, else `$OPSC_HOME/inventory.yaml|yml|json`.
+* the settings' `asset_service_url` (`OPSC_ASSET_SERVICE_URL`) set: OpsConductor's Asset
+  Service (`asset_service_token` is its bearer token). Its credentials endpoint is used when a
+  record names no secret refs.
+* otherwise an inventory file: `inventory` (`OPSC_INVENTORY`), else
+  `$OPSC_HOME/inventory.yaml|yml|json`; re-read when it changes.
+
+Every function takes the settings (and, for credentials, the secret resolver) the caller
+holds; without them they are loaded for that call.
 
 Inventory format (YAML or JSON; see examples/inventory.yaml)::
 
@@ -40,7 +45,6 @@ starts.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,10 @@ from typing import Any
 import yaml
 
 from opsconductor.activities.service_clients import AssetNotFound, AssetServiceClient
-from opsconductor.safety.secrets import SecretError, SecretNotFound, resolver_from_env
+from opsconductor.safety.secrets import SecretError, SecretNotFound, SecretResolver
 from opsconductor.schema.assets import Asset, Inventory
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.errors import ErrorType
 
 LOCAL_TARGETS = frozenset({"localhost", "local", "127.0.0.1", "::1"})
 
@@ -66,26 +72,20 @@ class InventoryError(ValueError):
     pass
 
 
-def secret_failure(err: SecretError) -> tuple[str, bool]:
+def secret_failure(err: SecretError) -> tuple[ErrorType, bool]:
     """(error_type, retryable) for a secret that could not be resolved: a missing secret
     stays missing; a backend outage (Vault down) may pass."""
-    return ("SecretNotFound", False) if isinstance(err, SecretNotFound) else ("SecretBackendError",
-                                                                              True)
+    if isinstance(err, SecretNotFound):
+        return ErrorType.SECRET_NOT_FOUND, False
+    return ErrorType.SECRET_BACKEND_ERROR, True
 
 
 def is_local_target(target: str | None) -> bool:
     return target is None or target.strip().lower() in LOCAL_TARGETS or not target.strip()
 
 
-def inventory_path(env: dict[str, str] | None = None) -> Path | None:
-    env = dict(os.environ if env is None else env)
-    if env.get("OPSC_INVENTORY"):
-        return Path(env["OPSC_INVENTORY"]).expanduser()
-    home = Path(env.get("OPSC_HOME") or "./.opsconductor").expanduser()
-    for name in ("inventory.yaml", "inventory.yml", "inventory.json"):
-        if (home / name).is_file():
-            return home / name
-    return None
+def inventory_path(settings: Settings | None = None) -> Path | None:
+    return (settings or load_settings()).inventory_path()
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -143,19 +143,20 @@ def asset_from_record(record: dict[str, Any]) -> Asset:
     })
 
 
-async def resolve_asset(target: str | None) -> Asset | None:
+async def resolve_asset(target: str | None, settings: Settings | None = None) -> Asset | None:
     """The asset a step targets; None for the worker's own machine."""
     if is_local_target(target):
         return None
     assert target is not None
-    client = AssetServiceClient.from_env()
+    settings = settings or load_settings()
+    client = AssetServiceClient.from_settings(settings)
     if client is not None:
         async with client:
             try:
                 return asset_from_record(await client.find(target))
             except AssetNotFound as err:
                 raise UnknownAsset(target, "not in the Asset Service") from err
-    path = inventory_path()
+    path = settings.inventory_path()
     if path is None:
         raise UnknownAsset(target, "no inventory: set OPSC_INVENTORY or OPSC_ASSET_SERVICE_URL")
     asset = load_inventory(path).find(target.strip())
@@ -164,20 +165,21 @@ async def resolve_asset(target: str | None) -> Asset | None:
     return asset
 
 
-async def resolve_targets(targets: Iterable[str | None]
+async def resolve_targets(targets: Iterable[str | None], settings: Settings | None = None,
                           ) -> tuple[dict[str, str | None], list[str]]:
     """Each target's asset id (None: this machine) and the targets that do not resolve
     (unique, in order): for submission, so that locks key on the asset, not the name used.
 
     Asset Service outages and a broken inventory raise: they are not "unknown asset".
     """
+    settings = settings or load_settings()
     ids: dict[str, str | None] = {}
     unknown: list[str] = []
     for target in dict.fromkeys(targets):
         if not target:
             continue
         try:
-            asset = await resolve_asset(target)
+            asset = await resolve_asset(target, settings)
         except UnknownAsset:
             unknown.append(str(target))
             continue
@@ -185,18 +187,23 @@ async def resolve_targets(targets: Iterable[str | None]
     return ids, unknown
 
 
-async def check_targets(targets: Iterable[str | None]) -> list[str]:
+async def check_targets(targets: Iterable[str | None],
+                        settings: Settings | None = None) -> list[str]:
     """The targets that do not resolve (unique, in order)."""
-    return (await resolve_targets(targets))[1]
+    return (await resolve_targets(targets, settings))[1]
 
 
-async def resolve_secret_refs(obj: Any) -> tuple[Any, list[str]]:
+async def resolve_secret_refs(obj: Any, secrets: SecretResolver | None = None,
+                              ) -> tuple[Any, list[str]]:
     """Replace secret references in `obj` with values; also return the values for masking."""
-    resolved, values = await resolver_from_env().resolve(obj)
+    resolver = secrets or SecretResolver.from_settings(load_settings())
+    resolved, values = await resolver.resolve(obj)
     return resolved, list(values)
 
 
-async def resolve_credentials(asset: Asset) -> tuple[dict[str, str], list[str]]:
+async def resolve_credentials(asset: Asset, secrets: SecretResolver | None = None,
+                              settings: Settings | None = None,
+                              ) -> tuple[dict[str, str], list[str]]:
     """The asset's credentials as values (resolved now, never stored) and the secret values.
 
     Raises `opsconductor.safety.secrets.SecretError` (`SecretNotFound` when a reference does not
@@ -204,10 +211,10 @@ async def resolve_credentials(asset: Asset) -> tuple[dict[str, str], list[str]]:
     """
     if asset.credentials:
         refs = {k: v.model_dump(exclude_none=True) for k, v in asset.credentials.items()}
-        resolved, values = await resolve_secret_refs(refs)
+        resolved, values = await resolve_secret_refs(refs, secrets)
         return {k: str(v) for k, v in resolved.items() if v is not None}, values
     if asset.source == "asset-service":
-        client = AssetServiceClient.from_env()
+        client = AssetServiceClient.from_settings(settings or load_settings())
         if client is not None:
             async with client:
                 creds = await client.credentials(asset.id)

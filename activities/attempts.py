@@ -7,11 +7,20 @@ attempt finds an earlier one that started and never finished, that worker died m
 the step's effect is unknown: the step must not act again until an operator resolves it
 (`resolve_unfinished` with retry / skip / fail).
 
+Migration 007 makes the record the durable fact every retry consults (`prior_attempts`): an
+attempt that finished returns its recorded result instead of running again; one that started
+and may have acted (never closed, or closed `cancelled` / `unknown` — its command was killed
+midway or its end could not be recorded) pauses a non-idempotent step for an operator; and a
+process group an attempt left behind (`record_process`) is stopped before the next one acts.
+The look-up follows the chain of linked runs (`executions.previous_execution_id`: dlq requeue
+and re-runs), so the guard holds across them.
+
 Every function takes an asyncpg Connection or Pool (`conn_or_pool`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -22,8 +31,17 @@ from typing import Any, Literal
 import asyncpg
 
 Executor = asyncpg.Connection | asyncpg.Pool
-Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "resolved_retry",
+Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "unknown", "resolved_retry",
                   "resolved_skip", "resolved_fail"]
+# Closed, yet the command may have acted: killed midway, or its end never recorded.
+MAY_HAVE_ACTED = ("cancelled", "unknown")
+# The executions linked to $1 by previous_execution_id, itself included (dlq requeue, re-runs).
+CHAIN_SQL = """WITH RECURSIVE chain(id, depth) AS (
+                 SELECT $1::uuid, 0
+                 UNION
+                 SELECT e.previous_execution_id, c.depth + 1
+                 FROM execution.executions e JOIN chain c ON e.execution_id = c.id
+                 WHERE e.previous_execution_id IS NOT NULL AND c.depth < 50)"""
 
 
 @dataclass(frozen=True)
@@ -36,12 +54,44 @@ class StepAttempt:
     finished_at: datetime | None
     outcome: str | None
     detail: str | None
+    target: str | None = None
+    pgid: int | None = None
+    proc_start: int | None = None
+    process_host: str | None = None
+    stopped_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    resolved_by: str | None = None
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> StepAttempt:
+        keys = set(r.keys())
+        extra: dict[str, Any] = {k: r[k] for k in ("target", "pgid", "proc_start", "process_host",
+                                                   "stopped_at", "resolved_by") if k in keys}
+        if "result" in keys and r["result"] is not None:
+            raw = r["result"]
+            extra["result"] = json.loads(raw) if isinstance(raw, str) else raw
         return cls(execution_id=str(r["execution_id"]), step_id=r["step_id"],
                    attempt=r["attempt"], worker=r["worker"], started_at=r["started_at"],
-                   finished_at=r["finished_at"], outcome=r["outcome"], detail=r["detail"])
+                   finished_at=r["finished_at"], outcome=r["outcome"], detail=r["detail"],
+                   **extra)
+
+    @property
+    def may_have_acted(self) -> bool:
+        """Started, and its effect is unknown, and no operator has answered for it yet."""
+        return self.resolved_by is None and (self.finished_at is None
+                                             or self.outcome in MAY_HAVE_ACTED)
+
+    def evidence(self) -> str:
+        """Who, where, when, and what is known, for the operator's pause message."""
+        known = ("it never finished (its worker died, or its end could not be recorded)"
+                 if self.finished_at is None else
+                 f"it ended {self.outcome} at {self.finished_at:%H:%M:%S} (killed midway)")
+        where = f" on {self.target}" if self.target and self.target != "localhost" else ""
+        group = (f"; process group {self.pgid} on {self.process_host}"
+                 + (" was stopped" if self.stopped_at else "") if self.pgid else "")
+        return (f"attempt {self.attempt} of execution {self.execution_id} started{where} by "
+                f"worker {self.worker} at {self.started_at:%Y-%m-%d %H:%M:%S} UTC; {known}"
+                f"{group}")
 
 
 def worker_identity() -> str:
@@ -54,29 +104,71 @@ def _uuid(execution_id: str | uuid.UUID) -> uuid.UUID:
 
 
 async def record_attempt_started(conn: asyncpg.Connection, execution_id: str | uuid.UUID,
-                                 step_id: str, attempt: int, worker: str | None = None) -> None:
+                                 step_id: str, attempt: int, worker: str | None = None, *,
+                                 target: str | None = None) -> None:
     """Call inside the step-start mirror transaction, before the step acts.
 
     Re-recording the same attempt (a redelivered activity task) restarts it.
     """
     await conn.execute(
-        """INSERT INTO execution.step_attempts (execution_id, step_id, attempt, worker)
-           VALUES ($1, $2, $3, $4)
+        """INSERT INTO execution.step_attempts (execution_id, step_id, attempt, worker, target)
+           VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (execution_id, step_id, attempt) DO UPDATE
-             SET worker = EXCLUDED.worker, started_at = now(), finished_at = NULL,
-                 outcome = NULL, detail = NULL""",
-        _uuid(execution_id), step_id, attempt, worker or worker_identity())
+             SET worker = EXCLUDED.worker, target = EXCLUDED.target, started_at = now(),
+                 finished_at = NULL, outcome = NULL, detail = NULL, pgid = NULL,
+                 proc_start = NULL, process_host = NULL, stopped_at = NULL, result = NULL,
+                 resolved_by = NULL, resolved_at = NULL""",
+        _uuid(execution_id), step_id, attempt, worker or worker_identity(), target)
+
+
+async def prior_attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
+                         *, exclude_attempt: int | None = None) -> list[StepAttempt]:
+    """Every attempt of the step in this execution and the runs it is linked to, newest
+    first (the caller's own attempt, `exclude_attempt` of this execution, left out)."""
+    rows: list[Any] = await conn_or_pool.fetch(
+        CHAIN_SQL + """
+           SELECT a.* FROM execution.step_attempts a JOIN chain c ON a.execution_id = c.id
+           WHERE a.step_id = $2 AND NOT (a.execution_id = $1 AND a.attempt = $3)
+           ORDER BY a.started_at DESC, a.attempt DESC""",
+        _uuid(execution_id), step_id, exclude_attempt or 0)
+    return [StepAttempt.from_record(r) for r in rows]
+
+
+async def record_process(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
+                         attempt: int, *, process_host: str, pgid: int,
+                         proc_start: int | None) -> None:
+    """Where the attempt's command runs: its process group and the leader's start time."""
+    await conn_or_pool.execute(
+        """UPDATE execution.step_attempts SET process_host = $4, pgid = $5, proc_start = $6
+           WHERE execution_id = $1 AND step_id = $2 AND attempt = $3""",
+        _uuid(execution_id), step_id, attempt, process_host, pgid, proc_start)
+
+
+async def mark_stopped(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
+                       attempt: int, detail: str) -> None:
+    """A later attempt made sure this attempt's process group is gone."""
+    await conn_or_pool.execute(
+        """UPDATE execution.step_attempts SET stopped_at = now(),
+             detail = coalesce(detail || '; ', '') || $4
+           WHERE execution_id = $1 AND step_id = $2 AND attempt = $3""",
+        _uuid(execution_id), step_id, attempt, detail)
 
 
 async def record_attempt_finished(conn_or_pool: Executor, execution_id: str | uuid.UUID,
                                   step_id: str, attempt: int, outcome: str,
-                                  detail: str | None = None) -> bool:
-    """Close an attempt; False when it was not open (already closed or never recorded)."""
+                                  detail: str | None = None, *,
+                                  result: dict[str, Any] | None = None) -> bool:
+    """Close an attempt (with its masked result on success); False when it was not open.
+
+    The process group is gone once the attempt closes (the runner kills it at the end).
+    """
     tag = await conn_or_pool.execute(
-        """UPDATE execution.step_attempts SET finished_at = now(), outcome = $4, detail = $5
+        """UPDATE execution.step_attempts SET finished_at = now(), outcome = $4, detail = $5,
+             result = $6::jsonb, stopped_at = CASE WHEN pgid IS NULL THEN NULL ELSE now() END
            WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
              AND finished_at IS NULL""",
-        _uuid(execution_id), step_id, attempt, outcome, detail)
+        _uuid(execution_id), step_id, attempt, outcome, detail,
+        json.dumps(result, default=str) if result is not None else None)
     return tag.endswith(" 1")
 
 
@@ -99,12 +191,24 @@ async def unfinished_attempt(conn_or_pool: Executor, execution_id: str | uuid.UU
 async def resolve_unfinished(conn_or_pool: Executor, execution_id: str | uuid.UUID,
                              step_id: str, action: Literal["retry", "skip", "fail"],
                              actor: str) -> int:
-    """Close every open attempt of the step after an operator's `resolve`; returns how many."""
+    """Answer for every attempt of the step (in this execution and the runs it is linked to)
+    whose effect is unknown, after an operator's `resolve`; returns how many.
+
+    Open attempts close as `resolved_<action>`; closed ones that may have acted keep their
+    outcome. Both record who answered, so the guard no longer stops on them.
+    """
     tag = await conn_or_pool.execute(
-        """UPDATE execution.step_attempts
-           SET finished_at = now(), outcome = $3, detail = $4
-           WHERE execution_id = $1 AND step_id = $2 AND finished_at IS NULL""",
-        _uuid(execution_id), step_id, f"resolved_{action}", f"resolved by {actor}")
+        CHAIN_SQL + """
+           UPDATE execution.step_attempts a
+           SET finished_at = coalesce(a.finished_at, now()),
+               outcome = CASE WHEN a.finished_at IS NULL THEN $3 ELSE a.outcome END,
+               detail = CASE WHEN a.finished_at IS NULL THEN $4
+                             ELSE coalesce(a.detail || '; ', '') || $4 END,
+               resolved_by = $5, resolved_at = now()
+           FROM chain c
+           WHERE a.execution_id = c.id AND a.step_id = $2 AND a.resolved_by IS NULL
+             AND (a.finished_at IS NULL OR a.outcome IN ('cancelled', 'unknown'))""",
+        _uuid(execution_id), step_id, f"resolved_{action}", f"resolved by {actor}", actor)
     return int(tag.rsplit(" ", 1)[-1])
 
 

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from opsconductor.schema.assets import Asset
+from opsconductor.schema.config import Settings
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
 from opsconductor.schema.request import SafetyCheck
 from opsconductor.schema.spec import StepSpec
@@ -457,7 +458,8 @@ class SafetyCheckOutcome:
 
 async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
                             context: Mapping[str, Any] | None = None,
-                            timeout: float = 30.0) -> list[SafetyCheckOutcome]:
+                            timeout: float = 30.0,
+                            settings: Settings | None = None) -> list[SafetyCheckOutcome]:
     """The plan's safety checks of one stage (before / during / after).
 
     A failed check yields its `failure_action`: abort (stop before any further step acts),
@@ -473,7 +475,7 @@ async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
         asset = None
         if check.target and _command_of(check.check) is not None:
             try:
-                asset = await resolve_asset(check.target)
+                asset = await resolve_asset(check.target, settings)
             except UnknownAsset as err:
                 out.append(SafetyCheckOutcome(check, CheckResult(False, str(check.check),
                                                                  str(err)), check.failure_action))

@@ -1,24 +1,14 @@
-"""The worker's Postgres pool, shared by every activity in the process."""
+"""Opening the Postgres pool a worker or a client holds and hands to whatever needs it."""
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 
-from opsconductor.schema.config import load_settings
-
-_pool: asyncpg.Pool | None = None
-_lock = asyncio.Lock()
+from opsconductor.schema.config import Settings
 
 
 class DatabaseUnavailable(RuntimeError):
     pass
-
-
-def set_pool(pool: asyncpg.Pool | None) -> None:
-    global _pool
-    _pool = pool
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -44,15 +34,10 @@ def _redact(url: str) -> str:
     return url
 
 
-async def get_pool() -> asyncpg.Pool:
-    global _pool
-    if _pool is not None:
-        return _pool
-    async with _lock:
-        if _pool is None:
-            url = load_settings().database_url
-            if not url:
-                raise DatabaseUnavailable("no database configured: set OPSC_DATABASE_URL or "
-                                          "start `opsconductor dev`")
-            _pool = await create_pool(url)
-    return _pool
+async def open_pool(settings: Settings, *, min_size: int = 2,
+                    max_size: int = 20) -> asyncpg.Pool:
+    """The pool for the configured database; DatabaseUnavailable when none is configured."""
+    if not settings.database_url:
+        raise DatabaseUnavailable("no database configured: set OPSC_DATABASE_URL or "
+                                  "start `opsconductor dev`")
+    return await create_pool(settings.database_url, min_size=min_size, max_size=max_size)

@@ -14,8 +14,8 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from opsconductor.activities.db import get_pool
 from opsconductor.schema.enums import ApprovalState, ExecutionStatus
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.fsm import IllegalTransition, check_transition
 from opsconductor.schema.messages import (
     ApprovalRecord,
@@ -239,23 +239,29 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
                  for d in w.dead_letters])
 
 
-@activity.defn(name="mirror_write")
-async def mirror_write(w: MirrorWrite) -> MirrorWriteResult:
-    """Apply one batch to the mirror; on the first call also return the timeout policies."""
-    from opsconductor.safety.timeouts import apply_overrides, load_policies
+class MirrorActivities:
+    """`mirror_write`, on the worker's pool."""
 
-    pool = await get_pool()
-    async with pool.acquire() as conn:
-        try:
-            await apply_mirror_write(conn, w)
-        except IllegalTransition as err:  # a bug, never fixed by retrying: fail loudly
-            raise ApplicationError(str(err), type="IllegalTransition",
-                                   non_retryable=True) from err
-        if not w.load_policies or w.spec is None:
-            return MirrorWriteResult()
-        policies = await load_policies(conn)
-    sla = w.spec.sla_class
-    return MirrorWriteResult(policies={
-        action: apply_overrides(policy, w.spec.timeouts)
-        for (s, action), policy in policies.items() if s == sla
-    })
+    def __init__(self, *, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @activity.defn(name="mirror_write")
+    async def mirror_write(self, w: MirrorWrite) -> MirrorWriteResult:
+        """Apply one batch to the mirror; on the first call also return the timeout
+        policies."""
+        from opsconductor.safety.timeouts import apply_overrides, load_policies
+
+        async with self.pool.acquire() as conn:
+            try:
+                await apply_mirror_write(conn, w)
+            except IllegalTransition as err:  # a bug, never fixed by retrying: fail loudly
+                raise ApplicationError(str(err), type=ErrorType.ILLEGAL_TRANSITION,
+                                       non_retryable=True) from err
+            if not w.load_policies or w.spec is None:
+                return MirrorWriteResult()
+            policies = await load_policies(conn)
+        sla = w.spec.sla_class
+        return MirrorWriteResult(policies={
+            action: apply_overrides(policy, w.spec.timeouts)
+            for (s, action), policy in policies.items() if s == sla
+        })

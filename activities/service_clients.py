@@ -18,12 +18,13 @@ may have reached the service; only a failure to connect (nothing was sent) is re
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict
+
+from opsconductor.schema.config import Settings
 
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF = 0.2  # seconds; doubled per retry
@@ -128,11 +129,13 @@ class AssetServiceClient(_RetryingClient):
     """Read access to the Asset Service."""
 
     @classmethod
-    def from_env(cls) -> AssetServiceClient | None:
-        url = os.environ.get("OPSC_ASSET_SERVICE_URL")
-        if not url:
+    def from_settings(cls, settings: Settings) -> AssetServiceClient | None:
+        """A client when `asset_service_url` is configured, else None (inventory file)."""
+        if not settings.asset_service_url:
             return None
-        return cls(url, token=os.environ.get("OPSC_ASSET_SERVICE_TOKEN") or None)
+        token = settings.asset_service_token
+        return cls(settings.asset_service_url,
+                   token=token.get_secret_value() or None if token else None)
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         resp = await self._send("GET", path, params=params, retry_5xx=True, retry_transport=True,

@@ -3,6 +3,9 @@
 Everything that touches the world for a step happens here, in one activity, so a step costs
 one Temporal round trip: RBAC, the fencing check and the "started" mirror write (one
 transaction), secret resolution, the executor, masking, and the "finished" mirror write.
+
+`StepActivities` is built once by the worker with what a step needs (settings, pool, RBAC
+engine, secret resolver, masker and the log filter's live-secret registry).
 """
 
 from __future__ import annotations
@@ -12,49 +15,83 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from opsconductor.activities.assets import UnknownAsset, resolve_asset
+from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
+from opsconductor.activities.attempts import StepAttempt
 from opsconductor.activities.checks import result_context, run_checks
-from opsconductor.activities.db import get_pool
-from opsconductor.activities.executors.base import StepContext, StepOutcome
+from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
 from opsconductor.activities.executors.registry import executor_for
 from opsconductor.activities.mirror import write_step_and_event
+from opsconductor.safety.masking import LiveSecrets, Masker
+from opsconductor.safety.rbac import RbacEngine
+from opsconductor.safety.secrets import SecretError, SecretResolver
+from opsconductor.schema.config import Settings
 from opsconductor.schema.enums import StepStatus
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
 
 log = logging.getLogger("opsconductor.step")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 TIMEOUT_GRACE_SECONDS = 10.0  # the activity's own timeout exceeds the executor's by this much
+HOST = socket.gethostname()
+# What a database outage looks like from asyncpg: waited out, never turned into a failure.
+DB_OUTAGE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.OperatorInterventionError)
+OUTAGE_MAX_BACKOFF = 2.0
+T = TypeVar("T")
 
-# Error types the workflow treats specially; all are non-retryable.
-LOCK_LOST = "LockLost"
-RBAC_DENIED = "RbacDenied"
-UNKNOWN_OUTCOME = "UnknownOutcome"
-SECRET_NOT_FOUND = "SecretNotFound"
-UNKNOWN_ASSET = "UnknownAsset"
+
+class DatabaseOutage(Exception):
+    """A start or end record could not reach PostgreSQL before the step's deadline."""
+
+
+async def through_outage(what: str, write: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """Retry `write` through a database outage with backoff until `deadline` (monotonic).
+
+    The step's heartbeat runs meanwhile, so a long outage does not look like a dead worker.
+    """
+    delay = 0.1
+    warned = False
+    while True:
+        try:
+            return await write()
+        except DB_OUTAGE as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseOutage(f"{what}: PostgreSQL unreachable until the step's "
+                                     f"deadline ({type(err).__name__}: {err})") from err
+            if not warned:
+                log.warning("%s: PostgreSQL unreachable (%s); retrying until the step's "
+                            "deadline", what, type(err).__name__)
+                warned = True
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, OUTAGE_MAX_BACKOFF)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fail(message: str, error_type: str, *, retryable: bool = False, **details: Any) -> None:
+def _fail(message: str, error_type: ErrorType, *, retryable: bool = False,
+          **details: Any) -> None:
     raise ApplicationError(message, details or None, type=error_type, non_retryable=not retryable)
 
 
-async def _authorize(inp: StepRunInput, pool: Any) -> Any:
+async def _authorize(inp: StepRunInput, pool: Any, engine: RbacEngine) -> Any:
     """Decide now, at the moment of action; the audit row is written with the start record
     (a denial is audited at once)."""
     from opsconductor.safety import rbac
 
     target = inp.step.target or "localhost"
-    policy = await rbac.load_policy(pool)
+    policy = await engine.policy(pool)
     decision = policy.evaluate(tenant=inp.tenant, actor=inp.actor, action="execute",
                                environment=inp.environment.value, resource=target,
                                tool=inp.step.tool)
@@ -63,18 +100,36 @@ async def _authorize(inp: StepRunInput, pool: Any) -> Any:
     if not decision.allowed:
         await rbac.audit_many(pool, [entry])
         _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on {target} in "
-              f"{inp.environment.value}: {decision.reason}", RBAC_DENIED)
+              f"{inp.environment.value}: {decision.reason}", ErrorType.RBAC_DENIED)
     return entry
 
 
+def _recorded_result(inp: StepRunInput, attempt: int,
+                     prior: list[StepAttempt]) -> StepResult | None:
+    """The result an earlier attempt recorded, when the step must not act again.
+
+    Within one execution every step's finished attempt counts (Temporal lost its result);
+    across linked runs only a non-idempotent step's (its effect must happen once).
+    """
+    for a in prior:
+        if a.outcome == "succeeded" and a.result and (
+                not inp.step.idempotent or a.execution_id == inp.execution_id):
+            return StepResult.model_validate({**a.result, "attempts": attempt})
+    return None
+
+
 async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any,
-                        audit: Any) -> None:
-    """Fencing check, unknown-outcome guard, RBAC audit and the 'running' row: one
-    transaction, so a step never acts without all of them recorded."""
+                        audit: Any) -> tuple[StepResult | None, list[StepAttempt]]:
+    """Fencing check, the attempt guard, RBAC audit and the 'running' row: one transaction,
+    so a step never acts without all of them recorded.
+
+    Returns the result an earlier attempt recorded (then nothing acts), else the earlier
+    attempts whose process group may still be alive (stopped before this one acts).
+    """
     from opsconductor.activities.attempts import (
+        prior_attempts,
         record_attempt_started,
         resolve_unfinished,
-        unfinished_attempt,
     )
     from opsconductor.safety.mutex import LockLost as LockLostError
     from opsconductor.safety.mutex import check_fencing, renew
@@ -87,23 +142,45 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                 await renew(conn, inp.tenant, list(inp.fencing_tokens), inp.execution_id,
                             inp.lease_seconds)
             except LockLostError as err:
-                _fail(f"{err}; step {step.id} did not act", LOCK_LOST)
+                _fail(f"{err}; step {step.id} did not act", ErrorType.LOCK_LOST)
         for asset, token in sorted(inp.fencing_tokens.items()):
             if not await check_fencing(conn, inp.tenant, asset, inp.execution_id, token):
                 _fail(f"lock lost: execution {inp.execution_id} no longer holds asset {asset!r} "
-                      f"(fencing token {token}); step {step.id} did not act", LOCK_LOST)
+                      f"(fencing token {token}); step {step.id} did not act", ErrorType.LOCK_LOST)
+        prior = await prior_attempts(conn, inp.execution_id, step.id, exclude_attempt=attempt)
+        recorded = _recorded_result(inp, attempt, prior)
+        if recorded is not None:
+            source = next(a for a in prior if a.outcome == "succeeded" and a.result)
+            now = _now()
+            await write_step_and_event(
+                conn, inp.execution_id,
+                StepRecord(step_id=step.id, status=StepStatus.COMPLETED, attempts=attempt,
+                           started_at=recorded.started_at, completed_at=recorded.completed_at,
+                           exit_code=recorded.exit_code, output=_mirror_output(recorded)),
+                EventRecord(key=f"step:{step.id}:recovered:{attempt}", type="step.recovered",
+                            step_id=step.id, at=now,
+                            message=f"attempt {source.attempt} of execution "
+                                    f"{source.execution_id} already finished; its recorded "
+                                    f"result is returned and the step is not run again",
+                            data={"attempt": attempt, "recorded_attempt": source.attempt,
+                                  "recorded_execution_id": source.execution_id}))
+            return recorded, []
         if not step.idempotent:
             if inp.override_unknown_outcome:
-                await resolve_unfinished(conn, inp.execution_id, step.id, "retry", inp.actor)
-            stale = await unfinished_attempt(conn, inp.execution_id, step.id,
-                                             before_attempt=attempt)
+                await resolve_unfinished(conn, inp.execution_id, step.id, "retry",
+                                         inp.resolved_by or inp.actor)
+                prior = await prior_attempts(conn, inp.execution_id, step.id,
+                                             exclude_attempt=attempt)
+            stale = next((a for a in prior if a.may_have_acted), None)
             if stale is not None:
-                _fail(f"step {step.id} attempt {stale.attempt} started on {stale.worker} at "
-                      f"{stale.started_at:%H:%M:%S} and never finished; its outcome is unknown "
-                      f"and the step is not idempotent, so it is not run again until an "
-                      f"operator resolves it (retry, skip or fail)",
-                      UNKNOWN_OUTCOME, stale_attempt=stale.attempt, attempt=attempt)
-            await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID)
+                _fail(f"step {step.id}: its outcome is unknown: {stale.evidence()}; the step is "
+                      f"not idempotent, so it is not run again until an operator resolves it "
+                      f"(retry, skip or fail)",
+                      ErrorType.UNKNOWN_OUTCOME, stale_attempt=stale.attempt, attempt=attempt,
+                      stale_execution_id=stale.execution_id, stale_worker=stale.worker,
+                      stale_started_at=stale.started_at.isoformat())
+        await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID,
+                                     target=step.target or "localhost")
         if audit is not None:
             await audit_many(conn, [audit])
         await write_step_and_event(
@@ -114,10 +191,59 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                         step_id=step.id, from_status="pending" if attempt == 1 else "running",
                         to_status="running", message=f"attempt {attempt} started on {WORKER_ID}",
                         at=started, data={"attempt": attempt, "worker": WORKER_ID}))
+    return None, [a for a in prior if a.pgid and a.stopped_at is None]
+
+
+async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepAttempt],
+                          asset: Any, pool: Any) -> None:
+    """Before this attempt acts, stop any process group an earlier attempt left alive.
+
+    Local groups on this host are checked by their leader's start time (a reused pid is
+    never signalled); remote ones are stopped over SSH the same way, and a remote host that
+    cannot be asked makes the attempt fail retryably, without acting. A local group on another
+    worker's machine died with that worker (its supervisor's death signal); it is noted.
+    """
+    from opsconductor.activities.attempts import mark_stopped
+    from opsconductor.activities.executors.local_command import stop_leftover_group
+
+    for old in leftovers:
+        assert old.pgid is not None and old.process_host is not None
+        kind, _, where = old.process_host.partition(":")
+        if kind == "local" and where == HOST:
+            killed = stop_leftover_group(old.pgid, old.proc_start)
+        elif kind == "asset" and asset is not None and getattr(asset, "id", None) == where:
+            from opsconductor.activities.executors.ssh import (
+                SshError,
+                ssh_connection,
+                stop_remote_leftover,
+            )
+
+            try:
+                answer = await stop_remote_leftover(await ssh_connection(asset), old.pgid,
+                                                    old.proc_start)
+            except SshError as err:
+                _fail(f"step {inp.step.id}: attempt {old.attempt}'s process group {old.pgid} "
+                      f"on {where} may still run and cannot be stopped ({err}); not acting",
+                      ErrorType.SSH_CONNECT_ERROR, retryable=True)
+            killed = answer == "killed"
+        else:
+            log.warning("step %s: attempt %d's process group %d ran on %s, which this worker "
+                        "cannot signal; its supervisor stops it with its worker", inp.step.id,
+                        old.attempt, old.pgid, old.process_host)
+            continue
+        if killed:
+            log.warning("step %s: stopped process group %d left by attempt %d on %s",
+                        inp.step.id, old.pgid, old.attempt, old.process_host)
+        await mark_stopped(pool, old.execution_id, old.step_id, old.attempt,
+                           f"process group {old.pgid} "
+                           + ("stopped" if killed else "already gone")
+                           + f" before attempt {attempt}")
 
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
                       pool: Any) -> None:
+    """The step row, its event and the attempt's outcome (with the result on success), in
+    one transaction."""
     from opsconductor.activities.attempts import record_attempt_finished
 
     step = inp.step
@@ -134,13 +260,12 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
         message=result.error or f"attempt {attempt} {result.status.value}",
         at=result.completed_at, data={"attempt": attempt, "exit_code": result.exit_code,
                                       "duration_ms": result.duration_ms})
-    if step.idempotent:  # one statement: no transaction needed
-        await write_step_and_event(pool, inp.execution_id, record, event)
-        return
     outcome = {StepStatus.COMPLETED: "succeeded", StepStatus.TIMEOUT: "timeout"}.get(
         result.status, "failed")
     async with pool.acquire() as conn, conn.transaction():
-        await record_attempt_finished(conn, inp.execution_id, step.id, attempt, outcome)
+        await record_attempt_finished(
+            conn, inp.execution_id, step.id, attempt, outcome,
+            result=result.model_dump(mode="json") if outcome == "succeeded" else None)
         await write_step_and_event(conn, inp.execution_id, record, event)
 
 
@@ -168,112 +293,179 @@ async def _heartbeat_forever(interval: float) -> None:
         activity.heartbeat()
 
 
-@activity.defn(name="run_step")
-async def run_step(inp: StepRunInput) -> StepResult:
-    # Heartbeat from the first instant: waiting for a pool connection under load must not
-    # look like a dead worker.
-    beat = asyncio.create_task(_heartbeat_forever(
-        max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
-    try:
-        return await _run_step(inp)
-    finally:
-        beat.cancel()
+class StepActivities:
+    """`run_step`, with the dependencies the worker built once."""
 
+    def __init__(self, *, settings: Settings, pool: Any, rbac: RbacEngine,
+                 secrets: SecretResolver, masker: Masker, live: LiveSecrets) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.rbac = rbac
+        self.secrets = secrets
+        self.masker = masker
+        self.live = live  # values registered here are masked in every log record
 
-async def _run_step(inp: StepRunInput) -> StepResult:
-    from opsconductor.safety.masking import Masker, forget_secret_values, register_secret_values
-    from opsconductor.safety.secrets import SecretError, resolver_from_env
+    @classmethod
+    def from_settings(cls, settings: Settings, pool: Any, *,
+                      live: LiveSecrets | None = None) -> StepActivities:
+        """Built with its own engine, resolver and masker (the worker shares them instead)."""
+        return cls(settings=settings, pool=pool, rbac=RbacEngine.from_settings(settings),
+                   secrets=SecretResolver.from_settings(settings),
+                   masker=Masker.from_settings(settings), live=live or LiveSecrets())
 
-    # Attempt numbers run on across activity invocations: after an operator's retry, the new
-    # invocation's first attempt continues the step's count instead of reusing number 1.
-    local_attempt = activity.info().attempt
-    attempt = inp.attempt_offset + local_attempt
-    step = inp.step
-    pool = await get_pool()
-    audit = await _authorize(inp, pool) if inp.rbac_required else None
+    @activity.defn(name="run_step")
+    async def run_step(self, inp: StepRunInput) -> StepResult:
+        # Heartbeat from the first instant: waiting for a pool connection under load must not
+        # look like a dead worker.
+        beat = asyncio.create_task(_heartbeat_forever(
+            max(0.2, inp.policy.heartbeat_timeout_seconds / 4)))
+        try:
+            return await self._run_step(inp)
+        finally:
+            beat.cancel()
 
-    try:
-        asset = await resolve_asset(step.target)
-    except UnknownAsset as err:
-        _fail(str(err), UNKNOWN_ASSET)
+    async def _run_step(self, inp: StepRunInput) -> StepResult:
+        # Attempt numbers run on across activity invocations: after an operator's retry, the
+        # new invocation's first attempt continues the step's count instead of reusing 1.
+        local_attempt = activity.info().attempt
+        attempt = inp.attempt_offset + local_attempt
+        step = inp.step
+        pool = self.pool
+        audit = await _authorize(inp, pool, self.rbac) if inp.rbac_required else None
 
-    try:
-        inputs, secret_values = await resolver_from_env().resolve(step.inputs)
-    except SecretError as err:
-        from opsconductor.activities.assets import secret_failure
+        try:
+            asset = await resolve_asset(step.target, self.settings)
+        except UnknownAsset as err:
+            _fail(str(err), ErrorType.UNKNOWN_ASSET)
 
-        error_type, retryable = secret_failure(err)
-        _fail(f"step {step.id}: {err}", error_type, retryable=retryable)
-    masker = Masker().with_secrets(secret_values)
-    register_secret_values(secret_values)
-    checks: list[dict[str, Any]] = []
-    if step.preconditions:
-        results = await run_checks(step.preconditions, context={"steps": inp.prior_outputs},
-                                   asset=asset)
-        checks += [{"kind": "precondition", **r.to_dict()} for r in results]
-        failed = [r for r in results if not r.passed]
-        if failed:
-            forget_secret_values(secret_values)
-            _fail(masker.mask_text(f"step {step.id} precondition failed: {failed[0].expr}: "
-                                   f"{failed[0].detail}"), "PreconditionFailed")
+        try:
+            inputs, secret_values = await self.secrets.resolve(step.inputs)
+        except SecretError as err:
+            error_type, retryable = secret_failure(err)
+            _fail(f"step {step.id}: {err}", error_type, retryable=retryable)
+        masker = self.masker.with_secrets(secret_values)
+        self.live.register(secret_values)
+        checks: list[dict[str, Any]] = []
+        if step.preconditions:
+            results = await run_checks(step.preconditions, context={"steps": inp.prior_outputs},
+                                       asset=asset)
+            checks += [{"kind": "precondition", **r.to_dict()} for r in results]
+            failed = [r for r in results if not r.passed]
+            if failed:
+                self.live.forget(secret_values)
+                _fail(masker.mask_text(f"step {step.id} precondition failed: {failed[0].expr}: "
+                                       f"{failed[0].detail}"), ErrorType.PRECONDITION_FAILED)
 
-    started = _now()
-    await _record_start(inp, attempt, started, pool, audit)
-    timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
-                  inp.policy.step_timeout_seconds)
-    ctx = StepContext(
-        execution_id=inp.execution_id, workflow_id=inp.workflow_id, tenant=inp.tenant,
-        environment=inp.environment.value, step=step, inputs=inputs, timeout=timeout,
-        asset=asset, prior_outputs=inp.prior_outputs, attempt=attempt,
-        heartbeat=activity.heartbeat)
-    try:
-        async with _leases_renewed(inp, pool) as lost:
-            outcome = await executor_for(step.kind).run(ctx)
-        if lost is not None and lost.is_set():
-            outcome = StepOutcome(ok=False, error="lock lost while the step ran: another "
-                                  "execution may now hold the asset", error_type=LOCK_LOST,
-                                  retryable=False, exit_code=outcome.exit_code,
-                                  stdout=outcome.stdout, stderr=outcome.stderr)
-    except asyncio.CancelledError:
-        await _record_cancelled(inp, attempt, pool)
-        raise
-    except Exception as err:  # an executor bug must still produce an honest, masked failure
-        outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
-                              error_type="ExecutorError")
-    finally:
-        forget_secret_values(secret_values)
+        started = _now()
+        t0 = time.monotonic()
+        budget = activity.info().start_to_close_timeout
+        total = budget.total_seconds() if budget else \
+            inp.policy.step_timeout_seconds + TIMEOUT_GRACE_SECONDS
+        timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
+                      inp.policy.step_timeout_seconds)
+        try:
+            recorded, leftovers = await through_outage(
+                f"step {step.id} start record",
+                lambda: _record_start(inp, attempt, started, pool, audit),
+                t0 + max(2.0, total - timeout / 2 - 3.0))
+        except DatabaseOutage as err:
+            self.live.forget(secret_values)
+            _fail(f"{err}; step {step.id} did not act", ErrorType.DATABASE_UNAVAILABLE,
+                  retryable=True)
+        # A long outage at the start eats into the command's time, never past the deadline.
+        timeout = max(1.0, min(timeout, t0 + total - time.monotonic() - 5.0))
+        if recorded is not None:
+            self.live.forget(secret_values)
+            log.info("step %s attempt %d: returning the result an earlier attempt recorded",
+                     step.id, attempt)
+            return recorded
+        if leftovers:
+            try:
+                await _stop_leftovers(inp, attempt, leftovers, asset, pool)
+            except BaseException:
+                self.live.forget(secret_values)
+                raise
 
-    if outcome.ok and step.success_criteria:
-        context = {**result_context(outcome), "steps": inp.prior_outputs}
-        results = await run_checks(step.success_criteria, context=context, asset=asset)
-        checks += [{"kind": "success_criterion", **r.to_dict()} for r in results]
-        failed = [r for r in results if not r.passed]
-        if failed:
-            outcome.ok = False
-            outcome.error = f"success criterion failed: {failed[0].expr}: {failed[0].detail}"
-            outcome.error_type = "SuccessCriterionFailed"
-            outcome.retryable = step.idempotent
-    if checks:
-        outcome.output = {"result": outcome.output, "checks": checks}
-    completed = _now()
-    result = StepResult(
-        step_id=step.id,
-        status=StepStatus.COMPLETED if outcome.ok else (
-            StepStatus.TIMEOUT if outcome.error_type == "StepTimeout" else StepStatus.FAILED),
-        attempts=attempt, exit_code=outcome.exit_code,
-        stdout=masker.mask_text(outcome.stdout), stderr=masker.mask_text(outcome.stderr),
-        output=masker.mask(outcome.output),
-        error=masker.mask_text(outcome.error) if outcome.error else None,
-        error_type=outcome.error_type, started_at=started, completed_at=completed,
-        duration_ms=(completed - started).total_seconds() * 1000)
-    final = outcome.ok or not outcome.retryable or local_attempt >= inp.policy.max_attempts
-    await _record_end(inp, attempt, result, final, pool)
-    if not outcome.ok:
-        log.warning("step %s attempt %d failed: %s", step.id, attempt, result.error)
-        raise ApplicationError(result.error or "step failed", result,
-                               type=outcome.error_type or "StepFailed",
-                               non_retryable=not outcome.retryable)
-    return result
+        async def on_process(ref: ProcessRef) -> None:
+            """Record where the command runs; an outage only delays it (bounded)."""
+            from opsconductor.activities.attempts import record_process
+
+            where = f"asset:{ref.host}" if ref.host else f"local:{HOST}"
+            try:
+                await through_outage(
+                    f"step {step.id} process record",
+                    lambda: record_process(pool, inp.execution_id, step.id, attempt,
+                                           process_host=where, pgid=ref.pgid,
+                                           proc_start=ref.start_ticks),
+                    time.monotonic() + 5.0)
+            except DatabaseOutage as err:
+                log.warning("%s", err)
+
+        ctx = StepContext(
+            execution_id=inp.execution_id, workflow_id=inp.workflow_id, tenant=inp.tenant,
+            environment=inp.environment.value, step=step, inputs=inputs, timeout=timeout,
+            asset=asset, prior_outputs=inp.prior_outputs, attempt=attempt,
+            heartbeat=activity.heartbeat, settings=self.settings, secrets=self.secrets,
+            on_process=on_process)
+        try:
+            async with _leases_renewed(inp, pool) as lost:
+                outcome = await executor_for(step.kind).run(ctx)
+            if lost is not None and lost.is_set():
+                outcome = StepOutcome(ok=False, error="lock lost while the step ran: another "
+                                      "execution may now hold the asset",
+                                      error_type=ErrorType.LOCK_LOST, retryable=False,
+                                      exit_code=outcome.exit_code, stdout=outcome.stdout,
+                                      stderr=outcome.stderr)
+        except asyncio.CancelledError:
+            await _record_cancelled(inp, attempt, pool)
+            raise
+        except Exception as err:  # an executor bug must still produce an honest, masked failure
+            outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
+                                  error_type=ErrorType.EXECUTOR_ERROR)
+        finally:
+            self.live.forget(secret_values)
+
+        if outcome.ok and step.success_criteria:
+            context = {**result_context(outcome), "steps": inp.prior_outputs}
+            results = await run_checks(step.success_criteria, context=context, asset=asset)
+            checks += [{"kind": "success_criterion", **r.to_dict()} for r in results]
+            failed = [r for r in results if not r.passed]
+            if failed:
+                outcome.ok = False
+                outcome.error = (f"success criterion failed: {failed[0].expr}: "
+                                 f"{failed[0].detail}")
+                outcome.error_type = ErrorType.SUCCESS_CRITERION_FAILED
+                outcome.retryable = step.idempotent
+        if checks:
+            outcome.output = {"result": outcome.output, "checks": checks}
+        completed = _now()
+        result = StepResult(
+            step_id=step.id,
+            status=StepStatus.COMPLETED if outcome.ok else (
+                StepStatus.TIMEOUT if outcome.error_type == ErrorType.STEP_TIMEOUT
+                else StepStatus.FAILED),
+            attempts=attempt, exit_code=outcome.exit_code,
+            stdout=masker.mask_text(outcome.stdout), stderr=masker.mask_text(outcome.stderr),
+            output=masker.mask(outcome.output),
+            error=masker.mask_text(outcome.error) if outcome.error else None,
+            error_type=outcome.error_type, started_at=started, completed_at=completed,
+            duration_ms=(completed - started).total_seconds() * 1000)
+        final = outcome.ok or not outcome.retryable or local_attempt >= inp.policy.max_attempts
+        try:
+            await through_outage(f"step {step.id} end record",
+                                 lambda: _record_end(inp, attempt, result, final, pool),
+                                 t0 + total - 1.0)
+        except DatabaseOutage as err:
+            # Temporal still gets the true result; the attempt stays open, so a retry that
+            # Temporal might send after losing it pauses instead of acting again.
+            log.error("%s; attempt %d stays open (its outcome unknown to a later retry)",
+                      err, attempt)
+        if not outcome.ok:
+            log.warning("step %s attempt %d failed: %s", step.id, attempt, result.error)
+            raise ApplicationError(result.error or "step failed", result,
+                                   type=outcome.error_type or ErrorType.STEP_FAILED,
+                                   non_retryable=not outcome.retryable)
+        return result
 
 
 async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:

@@ -109,14 +109,13 @@ async def main(runs: int, burst: int) -> None:
         try:
             await migrate(url)
             pool = await db.create_pool(url, min_size=4, max_size=20)
-            db.set_pool(pool)
             client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
             settings = Settings(home=Path(tmp), task_queue=TASK_QUEUE_OURS,
                                 temporal_address=temporal.address, database_url=url)
             engine = ExecutionClient(temporal=client, pool=pool, settings=settings)
             bare_worker = Worker(client, task_queue=TASK_QUEUE_BARE,
                                  workflows=[BareThreeActivities], activities=[bench_noop])
-            ours_worker = build_worker(client, TASK_QUEUE_OURS)
+            ours_worker = build_worker(client, TASK_QUEUE_OURS, pool=pool, settings=settings)
             async with bare_worker, ours_worker:
                 await time_bare(client, 3)  # warm up both paths
                 await time_ours(engine, 3)

@@ -2,8 +2,8 @@
 
 What is masked (replaced by `***`):
 
-- exact secret values (those resolved for a step, and the process-wide live registry fed by
-  `register_secret_values`), plus their base64 (standard, URL-safe, with and without padding)
+- exact secret values (those resolved for a step, and the live ones a `LiveSecrets` registry
+  holds while steps use them), plus their base64 (standard, URL-safe, with and without padding)
   and URL-encoded forms; values shorter than `MIN_SECRET_LENGTH` are ignored, since masking
   every occurrence of "ab" would destroy output without protecting anything;
 - common patterns: the value after a sensitive key in `key=value`, `key: value` and JSON
@@ -13,10 +13,14 @@ What is masked (replaced by `***`):
   `Basic` credentials, AWS access key ids, well-known API key formats (GitHub, GitLab, Slack,
   Stripe, Google, OpenAI-style `sk-`), JWTs, PEM private key blocks, and card numbers that pass
   the Luhn check;
-- custom regexes from config (`Masker(extra_patterns=[...])`) or the env `OPSC_MASK_PATTERNS`
-  (a JSON list of regex strings); a pattern with a group named `secret` (or any group) masks
-  that group only, otherwise the whole match;
+- custom regexes from config (`Masker(extra_patterns=[...])`) or the settings' `mask_patterns`
+  (`OPSC_MASK_PATTERNS`, a JSON list of regex strings); a pattern with a group named
+  `secret` (or any group) masks that group only, otherwise the whole match;
 - in `mask(obj)`: every scalar under a sensitive dict key, whatever it looks like.
+
+Not masked: a check report line (`PASS: x.exit_code == 0 -- ...`, as the `validate` tool and
+the checks write them): an upper-case `PASS:` at the start of a line is the verdict, not the
+short key `pass`. `pass: x`, `DB_PASS: x` and `PASS=x` still are.
 
 Why it is fast (≥ 200k log records/s): every pattern has trigger substrings without which
 it cannot match; a line none of whose lower-cased text contains any trigger (most log lines)
@@ -29,14 +33,15 @@ only where a cheap one-class regex finds a 13+ digit run, and then checked with 
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
 import re
 import threading
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsconductor.schema.config import Settings
 
 MASK = "***"
 MIN_SECRET_LENGTH = 4
@@ -63,7 +68,9 @@ _PATTERNS: list[tuple[str, str]] = [
     # Authorization headers / bearer tokens
     ("bearer", r"(?P<bearer_k>\b(?i:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{6,}=*"),
     # key=value, key: value, key="value", --password value is not guessable; keep to separators
-    ("kv", rf"(?P<kv_k>(?i:(?:{_SENSITIVE_WORDS})[A-Za-z0-9_.\-]*|(?<![A-Za-z0-9])(?:pass|pw|auth))"
+    # The bare `pass` is not the verdict of a check report line (`PASS: expr`, line start).
+    ("kv", rf"(?P<kv_k>(?i:(?:{_SENSITIVE_WORDS})[A-Za-z0-9_.\-]*"
+           r"|(?<![A-Za-z0-9])(?:(?!(?<![^\n])(?-i:PASS):[ \t])pass|pw|auth))"
            r"(?:\\?[\"'])?\s*(?:=|:)\s*)"
            r"(?:(?i:bearer|basic|token|digest|negotiate)\s+)?"
            r"(?:\\\"(?:[^\\\"]|\\[^\"])*?\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'"
@@ -168,17 +175,11 @@ def _compile_custom(patterns: Iterable[str | re.Pattern[str]]) -> list[re.Patter
 
 
 def patterns_from_env(env: dict[str, str] | None = None) -> list[str]:
-    """Custom patterns from `OPSC_MASK_PATTERNS` (JSON list of regex strings)."""
-    raw = (os.environ if env is None else env).get(ENV_PATTERNS)
-    if not raw:
-        return []
-    try:
-        value = json.loads(raw)
-    except ValueError as err:
-        raise ValueError(f"{ENV_PATTERNS} must be a JSON list of regex strings: {err}") from err
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{ENV_PATTERNS} must be a JSON list of regex strings")
-    return value
+    """Custom patterns from `OPSC_MASK_PATTERNS` (JSON list of regex strings), through the
+    settings; ValueError naming the variable when it is malformed."""
+    from opsconductor.schema.config import load_settings
+
+    return list(load_settings(env).mask_patterns)
 
 
 def _custom_sub(m: re.Match[str]) -> str:
@@ -202,10 +203,16 @@ class Masker:
                  secrets: Iterable[str] = (), *, use_env: bool = True):
         patterns = list(extra_patterns or [])
         if use_env:
-            patterns += patterns_from_env()
+            patterns += patterns_from_env()  # only when no settings are at hand
         self._custom = _compile_custom(patterns)
         self._literals = self._literal_list(secrets)
         self._key_cache: dict[str, bool] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings,
+                      extra_patterns: Iterable[str | re.Pattern[str]] = ()) -> Masker:
+        """The masker a worker builds once: built-in patterns plus the configured ones."""
+        return cls([*extra_patterns, *settings.mask_patterns], use_env=False)
 
     @staticmethod
     def _literal_list(values: Iterable[str]) -> tuple[str, ...]:
@@ -288,41 +295,48 @@ class Masker:
         return obj
 
 
-# -- the process-wide registry of live secret values (what every log record is masked with) --
-
-_registry_lock = threading.Lock()
-_live: dict[str, int] = {}
-_generation = 0
+# -- the live secret values: what every log record of a worker is masked with --
 
 
-def register_secret_values(values: Iterable[str]) -> None:
-    """Mask these values in every log record until `forget_secret_values` (reference counted,
-    so two steps using the same secret do not unmask each other)."""
-    global _generation
-    with _registry_lock:
-        for v in values:
-            if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH:
-                _live[v] = _live.get(v, 0) + 1
-        _generation += 1
+class LiveSecrets:
+    """The secret values in use right now, reference counted (two steps using the same secret
+    do not unmask each other); a log filter masks them while they are registered.
 
+    One per log filter: the worker takes the one of the filter it installs on the root logger
+    and hands it to the step activities.
+    """
 
-def forget_secret_values(values: Iterable[str]) -> None:
-    global _generation
-    with _registry_lock:
-        for v in values:
-            n = _live.get(v)
-            if n is None:
-                continue
-            if n <= 1:
-                del _live[v]
-            else:
-                _live[v] = n - 1
-        _generation += 1
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, int] = {}
+        self.generation = 0
 
+    def register(self, values: Iterable[str]) -> None:
+        with self._lock:
+            for v in values:
+                if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH:
+                    self._live[v] = self._live.get(v, 0) + 1
+            self.generation += 1
 
-def live_secret_values() -> list[str]:
-    with _registry_lock:
-        return list(_live)
+    def forget(self, values: Iterable[str]) -> None:
+        with self._lock:
+            for v in values:
+                n = self._live.get(v)
+                if n is None:
+                    continue
+                if n <= 1:
+                    del self._live[v]
+                else:
+                    self._live[v] = n - 1
+            self.generation += 1
+
+    def snapshot(self) -> tuple[int, list[str]]:
+        """(generation, values), consistent with each other."""
+        with self._lock:
+            return self.generation, list(self._live)
+
+    def values(self) -> list[str]:
+        return self.snapshot()[1]
 
 
 class MaskingLogFilter(logging.Filter):
@@ -333,23 +347,23 @@ class MaskingLogFilter(logging.Filter):
     while `exc_info` is cleared, so no handler can re-render the raw exception.
     """
 
-    def __init__(self, masker: Masker | None = None):
+    def __init__(self, masker: Masker | None = None, live: LiveSecrets | None = None):
         super().__init__()
         self._base = masker or Masker()
+        self.live = live or LiveSecrets()
         self._masker = self._base
         self._generation = -1
         self._formatter = logging.Formatter()
 
     def _current(self) -> Masker:
-        if self._generation != _generation:
-            with _registry_lock:
-                gen, values = _generation, list(_live)
-            self._masker = self._base.with_secrets(values)
-            self._generation = gen
+        gen, values = self.live.snapshot()
+        self._masker = self._base.with_secrets(values)
+        self._generation = gen
         return self._masker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        masker = self._masker if self._generation == _generation else self._current()
+        masker = (self._masker if self._generation == self.live.generation
+                  else self._current())
         msg = record.msg
         if not isinstance(msg, str):
             msg = str(msg)
@@ -374,6 +388,8 @@ class MaskingLogFilter(logging.Filter):
 def install_log_masking(logger: logging.Logger | None = None,
                         masker: Masker | None = None) -> MaskingLogFilter:
     """Install one MaskingLogFilter on the logger (root by default) and all its handlers.
+
+    Its `live` registry is what the step activities register their secret values with.
 
     Filters on a logger only see records logged to that logger itself, not those propagated
     from children, hence the handlers too. Idempotent; call again after adding handlers.

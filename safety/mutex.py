@@ -5,11 +5,13 @@ Why leases and not session locks: a worker may die at any moment; a lease in
 (a value of the sequence `execution.lock_fencing_seq`, monotonic across the whole system) lets a
 step prove *in its own transaction* that it still holds the asset (`check_fencing`).
 
-Model (all state in migration 002_safety.sql, every operation one SQL function call, i.e. one
-round trip):
+Model (all state in migrations 002_safety.sql and 004_global_asset_locks.sql, every operation
+one SQL function call, i.e. one round trip):
 
-- one holder per (tenant, asset): `execution_id` + `owner` (worker tag), `fencing_token`,
-  `expires_at`; the holder extends it with `renew` while it works;
+- one holder per asset, across all tenants (the hosts are shared: two tenants changing one
+  host must exclude each other): `execution_id` + `owner` (worker tag), `fencing_token`,
+  `expires_at`, and the holder's `tenant` for visibility and audit; the holder extends it with
+  `renew` while it works;
 - a request for several assets gets ONE ticket (sequence `lock_ticket_seq`) and one waiter row
   per asset; on every asset the smallest live ticket is served first. That is FIFO per asset
   and, since tickets are totally ordered, two requests for {a, b} and {b, a} can never wait on
@@ -305,17 +307,18 @@ async def check_fencing(conn: asyncpg.Connection, tenant: str, asset: str, execu
     taking the lease over until that transaction ends, so the check and the record are atomic.
     """
     row = await conn.fetchval(
-        "SELECT 1 FROM execution.execution_locks WHERE tenant = $1 AND asset = $2"
-        " AND execution_id = $3 AND fencing_token = $4 AND expires_at > clock_timestamp()"
-        " FOR SHARE", tenant, asset, execution_id, int(token))
+        "SELECT 1 FROM execution.execution_locks WHERE asset = $1"
+        " AND execution_id = $2 AND fencing_token = $3 AND expires_at > clock_timestamp()"
+        " FOR SHARE", asset, execution_id, int(token))
     return row is not None
 
 
 async def holder_of(db: Db, tenant: str, asset: str) -> Holder | None:
-    """Who holds the asset now (None if free or the lease expired): for progress and events."""
+    """Who holds the asset now, whichever tenant (None if free or the lease expired): for
+    progress and events. `tenant` is the asker's, kept for the callers' symmetry."""
     row = await db.fetchrow(
-        "SELECT * FROM execution.execution_locks WHERE tenant = $1 AND asset = $2"
-        " AND expires_at > clock_timestamp()", tenant, asset)
+        "SELECT * FROM execution.execution_locks WHERE asset = $1"
+        " AND expires_at > clock_timestamp()", asset)
     if row is None:
         return None
     return Holder(tenant=row["tenant"], asset=row["asset"], execution_id=row["execution_id"],
@@ -346,7 +349,7 @@ async def keep_renewed(pool: asyncpg.Pool, tenant: str, assets: Iterable[str], e
                 if on_lost is not None:
                     on_lost(err)
                 return
-            except (OSError, asyncpg.PostgresError):
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 continue  # transient; the lease still has up to two thirds of its TTL left
 
     task = asyncio.create_task(loop()) if wanted else None

@@ -1,10 +1,11 @@
 """Role-based access control, checked in the worker at the moment of action, every decision audited.
 
-Sources: a policy file (YAML or JSON, path in `OPSC_RBAC_POLICY`) and/or the Postgres tables
-`execution.rbac_rules` and `execution.rbac_role_bindings`; rules and bindings of both are
-merged. When neither holds any rule, a built-in development policy applies (below). The table
-carries a revision bumped by a trigger on every change, so a worker reloads the policy only
-when something changed and a permission revoked mid-run stops the very next step.
+Sources: a policy file (YAML or JSON, path in the settings' `rbac_policy`, `OPSC_RBAC_POLICY`)
+and/or the Postgres tables `execution.rbac_rules` and `execution.rbac_role_bindings`; rules and
+bindings of both are merged. When neither holds any rule, a built-in development policy
+applies (below). The table carries a revision bumped by a trigger on every change, so a worker
+(one `RbacEngine`, built from the settings) reloads the policy only when something changed and
+a permission revoked mid-run stops the very next step.
 
 File format::
 
@@ -26,21 +27,29 @@ File format::
         tools: ["shell", "systemctl"]  # tool globs, default ["*"]  "asset:X" / "tool:Y" items)
         environments: [dev, staging]   # default ["*"]
         description: SREs run anything on web hosts outside prod
+    allowed_signers:               # principals' SSH public keys, `allowed_signers` lines
+      - alice ssh-ed25519 AAAAC3Nza... alice@laptop          #   (ssh-keygen(1)); also a
+      - 'bob namespaces="opsconductor-decision" ssh-ed25519 AAAA...'  # mapping name: [keys]
+    signatures:                    # signed operator decisions (safety/signatures.py)
+      required: [prod]             # unsigned decisions refused there (default: `strict`)
+      max_age_seconds: 900         # a signed decision older than this when handled: refused
+      max_skew_seconds: 120        # issued further in the future than this: refused
 
 A rule matches when every field matches the request (lists are "any of"). A request without
 an asset or tool (approve, cancel, ...) only matches rules whose patterns for it include `*`.
 Decision: any matching deny → denied (first deny's id); else any matching allow → allowed;
 else strict environment → denied ("no rule allows ..."), non-strict → allowed by default.
 
-Strict mode: `OPSC_RBAC_STRICT` overrides the policy: `true`/`1`/`yes` = every environment,
-`false`/`0`/`no` = none, or a comma list of environments.
+Strict mode: `rbac_strict` (`OPSC_RBAC_STRICT`) overrides the policy: `true`/`1`/`yes` = every
+environment, `false`/`0`/`no` = none, or a comma list of environments.
 
 Built-in policy (no file, no table rules): rule `builtin-nonprod-execute` allows `execute` for
 everyone in dev and staging; prod is strict, so prod needs a real policy.
 
 Table rows: `rbac_rules(id, effect, tenants[], subjects[], actions[], assets[], tools[],
 environments[], description, enabled)`; `rbac_role_bindings(tenant, actor, role,
-environments[])` — tenant there is a glob too.
+environments[])` — tenant there is a glob too; `rbac_signers(principal, public_key, options,
+comment, enabled)` — keys added to the file's `allowed_signers`.
 """
 
 from __future__ import annotations
@@ -48,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +65,20 @@ from typing import Any
 import asyncpg
 import yaml
 
+from opsconductor.safety.signatures import (
+    AllowedSigner,
+    SignatureError,
+    SigningRules,
+    parse_allowed_signer,
+    parse_allowed_signers,
+)
 from opsconductor.schema.canonical import canonical_json, sha256_hex
+from opsconductor.schema.config import Settings, load_settings
 
 ACTIONS = frozenset({"execute", "approve", "reject", "cancel", "requeue", "resolve"})
 DEFAULT_STRICT = frozenset({"prod"})
+DEFAULT_SIGNATURE_MAX_AGE = 900.0
+DEFAULT_SIGNATURE_MAX_SKEW = 120.0
 ALL = frozenset({"*"})
 
 
@@ -175,6 +193,10 @@ class Policy:
     strict: frozenset[str] = DEFAULT_STRICT
     version: str = "builtin"
     sources: tuple[str, ...] = field(default=())
+    signers: tuple[AllowedSigner, ...] = ()  # principals' public keys (allowed_signers)
+    signatures_required: frozenset[str] = DEFAULT_STRICT  # unsigned decisions refused there
+    signature_max_age_seconds: float = DEFAULT_SIGNATURE_MAX_AGE
+    signature_max_skew_seconds: float = DEFAULT_SIGNATURE_MAX_SKEW
 
     def roles_of(self, tenant: str, actor: str, environment: str | None = None) -> set[str]:
         """The actor's roles in this tenant (and environment): also used for approvers."""
@@ -187,6 +209,13 @@ class Policy:
 
     def is_strict(self, environment: str) -> bool:
         return "*" in self.strict or environment in self.strict
+
+    def signing_rules(self, environment: str) -> SigningRules:
+        """Whether `environment` refuses unsigned decisions, and the freshness window."""
+        required = "*" in self.signatures_required or environment in self.signatures_required
+        return SigningRules(required=required,
+                            max_age_seconds=self.signature_max_age_seconds,
+                            max_skew_seconds=self.signature_max_skew_seconds)
 
     def evaluate(self, *, tenant: str, actor: str, action: str, environment: str,
                  resource: str | None = None, tool: str | None = None,
@@ -273,11 +302,39 @@ def load_policy_document(path: str | Path) -> dict[str, Any]:
     return dict(doc)
 
 
+def _signing_section(doc: Mapping[str, Any], strict: frozenset[str],
+                     ) -> tuple[frozenset[str], float, float]:
+    """`signatures: {required, max_age_seconds, max_skew_seconds}`; `required` defaults to
+    the strict environments."""
+    section = doc.get("signatures") or {}
+    if not isinstance(section, Mapping):
+        raise PolicyError("signatures: expected a mapping (required, max_age_seconds, "
+                          "max_skew_seconds)")
+    unknown = set(section) - {"required", "max_age_seconds", "max_skew_seconds"}
+    if unknown:
+        raise PolicyError(f"signatures: unknown key(s) {sorted(unknown)}")
+    required = parse_strict(section.get("required"))
+    windows = []
+    for name, default in (("max_age_seconds", DEFAULT_SIGNATURE_MAX_AGE),
+                          ("max_skew_seconds", DEFAULT_SIGNATURE_MAX_SKEW)):
+        value = section.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise PolicyError(f"signatures.{name}: expected a positive number of seconds")
+        windows.append(float(value))
+    return (strict if required is None else required), windows[0], windows[1]
+
+
 def build_policy(doc: Mapping[str, Any] | None, table_rules: Sequence[Rule] = (),
                  table_bindings: Sequence[RoleBinding] = (),
-                 strict_override: frozenset[str] | None = None) -> Policy:
+                 strict_override: frozenset[str] | None = None,
+                 table_signers: Sequence[AllowedSigner] = ()) -> Policy:
     """Merge file document and table rows into one versioned snapshot."""
     doc = doc or {}
+    try:
+        signers = parse_allowed_signers(doc.get("allowed_signers"), "policy.allowed_signers")
+    except SignatureError as err:
+        raise PolicyError(str(err)) from None
+    signers += list(table_signers)
     rules_raw = doc.get("rules") or []
     if not isinstance(rules_raw, list):
         raise PolicyError("policy: rules must be a list")
@@ -298,22 +355,27 @@ def build_policy(doc: Mapping[str, Any] | None, table_rules: Sequence[Rule] = ()
         strict = parse_strict(doc.get("strict"))
     if strict is None:
         strict = DEFAULT_STRICT
+    required, max_age, max_skew = _signing_section(doc, frozenset(strict))
     content = canonical_json({
         "rules": [r.__dict__ for r in rules], "bindings": [b.__dict__ for b in bindings],
-        "strict": sorted(strict)})
+        "strict": sorted(strict), "signers": [s.line() for s in signers],
+        "signatures": [sorted(required), max_age, max_skew]})
     digest = sha256_hex(content)[:12]
     label = doc.get("version")
     version = f"{label}+{digest}" if label else digest
     return Policy(rules=tuple(rules), bindings=tuple(bindings), strict=frozenset(strict),
-                  version=version, sources=sources)
+                  version=version, sources=sources, signers=tuple(signers),
+                  signatures_required=required, signature_max_age_seconds=max_age,
+                  signature_max_skew_seconds=max_skew)
 
 
-def builtin_policy() -> Policy:
-    return build_policy(None, strict_override=_env_strict())
+def builtin_policy(settings: Settings | None = None) -> Policy:
+    return build_policy(None, strict_override=strict_from_settings(settings or load_settings()))
 
 
-def _env_strict(env: Mapping[str, str] | None = None) -> frozenset[str] | None:
-    raw = (os.environ if env is None else env).get("OPSC_RBAC_STRICT")
+def strict_from_settings(settings: Settings) -> frozenset[str] | None:
+    """The settings' strict override (`OPSC_RBAC_STRICT`), None when unset."""
+    raw = settings.rbac_strict
     return parse_strict(raw) if raw is not None else None
 
 
@@ -328,6 +390,12 @@ class RbacEngine:
         self._stamp: tuple[Any, ...] | None = None
         self._policy: Policy | None = None
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RbacEngine:
+        """The engine for the settings' policy file and strict override; a process keeps
+        one, so the policy is re-read only when the file or the table changed."""
+        return cls(settings.rbac_policy, strict=strict_from_settings(settings))
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if self.policy_file is None:
@@ -352,9 +420,11 @@ class RbacEngine:
             doc = load_policy_document(self.policy_file) if self.policy_file else None
             rules: list[Rule] = []
             bindings: list[RoleBinding] = []
+            signers: list[AllowedSigner] = []
             if db is not None and self.use_table:
                 rules, bindings = await _load_table(db)
-            self._policy = build_policy(doc, rules, bindings, self.strict)
+                signers = await _load_signers(db)
+            self._policy = build_policy(doc, rules, bindings, self.strict, signers)
             self._stamp = stamp
             return self._policy
 
@@ -373,24 +443,60 @@ async def _load_table(db: asyncpg.Pool | asyncpg.Connection,
     return rules, bindings
 
 
-_engine: RbacEngine | None = None
-_engine_key: tuple[str | None, str | None] | None = None
+async def _load_signers(db: asyncpg.Pool | asyncpg.Connection) -> list[AllowedSigner]:
+    """`execution.rbac_signers`: one enabled row per principal and public key."""
+    rows = await db.fetch("SELECT principal, options, public_key FROM execution.rbac_signers"
+                          " WHERE enabled ORDER BY principal, public_key")
+    try:
+        return [parse_allowed_signer(" ".join(p for p in (r["principal"], r["options"],
+                                                          r["public_key"]) if p),
+                                     f"rbac_signers[{r['principal']}]") for r in rows]
+    except SignatureError as err:
+        raise PolicyError(str(err)) from None
+
+
+async def register_signer(db: asyncpg.Pool | asyncpg.Connection, principal: str,
+                          key_line: str, comment: str = "") -> AllowedSigner:
+    """Add (or re-enable) a principal's public key in `execution.rbac_signers`; `key_line`
+    is a `.pub` file's text (`ssh-ed25519 AAAA... comment`). Workers pick it up at their
+    next decision (the table bumps the policy revision)."""
+    try:
+        signer = parse_allowed_signer(f"{principal} {key_line.strip()}", f"key of {principal}")
+    except SignatureError as err:
+        raise PolicyError(str(err)) from None
+    if len(signer.principals) != 1 or signer.options:
+        raise PolicyError(f"register one principal and a bare public key, not {key_line!r}")
+    await db.execute(
+        "INSERT INTO execution.rbac_signers (principal, public_key, comment) VALUES ($1, $2, $3)"
+        " ON CONFLICT (principal, public_key) DO UPDATE SET enabled = true,"
+        " comment = excluded.comment", principal, signer.public_key, comment or signer.comment)
+    return signer
+
+
+async def remove_signer(db: asyncpg.Pool | asyncpg.Connection, principal: str,
+                        fingerprint: str | None = None) -> int:
+    """Remove a principal's keys (all, or the one with this `SHA256:` fingerprint)."""
+    rows = await db.fetch("SELECT public_key FROM execution.rbac_signers WHERE principal = $1",
+                          principal)
+    doomed = [r["public_key"] for r in rows
+              if fingerprint is None or parse_allowed_signer(
+                  f"{principal} {r['public_key']}").fingerprint == fingerprint]
+    if doomed:
+        await db.execute("DELETE FROM execution.rbac_signers WHERE principal = $1"
+                         " AND public_key = ANY($2::text[])", principal, doomed)
+    return len(doomed)
 
 
 def engine_from_env(env: Mapping[str, str] | None = None) -> RbacEngine:
-    """The process-wide engine for `OPSC_RBAC_POLICY` / `OPSC_RBAC_STRICT` (cached)."""
-    global _engine, _engine_key
-    env = os.environ if env is None else env
-    key = (env.get("OPSC_RBAC_POLICY") or None, env.get("OPSC_RBAC_STRICT"))
-    if _engine is None or _engine_key != key:
-        _engine = RbacEngine(key[0], strict=_env_strict(env))
-        _engine_key = key
-    return _engine
+    """A new engine for `env` (default: the process's environment), through the settings."""
+    return RbacEngine.from_settings(load_settings(env))
 
 
-async def load_policy(db: asyncpg.Pool | asyncpg.Connection | None = None) -> Policy:
-    """The current policy of this process (file from env + table), reloaded on change."""
-    return await engine_from_env().policy(db)
+async def load_policy(db: asyncpg.Pool | asyncpg.Connection | None = None,
+                      engine: RbacEngine | None = None) -> Policy:
+    """The current policy (file + table). Without an engine one is built from the settings
+    for this call: callers that decide often keep an `RbacEngine` and pass it."""
+    return await (engine or engine_from_env()).policy(db)
 
 
 AUDIT_INSERT = (

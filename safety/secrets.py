@@ -8,7 +8,8 @@ Values never leave the activity; errors name the path, never a value.
 Backends and resolution order:
 
 1. An explicit scheme in the path picks one backend and nothing else:
-   - `env:NAME`    environment variable `OPSC_SECRET_<NAME>` (see below). Only that prefix is
+   - `env:NAME`    environment variable `OPSC_SECRET_<NAME>` (see below), read through
+                   `opsconductor.schema.config.read_secret_variable`: only that prefix is
                    readable, so a plan cannot read the worker's own configuration
                    (e.g. `OPSC_VAULT_TOKEN`);
    - `file:PATH`   the secrets file;
@@ -29,14 +30,16 @@ Backend details:
 - vault: `OPSC_VAULT_ADDR`, `OPSC_VAULT_TOKEN`, `OPSC_VAULT_MOUNT` (default `secret`); KV v2
   read of the path. With `key` that field; without, the field `value` or the only field.
   hvac is synchronous, so calls run in a worker thread.
+
+The configuration comes from the settings (`SecretResolver.from_settings`); the worker builds
+one resolver and hands it to its activities, so the file's parsed content and the Vault HTTP
+session live as long as the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import stat
 import threading
 from collections.abc import Mapping
@@ -45,9 +48,16 @@ from typing import Any, Protocol
 
 import yaml
 
+from opsconductor.schema.config import (
+    SECRET_ENV_PREFIX,
+    Settings,
+    load_settings,
+    read_secret_variable,
+    secret_env_name,
+)
 from opsconductor.schema.tools import is_secret_ref
 
-ENV_PREFIX = "OPSC_SECRET_"
+ENV_PREFIX = SECRET_ENV_PREFIX
 DEFAULT_ORDER = ("env", "file", "vault")
 
 
@@ -78,10 +88,6 @@ class Backend(Protocol):
         ...
 
 
-def _env_name(path: str) -> str:
-    return ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
-
-
 def _pick(path: str, key: str | None, data: Any) -> str | None:
     """A value from a scalar or a mapping of fields; None if the key is absent."""
     if isinstance(data, Mapping):
@@ -103,19 +109,19 @@ def _pick(path: str, key: str | None, data: Any) -> str | None:
 
 
 class EnvBackend:
+    """`OPSC_SECRET_<PATH>` variables of `env` (default: the process's, read at each use)."""
+
     name = "env"
 
     def __init__(self, env: Mapping[str, str] | None = None):
         self.env = env
 
     async def get(self, path: str, key: str | None) -> str | None:
-        env = os.environ if self.env is None else self.env
-        base = _env_name(path)
         if key is not None:
-            direct = env.get(f"{base}_{re.sub(r'[^A-Za-z0-9]', '_', key).upper()}")
+            direct = read_secret_variable(secret_env_name(path, key), self.env)
             if direct is not None:
                 return direct
-            raw = env.get(base)
+            raw = read_secret_variable(secret_env_name(path), self.env)
             if raw is None:
                 return None
             try:
@@ -123,7 +129,7 @@ class EnvBackend:
             except ValueError:
                 return None
             return _pick(path, key, data) if isinstance(data, Mapping) else None
-        return env.get(base)
+        return read_secret_variable(secret_env_name(path), self.env)
 
 
 class FileBackend:
@@ -222,6 +228,20 @@ class SecretResolver:
         self.backends = dict(backends)
         self.order = tuple(n for n in order if n in self.backends)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretResolver:
+        """env always (the settings' environment), file and vault when configured."""
+        backends: dict[str, Backend] = {"env": EnvBackend(settings.environ)}
+        if settings.secrets_file:
+            backends["file"] = FileBackend(settings.secrets_file)
+        if settings.vault_addr and settings.vault_token:
+            backends["vault"] = VaultBackend(settings.vault_addr,
+                                             settings.vault_token.get_secret_value(),
+                                             settings.vault_mount)
+        raw = settings.secret_backends
+        order = tuple(p.strip() for p in raw.split(",") if p.strip()) if raw else DEFAULT_ORDER
+        return cls(backends, order)
+
     async def get(self, path: str, key: str | None = None) -> str:
         scheme, sep, rest = path.partition(":")
         if sep and scheme in ("env", "file", "vault"):
@@ -289,29 +309,10 @@ def contains_secret_refs(obj: Any) -> bool:
     return bool(refs)
 
 
-_vault_cache: dict[tuple[str, str, str], VaultBackend] = {}
-_file_cache: dict[str, FileBackend] = {}
-
-
 def resolver_from_env(env: Mapping[str, str] | None = None) -> SecretResolver:
-    """The resolver the worker uses: env always, file and vault when configured.
+    """A resolver for `env` (default: the process's environment), through the settings.
 
-    Backends are cached per configuration, so calling this per step is cheap and keeps the
-    file's parsed content and the Vault HTTP session alive.
+    Each call builds new backends: a long-lived process builds one resolver with
+    `SecretResolver.from_settings` and keeps it.
     """
-    env = os.environ if env is None else env
-    backends: dict[str, Backend] = {"env": EnvBackend(None if env is os.environ else env)}
-    file = env.get("OPSC_SECRETS_FILE")
-    if file:
-        backends["file"] = _file_cache.setdefault(file, FileBackend(file))
-    addr, token = env.get("OPSC_VAULT_ADDR"), env.get("OPSC_VAULT_TOKEN")
-    if addr and token:
-        mount = env.get("OPSC_VAULT_MOUNT") or "secret"
-        ck = (addr, token, mount)
-        if ck not in _vault_cache:
-            _vault_cache[ck] = VaultBackend(addr, token, mount)
-        backends["vault"] = _vault_cache[ck]
-    order_raw = env.get("OPSC_SECRET_BACKENDS")
-    order = (tuple(p.strip() for p in order_raw.split(",") if p.strip())
-             if order_raw else DEFAULT_ORDER)
-    return SecretResolver(backends, order)
+    return SecretResolver.from_settings(load_settings(env))

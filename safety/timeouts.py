@@ -3,9 +3,9 @@ with per-request overrides clamped to limits, and the remaining-time arithmetic.
 
 Override limits (`apply_overrides`), so a request can make things safer but not unbounded:
 
-- step, execution and approval timeouts may be shortened freely (floors: step ≥ 1 s,
-  execution ≥ the resulting step timeout) and lengthened up to `MAX_EXTENSION` (4x) the
-  policy value;
+- step, execution and approval timeouts may be shortened freely (floor 1 s) and lengthened
+  up to `MAX_EXTENSION` (4x) the policy value; a step timeout longer than the execution
+  deadline is cut to fit it (the deadline is never raised to fit a step);
 - `max_attempts` may only be lowered (1 … policy max_attempts);
 - `heartbeat_timeout_seconds` is kept between 1 s and the resulting step timeout.
 
@@ -97,9 +97,10 @@ def apply_overrides(policy: TimeoutPolicy, overrides: TimeoutOverrides | None) -
     """The policy with the request's overrides applied within the documented limits."""
     if overrides is None:
         return policy
-    step = _clamp(overrides.step_timeout_seconds, policy.step_timeout_seconds, MIN_STEP_SECONDS)
-    execution = max(step, _clamp(overrides.execution_timeout_seconds,
-                                 policy.execution_timeout_seconds, MIN_STEP_SECONDS))
+    execution = _clamp(overrides.execution_timeout_seconds, policy.execution_timeout_seconds,
+                       MIN_STEP_SECONDS)
+    step = min(execution, _clamp(overrides.step_timeout_seconds, policy.step_timeout_seconds,
+                                 MIN_STEP_SECONDS))
     approval = _clamp(overrides.approval_timeout_seconds, policy.approval_timeout_seconds,
                       MIN_STEP_SECONDS)
     attempts = policy.max_attempts

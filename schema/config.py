@@ -1,55 +1,277 @@
-"""Where the servers are: `OPSC_*` environment variables, falling back to a running dev stack.
+"""Every `OPSC_*` environment variable, in one settings object.
 
-(Policy, inventory and secret settings are read by the modules that use them, at the moment
-of use, so a changed file or variable takes effect without restarting a worker.)
+`Settings` is loaded once per process (the worker builds its activities with it) and passed
+down as a dependency. Unset means the embedded default. Server addresses fall back to a
+running dev stack: `opsconductor dev` writes `$OPSC_HOME/stack.json`, and every command reads
+it when the variables are unset, so nobody has to pass addresses by hand.
 
-A running `opsconductor dev` writes `$OPSC_HOME/stack.json`; every command reads it when the
-variables are unset, so nobody has to pass addresses by hand.
+Files named here (RBAC policy, inventory, secrets file) are read by the modules that use them
+at the moment of use, so a changed file takes effect without restarting a worker; the
+variables themselves are read when the settings are loaded.
+
+One dynamic family is not a field: `OPSC_SECRET_<PATH>` holds secret values for the env
+secret backend (see `opsconductor.safety.secrets`); it is read only through
+`read_secret_variable` (or `Settings.secret_variable`), at the moment of use.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+ENV_PREFIX = "OPSC_"
+SECRET_ENV_PREFIX = "OPSC_SECRET_"
+DEFAULT_HOME = "./.opsconductor"
 DEFAULT_TASK_QUEUE = "opsconductor-execution"
 DEFAULT_NAMESPACE = "default"
 STACK_FILE = "stack.json"
+# What a running dev stack's stack.json may provide (when the variable is unset): the servers,
+# and the files the worker decides with, so a client in another shell (only OPSC_HOME set)
+# reaches the same RBAC and asset decisions as the stack's worker.
+STACK_FIELDS = ("temporal_address", "namespace", "task_queue", "database_url", "ui_url",
+                "rbac_policy", "rbac_strict", "inventory", "asset_service_url")
+INVENTORY_NAMES = ("inventory.yaml", "inventory.yml", "inventory.json")
+
+# The environment `load_settings(env)` reads instead of the process's, while it builds.
+_environ_override: ContextVar[Mapping[str, str] | None] = ContextVar("opsc_environ",
+                                                                     default=None)
 
 
-class Settings(BaseModel):
-    home: Path
-    temporal_address: str | None = None
-    namespace: str = DEFAULT_NAMESPACE
-    task_queue: str = DEFAULT_TASK_QUEUE
-    database_url: str | None = None
-    ui_url: str | None = None
-    idempotency_window_seconds: float = 86_400.0
+def secret_env_name(path: str, key: str | None = None) -> str:
+    """`OPSC_SECRET_<PATH>[_<KEY>]`: upper-cased, every non-alphanumeric character -> `_`."""
+    name = SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", path).upper()
+    return name if key is None else f"{name}_{re.sub(r'[^A-Za-z0-9]', '_', key).upper()}"
+
+
+def read_secret_variable(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The one reader of the `OPSC_SECRET_<PATH>` family (None when unset).
+
+    Only names with that prefix are readable, so a plan's secret reference can never read
+    the worker's own configuration (`OPSC_VAULT_TOKEN`, ...). Read at the moment of use.
+    """
+    if not name.startswith(SECRET_ENV_PREFIX) or name == SECRET_ENV_PREFIX:
+        raise ValueError(f"{name!r} is not an {SECRET_ENV_PREFIX}<PATH> variable")
+    return (os.environ if environ is None else environ).get(name)
+
+
+class _EnvSource(EnvSettingsSource):
+    """`OPSC_*` variables from the process, or from the mapping `load_settings(env)` got."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        override = _environ_override.get()
+        if override is None:
+            return super()._load_env_vars()
+        from pydantic_settings.sources.utils import parse_env_vars
+
+        return parse_env_vars(override, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+
+class _StackFileSource(PydanticBaseSettingsSource):
+    """Server addresses from `$OPSC_HOME/stack.json`, below the variables in priority."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        home = self.current_state.get("home") or DEFAULT_HOME
+        path = Path(home).expanduser().resolve() / STACK_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {k: doc[k] for k in STACK_FIELDS if doc.get(k)}
+
+
+class Settings(BaseSettings):
+    """The process's configuration: each field is the variable `OPSC_<FIELD NAME>`.
+
+    Priority: explicit arguments, then `OPSC_*` variables (empty = unset), then
+    `$OPSC_HOME/stack.json` (server addresses and the worker's policy and inventory files),
+    then the defaults below.
+
+    Dynamic family, not a field: `OPSC_SECRET_<PATH>` (path upper-cased, every
+    non-alphanumeric character -> `_`; with a key `OPSC_SECRET_<PATH>_<KEY>`) holds secret
+    values for the env secret backend. Read it only through `secret_variable`.
+    `OPSC_SECRET_BACKENDS` is the one name in that family that is configuration.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra="ignore")
+
+    # -- where things are
+    home: Path = Field(Path(DEFAULT_HOME), description=(
+        "State directory: Temporal SQLite file, PostgreSQL data, logs, stack.json, and the "
+        "dev stack's default RBAC policy and inventory."))
+    temporal_address: str | None = Field(None, description=(
+        "Temporal frontend host:port. Set it and the dev stack starts no Temporal server; "
+        "unset, a running dev stack's stack.json provides it."))
+    namespace: str = Field(DEFAULT_NAMESPACE, description="Temporal namespace.")
+    task_queue: str = Field(DEFAULT_TASK_QUEUE, description=(
+        "Task queue the workers poll and executions are started on."))
+    database_url: str | None = Field(None, description=(
+        "PostgreSQL URL of the mirror, locks, audit and idempotency records. Set it and the "
+        "dev stack starts no embedded server; unset, stack.json provides it."))
+    ui_url: str | None = Field(None, description=(
+        "Temporal Web UI base URL, for links; normally written to stack.json by the dev "
+        "stack."))
+    # -- behaviour
+    idempotency_window_seconds: float = Field(86_400.0, description=(
+        "A duplicate request within this window returns the existing execution."))
+    workflow_sandbox: Literal["fast", "strict"] = Field("fast", description=(
+        "`fast`: the workflow modules are passed through the sandbox (a third less worker "
+        "CPU); `strict`: re-imported for every run, so a non-deterministic call fails loudly "
+        "(the test suite's mode)."))
+    actor: str | None = Field(None, description=(
+        "Default actor of CLI commands that act for someone (else the login name)."))
+    graceful_shutdown_seconds: float = Field(30.0, ge=0, description=(
+        "On SIGTERM a worker stops taking work and lets running steps finish (heartbeating) "
+        "for up to this long before it cancels what is left."))
+    sticky_queue_timeout_seconds: float = Field(2.0, gt=0, description=(
+        "How long a workflow task waits on a worker's sticky queue before any worker may "
+        "take it: how fast a new worker takes over from a dead one."))
+    # -- safety
+    rbac_policy: Path | None = Field(None, description=(
+        "RBAC policy file (YAML/JSON, format in opsconductor.safety.rbac), re-read when it "
+        "changes. Unset: the table rules only, else the built-in development policy."))
+    signing_key: Path | None = Field(None, description=(
+        "SSH key that approve/reject/cancel/resolve sign with (a private key file, or a "
+        "`.pub` whose private key is in the ssh-agent). Unset: the ssh-agent's key registered "
+        "for the principal, if an agent runs; else decisions are sent unsigned."))
+    rbac_strict: str | None = Field(None, description=(
+        "Overrides the policy's strict environments: true/1/yes = all, false/0/no = none, "
+        "or a comma list of environments."))
+    mask_patterns: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "Extra masking regexes, a JSON list of strings; a group named `secret` (or the first "
+        "group) masks just that part."))
+    secrets_file: Path | None = Field(None, description=(
+        "Secrets file (JSON/YAML, mode 0600) for the file secret backend."))
+    vault_addr: str | None = Field(None, description=(
+        "Vault / OpenBao address for the vault secret backend (KV v2)."))
+    vault_token: SecretStr | None = Field(None, description="Token of the vault backend.")
+    vault_mount: str = Field("secret", description="KV v2 mount of the vault backend.")
+    secret_backends: str | None = Field(None, description=(
+        "Order in which a reference without a scheme tries the secret backends, a comma list "
+        "(default env,file,vault)."))
+    # -- assets and services
+    inventory: Path | None = Field(None, description=(
+        "Asset inventory file (format in opsconductor.activities.assets), re-read when it "
+        "changes; unset: $OPSC_HOME/inventory.yaml|yml|json if present."))
+    asset_service_url: str | None = Field(None, description=(
+        "OpsConductor Asset Service base URL; set, it replaces the inventory file."))
+    asset_service_token: SecretStr | None = Field(None, description=(
+        "Bearer token for the Asset Service."))
+    automation_service_url: str | None = Field(None, description=(
+        "OpsConductor Automation Service base URL, for assets whose connector is "
+        "`automation-service` and that name none themselves."))
+    ssh_known_hosts: Path | None = Field(None, description=(
+        "known_hosts for strict SSH host-key checking when the asset names none "
+        "(default ~/.ssh/known_hosts)."))
+    # -- the test suite
+    test_database_url: str | None = Field(None, description=(
+        "Test suite only: an existing PostgreSQL to test against instead of an embedded "
+        "one."))
+    record_histories: bool = Field(False, description=(
+        "Test suite only: re-record the workflow histories the replay test checks."))
+    fault_counts: str | None = Field(None, description=(
+        "Test suite only: rounds of the fault-injection suite, e.g. "
+        "`kill9=10,sigterm=5,temporal=5,postgres=5` (default: what fits in ~4 minutes)."))
+
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
+
+    @classmethod
+    def settings_customise_sources(
+            cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _EnvSource(settings_cls), _StackFileSource(settings_cls))
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("workflow_sandbox", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("mask_patterns", mode="before")
+    @classmethod
+    def _json_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as err:
+            raise ValueError(f"OPSC_MASK_PATTERNS must be a JSON list of regex strings: "
+                             f"{err}") from None
+        if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+            raise ValueError("OPSC_MASK_PATTERNS must be a JSON list of regex strings")
+        return parsed
 
     @property
     def stack_file(self) -> Path:
         return self.home / STACK_FILE
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The environment these settings were loaded from (live for the process's own)."""
+        return self._environ
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    env = dict(os.environ if env is None else env)
-    home = Path(env.get("OPSC_HOME") or "./.opsconductor").resolve()
-    stack: dict[str, str] = {}
-    stack_path = home / STACK_FILE
-    if stack_path.exists():
-        try:
-            stack = json.loads(stack_path.read_text())
-        except (OSError, ValueError):
-            stack = {}
-    return Settings(
-        home=home,
-        temporal_address=env.get("OPSC_TEMPORAL_ADDRESS") or stack.get("temporal_address"),
-        namespace=env.get("OPSC_NAMESPACE") or stack.get("namespace") or DEFAULT_NAMESPACE,
-        task_queue=env.get("OPSC_TASK_QUEUE") or stack.get("task_queue") or DEFAULT_TASK_QUEUE,
-        database_url=env.get("OPSC_DATABASE_URL") or stack.get("database_url"),
-        ui_url=stack.get("ui_url"),
-        idempotency_window_seconds=float(env.get("OPSC_IDEMPOTENCY_WINDOW_SECONDS") or 86_400),
-    )
+    def inventory_path(self) -> Path | None:
+        """The inventory file in force: `inventory`, else the first one found in `home`."""
+        if self.inventory is not None:
+            return self.inventory.expanduser()
+        for name in INVENTORY_NAMES:
+            if (self.home / name).is_file():
+                return self.home / name
+        return None
+
+    def secret_variable(self, path: str, key: str | None = None) -> str | None:
+        """`OPSC_SECRET_<PATH>[_<KEY>]` from these settings' environment, at the moment of use."""
+        return read_secret_variable(secret_env_name(path, key), self._environ)
+
+
+@contextmanager
+def _reading(env: Mapping[str, str]) -> Iterator[None]:
+    token = _environ_override.set(env)
+    try:
+        yield
+    finally:
+        _environ_override.reset(token)
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """The settings from `env` (default: this process's environment) and stack.json.
+
+    With `env` given, nothing is read from the process's environment, so a test or a child
+    process's configuration can be loaded exactly.
+    """
+    if env is None:
+        return Settings(**overrides)
+    env = dict(env)
+    with _reading(env):
+        settings = Settings(**overrides)
+    settings._environ = env
+    return settings

@@ -74,6 +74,7 @@ class StepKind(StrEnum):
     FILE_TRANSFER = "file_transfer"
     VALIDATE = "validate"
     NOOP = "noop"
+    ASSET_QUERY = "asset_query"
 
 
 TERMINAL_STATUSES = frozenset(

@@ -22,6 +22,9 @@ class ErrorType(StrEnum):
     SUCCESS_CRITERION_FAILED = "SuccessCriterionFailed"
     VALIDATION_FAILED = "ValidationFailed"
     ASSERTION_FAILED = "AssertionFailed"
+    HTTP_STATUS = "HttpStatus"
+    READ_ONLY_VIOLATION = "ReadOnlyViolation"
+    UNSUPPORTED_CONNECTOR = "UnsupportedConnector"
     # connectors
     SSH_CONNECT_ERROR = "SshConnectError"
     SSH_CONNECTION_LOST = "SshConnectionLost"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsconductor.schema.decisions import Signable, SignatureCheck, SignatureVerdict
 from opsconductor.schema.enums import (
     ActionClass,
     ApprovalState,
@@ -123,6 +125,7 @@ class StepRunInput(BaseModel):
     rbac_required: bool = True
     override_unknown_outcome: bool = False  # an operator resolved an unknown outcome: retry
     attempt_offset: int = 0  # attempts this step used in earlier activity invocations
+    resolved_by: str | None = None  # the operator whose `retry` set override_unknown_outcome
 
 
 class StepResult(BaseModel):
@@ -154,20 +157,22 @@ class CleanupInput(BaseModel):
 
 # Signals and updates. Decisions are strict: unknown fields are refused, not ignored.
 
-class ApprovalDecision(BaseModel):
+# Each may be signed (`Signable`: execution_id, gate, plan_hash, issued_at, nonce, signature).
+
+class ApprovalDecision(Signable):
     model_config = ConfigDict(extra="forbid")
     approver: str = Field(min_length=1, max_length=200)
     comment: str | None = Field(default=None, max_length=4000)
     plan_hash: str | None = None
 
 
-class CancelRequest(BaseModel):
+class CancelRequest(Signable):
     model_config = ConfigDict(extra="forbid")
     actor: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=4000)
 
 
-class ResolveRequest(BaseModel):
+class ResolveRequest(Signable):
     model_config = ConfigDict(extra="forbid")
     actor: str = Field(min_length=1, max_length=200)
     action: Literal["retry", "skip", "fail"]
@@ -181,6 +186,14 @@ class DecisionOutcome(BaseModel):
     approval_state: ApprovalState | None = None
     approvals_counted: int = 0
     approvals_required: int = 0
+
+
+class WaitKind(StrEnum):
+    """What a run is blocked on; `Progress.waiting_on` says the same for people."""
+
+    APPROVAL = "approval"
+    LOCKS = "locks"
+    RESOLUTION = "resolution"  # an unknown outcome waits for an operator's resolve
 
 
 class StepProgress(BaseModel):
@@ -205,6 +218,7 @@ class Progress(BaseModel):
     percent: float
     current_step: str | None = None
     waiting_on: str | None = None
+    waiting_kind: WaitKind | None = None
     estimated_completion: datetime | None = None
     started_at: datetime | None = None
     steps: list[StepProgress] = Field(default_factory=list)
@@ -233,6 +247,7 @@ class AuthorizeInput(BaseModel):
     execution_id: str
     resource: str = "*"
     step_id: str | None = None
+    signature: SignatureCheck | None = None  # a decision's proof, verified before RBAC
 
 
 class AuthorizeResult(BaseModel):
@@ -241,6 +256,7 @@ class AuthorizeResult(BaseModel):
     roles: list[str] = Field(default_factory=list)
     rule_id: str | None = None
     policy_version: str | None = None
+    signature: SignatureVerdict | None = None  # present when a proof was asked for
 
 
 class SafetyChecksInput(BaseModel):
@@ -250,6 +266,47 @@ class SafetyChecksInput(BaseModel):
     prior_outputs: dict[str, Any] = Field(default_factory=dict)
 
 
+class CheckVerdict(BaseModel):
+    """What one check found: `informational` checks are recorded, never evaluated."""
+
+    passed: bool
+    expr: str
+    detail: str
+    informational: bool = False
+
+
+class SafetyCheckOutcome(BaseModel):
+    """One plan safety check with its verdict and what the workflow must do about it."""
+
+    check: SafetyCheck
+    result: CheckVerdict
+    action: Literal["ok", "abort", "warn", "continue"]
+
+    @property
+    def kind(self) -> str:
+        """The event suffix: informational, passed, failed (abort), warning or ignored."""
+        if self.result.informational:
+            return "informational"
+        if self.action == "ok":
+            return "passed"
+        return {"abort": "failed", "warn": "warning"}.get(self.action, "ignored")
+
+
 class SafetyChecksResult(BaseModel):
     abort: bool
-    outcomes: list[dict[str, Any]] = Field(default_factory=list)
+    outcomes: list[SafetyCheckOutcome] = Field(default_factory=list)
+
+
+class GateDecision(BaseModel):
+    """One decision on an approval gate, accepted or refused, as the gate's record keeps it."""
+
+    approver: str | None
+    decision: Literal["approve", "reject", "cancel", "resolve"]
+    accepted: bool
+    comment: str | None = None
+    roles: list[str] = Field(default_factory=list)
+    reason: str | None = None  # why a refused decision was refused
+    at: datetime
+    signed: bool | None = None  # None: refused before its proof was looked at
+    key_fingerprint: str | None = None
+    signature: str | None = None  # kept with accepted signed decisions

@@ -10,30 +10,61 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from opsconductor.schema.enums import Environment, ExecutionMode, FailureHandling, SlaClass
+from opsconductor.schema.dialect import (
+    EXECUTION_LOCATIONS,
+    expand_dependencies,
+    normalize_step,
+    step_target,
+)
+from opsconductor.schema.enums import Environment, ExecutionMode, SlaClass
+from opsconductor.schema.failure import FailureReading, interpret_failure_handling
 
 
 class PlanStep(BaseModel):
+    """One step as upstream's planners write it (see `schema/dialect.py` for the shapes
+    accepted). `failure_handling` is kept as written; `failure` is its reading."""
+
     model_config = ConfigDict(extra="allow")
     id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     description: str = ""
     tool: str = Field(min_length=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
+    depends_on_written: list[str] | None = None  # as written, when it held wildcards
     execution_order: int | None = None
     estimated_duration: float | None = Field(default=None, ge=0)
-    failure_handling: FailureHandling = FailureHandling.ABORT
+    failure_handling: str = "abort"
     success_criteria: list[str | dict[str, Any]] = Field(default_factory=list)
     preconditions: list[str | dict[str, Any]] = Field(default_factory=list)
     requires_credentials: bool | list[str] | None = None
     execution_location: str | None = None
+    tool_metadata: dict[str, Any] | None = None
 
     @field_validator("failure_handling", mode="before")
     @classmethod
-    def _lower(cls, v: Any) -> Any:
-        return v.lower() if isinstance(v, str) else v
+    def _text(cls, v: Any) -> Any:
+        return "abort" if v is None else (v.value if hasattr(v, "value") else v)
+
+    @field_validator("execution_location")
+    @classmethod
+    def _location(cls, v: str | None) -> str | None:
+        if v is not None and v not in EXECUTION_LOCATIONS:
+            where = ", ".join(sorted(EXECUTION_LOCATIONS))
+            raise ValueError(f"execution_location names where a step runs ({where}), not a "
+                             "host: put the host in inputs.target")
+        return v
+
+    @property
+    def failure(self) -> FailureReading:
+        return interpret_failure_handling(self.failure_handling)
+
+    @property
+    def target(self) -> str | None:
+        """The asset this step acts on as written (None: this machine, or a template that
+        only run time resolves). `execution_location` is never a host."""
+        return step_target(self.inputs, self.tool)
 
 
 class SafetyCheck(BaseModel):
@@ -58,13 +89,43 @@ class Plan(BaseModel):
     rollback_plan: list[RollbackEntry] = Field(default_factory=list)
     observability: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dialect(cls, v: Any) -> Any:
+        """Upstream's step shapes become ours; wildcard dependencies expand over step ids."""
+        if not isinstance(v, dict) or not isinstance(v.get("steps"), list):
+            return v
+        steps = [normalize_step(s, i)[0] if isinstance(s, dict) else s
+                 for i, s in enumerate(v["steps"])]
+        ids = [s.get("id") for s in steps if isinstance(s, dict)]
+        known = [i for i in ids if isinstance(i, str)]
+        for step in steps:
+            if isinstance(step, dict) and isinstance(step.get("depends_on"), list):
+                expanded, _problems, had_wildcard = expand_dependencies(
+                    step["depends_on"], known, step.get("id"))
+                if had_wildcard:
+                    step["depends_on_written"] = list(step["depends_on"])
+                    step["depends_on"] = expanded
+        return {**v, "steps": steps}
+
+
+class ExecutionMetadata(BaseModel):
+    """Upstream's execution metadata: `approval_points` are bare step ids (each becomes an
+    approval point), `checkpoint_steps` are recorded on their steps."""
+
+    model_config = ConfigDict(extra="allow")
+    total_estimated_time: float | None = None
+    risk_factors: list[str] = Field(default_factory=list)
+    approval_points: list[str | dict[str, Any]] = Field(default_factory=list)
+    checkpoint_steps: list[str] = Field(default_factory=list)
+
 
 class PlanV1(BaseModel):
     """The whole document the upstream planner produces; we keep every field it sends."""
 
     model_config = ConfigDict(extra="allow")
     plan: Plan
-    execution_metadata: dict[str, Any] = Field(default_factory=dict)
+    execution_metadata: ExecutionMetadata = Field(default_factory=ExecutionMetadata)
     stage: str | None = None
     version: str | None = None
     timestamp: datetime | str | None = None
@@ -100,6 +161,8 @@ class ExecutionRequest(BaseModel):
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
     trace_id: str | None = None
+    # Stage D's retry key: the same key with a different request is refused, never merged.
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     sla_class: SlaClass | None = None
     mode: ExecutionMode | None = None
     timeouts: TimeoutOverrides | None = None

@@ -27,6 +27,7 @@ from opsconductor.schema.request import (
     SafetyCheck,
     TimeoutOverrides,
 )
+from opsconductor.schema.templates import Placeholder, fans_out, find_placeholders, sources
 from opsconductor.schema.tools import lookup
 
 FAST_LIMIT_SECONDS = 10.0
@@ -51,6 +52,26 @@ class StepSpec(BaseModel):
     timeout_seconds: float | None = None
     success_criteria: list[str | dict[str, Any]] = Field(default_factory=list)
     preconditions: list[str | dict[str, Any]] = Field(default_factory=list)
+    # The planner's dialect, kept so that what was written and what we read stay visible.
+    failure_handling_text: str = ""  # as written ("Log error and continue")
+    failure_rule: str = ""  # the rule of schema/failure.py that read it
+    connector: str | None = None  # forced by the tool (automation-service for PowerShell)
+    dialect: str | None = None  # command language: sh | powershell | cmd
+    connection: dict[str, Any] = Field(default_factory=dict)  # must agree with the asset
+    execution_location: str | None = None  # where the planner asked it to run, never a host
+    requires_credentials: bool | list[str] | None = None
+    tool_metadata: dict[str, Any] | None = None
+    checkpoint: bool = False  # named in execution_metadata.checkpoint_steps
+    depends_on_written: list[str] | None = None  # before wildcard expansion
+    placeholders: list[Placeholder] = Field(default_factory=list)  # rendered at run time
+    fan_out_from: str | None = None  # the asset-query step this step iterates over
+    variant_of: str | None = None  # a fan-out variant: the step it was expanded from
+    item: dict[str, Any] | None = None  # a fan-out variant: the asset it runs for
+
+    @property
+    def templated(self) -> bool:
+        """Holds placeholders that only earlier results can fill: never run as written."""
+        return bool(self.placeholders)
 
     @property
     def summary(self) -> str:
@@ -125,14 +146,31 @@ def step_specs(req: ExecutionRequest,
     that locks and fencing key on the asset, whichever name the plan used for it."""
     asset_ids = asset_ids or {}
     out = []
+    known = {s.id for s in req.steps}
+    checkpoints = set(req.plan.execution_metadata.checkpoint_steps)
     for index, step in enumerate(req.steps):
         tool = lookup(step.tool)
         assert tool is not None, "validate_request runs first"
         inputs = tool.inputs.model_validate(step.inputs)
-        dumped = inputs.model_dump(mode="json", by_alias=True, exclude_none=True)
+        dumped = (tool.normalize(inputs) if tool.normalize else
+                  inputs.model_dump(mode="json", by_alias=True, exclude_none=True))
         idempotent = getattr(inputs, "idempotent", None)
         if idempotent is None:
             idempotent = tool.action_class(inputs) is ActionClass.READ
+        earlier = [(s.id, s.tool) for s in req.steps[:index]]
+        placeholders, _ = find_placeholders({"inputs": step.inputs}, step_id=step.id,
+                                            earlier=earlier, known=known)
+        depends_on = list(dict.fromkeys([*step.depends_on, *sources(placeholders)]))
+        if tool.name == "conditional-check":
+            dumped = {"checks": [condition_check(str(step.inputs["condition"]), placeholders)]}
+            if step.inputs.get("target"):
+                dumped["target"] = step.inputs["target"]
+            placeholders = []
+        connection = ({k: step.inputs[k] for k in CONNECTION_KEYS if k in step.inputs}
+                      if tool.kind is StepKind.COMMAND else {})
+        if step.inputs.get("password") is not None:
+            connection.pop("username", None)  # the step's own credential, not the asset's
+        reading = step.failure
         out.append(StepSpec(
             id=step.id,
             description=step.description,
@@ -142,18 +180,61 @@ def step_specs(req: ExecutionRequest,
             inputs=dumped,
             command=(tool.build_command(inputs) if tool.build_command
                      else getattr(inputs, "command", None)),
-            target=_canonical(getattr(inputs, "target", None) or step.execution_location,
-                              asset_ids),
-            depends_on=list(step.depends_on),
+            target=_canonical(step.target, asset_ids),
+            depends_on=depends_on,
             order=step.execution_order if step.execution_order is not None else index + 1,
-            failure_handling=step.failure_handling,
+            failure_handling=reading.mode,
             estimated_duration=step.estimated_duration,
             idempotent=bool(idempotent),
             timeout_seconds=getattr(inputs, "timeout_seconds", None),
             success_criteria=list(step.success_criteria),
             preconditions=list(step.preconditions),
+            failure_handling_text=reading.text,
+            failure_rule=reading.rule,
+            connector=tool.connector,
+            dialect=tool.dialect,
+            connection=connection,
+            execution_location=step.execution_location,
+            requires_credentials=step.requires_credentials,
+            tool_metadata=step.tool_metadata,
+            checkpoint=step.id in checkpoints,
+            depends_on_written=step.depends_on_written,
+            placeholders=placeholders,
+            fan_out_from=fans_out(placeholders),
         ))
     return out
+
+
+CONNECTION_KEYS = ("username", "port", "connection_type", "asset_id", "use_asset_credentials")
+
+
+def condition_check(condition: str, placeholders: list[Placeholder]) -> str:
+    """`{{asset_count}} > 0` as the check language's `<step>.json $.asset_count > 0`, which
+    the validate executor evaluates against the earlier step's result."""
+    out = condition
+    for ph in placeholders:
+        path = list(ph.path)
+        if path and path[0] == "output":
+            rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[1:])
+            ref = f"{ph.source}.json ${rest}"
+        else:
+            ref = f"{ph.source}." + ".".join(str(p) for p in path)
+        out = out.replace(ph.text, ref)
+    return out.strip()
+
+
+def approval_points_for(req: ExecutionRequest) -> list[ApprovalPoint]:
+    """The envelope's approval points, then the planner's (bare step ids in
+    execution_metadata.approval_points) for steps the envelope does not already gate."""
+    points = list(req.approval_points)
+    gated = {p.step_id for p in points}
+    for raw in req.plan.execution_metadata.approval_points:
+        point = (ApprovalPoint(step_id=raw, reason="approval point set by the planner")
+                 if isinstance(raw, str) else ApprovalPoint.model_validate(raw))
+        if point.step_id not in gated:
+            points.append(point)
+            gated.add(point.step_id)
+    return points
 
 
 def _canonical(target: str | None, asset_ids: dict[str, str | None]) -> str | None:
@@ -181,7 +262,7 @@ def build_spec(req: ExecutionRequest, *, execution_id: str, workflow_id: str,
         sla_class=sla,
         mode=req.mode or mode_for(sla),
         approval_level=req.approval_level,
-        approval_points=req.approval_points,
+        approval_points=approval_points_for(req),
         steps=steps,
         safety_checks=req.plan.plan.safety_checks,
         rollback_plan=req.plan.plan.rollback_plan,

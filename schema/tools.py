@@ -12,9 +12,9 @@ import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from opsconductor.schema.enums import ActionClass, StepKind
 
@@ -45,13 +45,62 @@ class CommandInputs(_Inputs):
     idempotent: bool = False
 
 
-class CliInputs(_Inputs):
-    """Inputs of a plain command-line tool; `args` are appended to the tool name."""
+def _require_ref(v: Any) -> Any:
+    """A secret-bearing input takes a reference only; a value here would enter history."""
+    if isinstance(v, str | int | float) and not isinstance(v, bool):
+        raise ValueError(PLAIN_SECRET_MESSAGE)
+    return v
 
-    model_config = ConfigDict(extra="allow")
+
+PLAIN_SECRET_MESSAGE = ('plain-text secret refused: it would enter workflow history; use a '
+                        'reference {"type": "secret", "path": "..."}')
+SecretInput = Annotated[SecretRef, BeforeValidator(_require_ref)]
+
+
+class ConnectionInputs(_Inputs):
+    """How the planner says to reach the host. Each key is used: `target_host` is the target;
+    `username`, `port`, `asset_id` and `connection_type` must agree with the resolved asset
+    (the step is refused otherwise); `use_asset_credentials` false with no credentials of the
+    step's own is refused. Credentials of an SSH or local step come from its asset only."""
+
+    target_host: str | None = None
+    target_hosts: list[str] | None = None
+    username: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    connection_type: Literal["ssh", "local"] | None = None
+    use_asset_credentials: bool | None = None
+    asset_id: int | str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ConnectionInputs:
+        given = [v for v in (self.target, self.target_host) if v]
+        if len(set(given)) > 1:
+            raise ValueError("`target` and `target_host` name different hosts")
+        if self.target_hosts is not None and len(self.target_hosts) != 1:
+            raise ValueError("`target_hosts` takes one entry (a template such as "
+                             "\"{{ip_address}}\" fans out over an asset query); write one step "
+                             "per literal host")
+        if self.use_asset_credentials is False:
+            raise ValueError("use_asset_credentials false: an SSH or local step has no "
+                             "credentials of its own; they come from the asset's inventory "
+                             "entry")
+        return self
+
+
+class CliInputs(ConnectionInputs):
+    """A plain command-line tool: `args` appended to the tool name, or the whole `command`
+    line, which must start with the tool's own name (so the tool decides the action class)."""
+
     args: str | list[str] | None = None
+    command: str | None = None
     timeout_seconds: float | None = Field(default=None, gt=0)
     idempotent: bool | None = None
+
+    @model_validator(mode="after")
+    def _args_or_command(self) -> CliInputs:
+        if self.args is not None and self.command is not None:
+            raise ValueError("give `args` or `command`, not both")
+        return self
 
 
 SYSTEMCTL_READ_ACTIONS = frozenset({"status", "is-active", "is-enabled", "is-failed", "show", "cat",
@@ -62,11 +111,26 @@ SYSTEMCTL_ACTIONS = SYSTEMCTL_READ_ACTIONS | frozenset(
 )
 
 
-class SystemctlInputs(_Inputs):
-    action: str
+class SystemctlInputs(ConnectionInputs):
+    """`action` (default status), `unit` (upstream: `service`), `check_status`: after a
+    changing action, also show the unit's status (the step fails if it is not active)."""
+
+    action: str = "status"
     unit: str | None = None
+    service: str | None = None
+    check_status: bool = False
+    command: str | None = None
     timeout_seconds: float | None = Field(default=None, gt=0)
     idempotent: bool | None = None
+
+    @model_validator(mode="after")
+    def _unit(self) -> SystemctlInputs:
+        if self.unit and self.service and self.unit != self.service:
+            raise ValueError("`unit` and `service` name different units")
+        self.unit = self.unit or self.service
+        if self.command is not None and (self.unit or self.check_status):
+            raise ValueError("give the whole `command` or `action`/`unit`, not both")
+        return self
 
     @field_validator("action")
     @classmethod
@@ -76,11 +140,25 @@ class SystemctlInputs(_Inputs):
         return v
 
 
-class JournalctlInputs(_Inputs):
+JOURNAL_PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+
+
+class JournalctlInputs(ConnectionInputs):
     unit: str | None = None
     lines: int = Field(default=100, ge=1, le=100_000)
     since: str | None = None
+    priority: Literal["emerg", "alert", "crit", "err", "error", "warning", "warn", "notice",
+                      "info", "debug"] | None = None
+    follow: bool = False
+    command: str | None = None
     timeout_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("follow")
+    @classmethod
+    def _no_follow(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("follow true never ends: a step must finish; use `lines`/`since`")
+        return v
 
 
 class HttpInputs(_Inputs):
@@ -134,11 +212,19 @@ class NoopInputs(_Inputs):
 
 @dataclass(frozen=True)
 class ToolSpec:
+    """`connector` forces how a command runs (the Automation Service for PowerShell tools)
+    whatever the asset's own connector; `normalize` turns the tool's inputs into the input
+    shape its executor reads; `dialect` is the command language (for quoting templates)."""
+
     name: str
     kind: StepKind
     inputs: type[BaseModel]
     action_class: Callable[[BaseModel], ActionClass]
     build_command: Callable[[BaseModel], str] | None = None
+    connector: str | None = None
+    normalize: Callable[[BaseModel], dict[str, Any]] | None = None
+    dialect: Literal["sh", "powershell", "cmd"] | None = None
+    description: str = ""
 
 
 def _fixed(ac: ActionClass) -> Callable[[BaseModel], ActionClass]:
@@ -152,32 +238,73 @@ def _args(inputs: BaseModel) -> list[str]:
     return shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
 
 
+class CommandMismatch(ValueError):
+    """A whole `command` line that does not run the tool the step names."""
+
+
+def first_word(command: str) -> str:
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    while words and words[0] in ("sudo", "-n", "env"):
+        words = words[1:]
+    return words[0].rsplit("/", 1)[-1] if words else ""
+
+
+def own_command(name: str, command: str) -> str:
+    """`command` when it runs `name` (the tool decides the action class), else refuse."""
+    if first_word(command) != name:
+        raise CommandMismatch(f"`command` must run {name!r} (the step's tool), not "
+                              f"{first_word(command)!r}: a tool's action class would not "
+                              "describe it; use the `shell` tool for arbitrary commands")
+    return command
+
+
 def _cli(name: str) -> Callable[[BaseModel], str]:
-    return lambda inputs: shlex.join([name, *_args(inputs)])
+    def build(inputs: BaseModel) -> str:
+        command = getattr(inputs, "command", None)
+        if command:
+            return own_command(name, command)
+        return shlex.join([name, *_args(inputs)])
+    return build
 
 
 def _systemctl_command(inputs: BaseModel) -> str:
     assert isinstance(inputs, SystemctlInputs)
+    if inputs.command:
+        return own_command("systemctl", inputs.command)
     parts = ["systemctl", inputs.action]
     if inputs.action == "status":
         parts.append("--no-pager")
     if inputs.unit:
         parts.append(inputs.unit)
-    return shlex.join(parts)
+    line = shlex.join(parts)
+    if inputs.check_status and inputs.action != "status" and inputs.unit:
+        line += " && " + shlex.join(["systemctl", "status", "--no-pager", inputs.unit])
+    return line
 
 
 def _journalctl_command(inputs: BaseModel) -> str:
     assert isinstance(inputs, JournalctlInputs)
+    if inputs.command:
+        return own_command("journalctl", inputs.command)
     parts = ["journalctl", "--no-pager", "-n", str(inputs.lines)]
     if inputs.unit:
         parts += ["-u", inputs.unit]
     if inputs.since:
         parts += ["--since", inputs.since]
+    if inputs.priority:
+        parts += ["-p", {"error": "err", "warn": "warning"}.get(inputs.priority, inputs.priority)]
     return shlex.join(parts)
 
 
 def _systemctl_class(inputs: BaseModel) -> ActionClass:
     assert isinstance(inputs, SystemctlInputs)
+    if inputs.command:
+        words = inputs.command.split()
+        action = words[1] if len(words) > 1 else "status"
+        return ActionClass.READ if action in SYSTEMCTL_READ_ACTIONS else ActionClass.MODIFY
     return ActionClass.READ if inputs.action in SYSTEMCTL_READ_ACTIONS else ActionClass.MODIFY
 
 
@@ -211,7 +338,7 @@ READ_ONLY_CLI = (
 )
 # Plain command-line tools that change state.
 MODIFYING_CLI = ("kill", "pkill", "rm", "cp", "mv", "mkdir", "touch", "chmod", "chown", "ln",
-                 "tar", "service", "docker", "kubectl")
+                 "tar", "service", "kubectl")
 
 TOOLS: dict[str, ToolSpec] = {}
 
@@ -222,12 +349,14 @@ def register(spec: ToolSpec, *aliases: str) -> None:
 
 
 register(ToolSpec("shell", StepKind.COMMAND, CommandInputs, _fixed(ActionClass.MODIFY)),
-         "bash", "command", "script")
+         "bash", "command", "script", "ssh_command")
+# Upstream's Stage E test plans name a read-only SSH command `ssh_command_read`.
+register(ToolSpec("ssh_command_read", StepKind.COMMAND, CommandInputs, _fixed(ActionClass.READ)))
 register(ToolSpec("systemctl", StepKind.COMMAND, SystemctlInputs, _systemctl_class,
                   _systemctl_command))
 register(ToolSpec("journalctl", StepKind.COMMAND, JournalctlInputs, _fixed(ActionClass.READ),
                   _journalctl_command))
-for _name in READ_ONLY_CLI:
+for _name in (n for n in READ_ONLY_CLI if n != "ps"):
     register(ToolSpec(_name, StepKind.COMMAND, CliInputs, _fixed(ActionClass.READ), _cli(_name)))
 for _name in MODIFYING_CLI:
     register(ToolSpec(_name, StepKind.COMMAND, CliInputs, _fixed(ActionClass.MODIFY), _cli(_name)))
@@ -241,4 +370,19 @@ register(ToolSpec("noop", StepKind.NOOP, NoopInputs, _fixed(ActionClass.READ)))
 
 
 def lookup(tool: str) -> ToolSpec | None:
-    return TOOLS.get(tool)
+    """The tool's spec; a PowerShell cmdlet name (Verb-Noun) is a PowerShell tool."""
+    spec = TOOLS.get(tool)
+    if spec is None and CMDLET.match(tool):
+        from opsconductor.schema.upstream_tools import cmdlet_tool
+
+        return cmdlet_tool(tool)
+    return spec
+
+
+CMDLET = re.compile(r"^[A-Z][a-z]+-[A-Z][A-Za-z0-9]+$")
+
+# Upstream's catalog (PowerShell, asset-query, api-request, psql, conditional-check, the rule
+# planner's tools, ps/docker with their own inputs) registers itself here.
+from opsconductor.schema import upstream_tools as _upstream_tools  # noqa: E402
+
+_upstream_tools.register_all(register)

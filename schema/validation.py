@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from opsconductor.schema.dialect import WILDCARD_CHARS, expand_dependencies, normalize_step
 from opsconductor.schema.request import ExecutionRequest
-from opsconductor.schema.tools import TOOLS, lookup
+from opsconductor.schema.templates import PLACEHOLDER, find_placeholders
+from opsconductor.schema.tools import TOOLS, ToolSpec, lookup
+
+CONDITION = re.compile(r"^\s*" + PLACEHOLDER.pattern + r"\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 
 
 class Problem(BaseModel):
@@ -41,7 +46,8 @@ def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[Problem]:
         path = _loc(loc)
         if prefix:
             path = f"{prefix}.{path}" if path != "(request)" else prefix
-        problems.append(Problem(path=path, message=e["msg"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append(Problem(path=path, message=msg))
     return problems
 
 
@@ -83,17 +89,95 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+SECRET_KEYS = frozenset({"password", "passwd", "passphrase", "token", "api_key", "apikey",
+                         "secret", "private_key", "client_secret", "secret_key", "access_key",
+                         "auth_token", "access_token", "bearer_token", "refresh_token",
+                         "authorization", "proxy-authorization", "x-api-key", "api-key",
+                         "x-auth-token", "cookie"})
+REFERENCE_FORM = '{"type": "secret", "path": "..."}'
+
+
+def secret_problems(value: Any, path: str) -> list[Problem]:
+    """Plain-text secrets (by key name) and malformed secret references, anywhere inside."""
+    problems: list[Problem] = []
+    if isinstance(value, dict):
+        if value.get("type") == "secret":
+            if not isinstance(value.get("path"), str) or not value.get("path"):
+                problems.append(Problem(path=path, message=(
+                    f"malformed secret reference: `path` is required ({REFERENCE_FORM})")))
+            extra = set(value) - {"type", "path", "key"}
+            if extra:
+                problems.append(Problem(path=path, message=(
+                    f"secret reference has unknown keys {sorted(extra)}")))
+            return problems
+        for key, sub in value.items():
+            sub_path = f"{path}.{key}"
+            if (str(key).lower() in SECRET_KEYS and sub not in (None, "")
+                    and not isinstance(sub, dict | bool)):
+                problems.append(Problem(path=sub_path, message=(
+                    f"plain-text secret refused: it would enter workflow history; use a "
+                    f"reference {REFERENCE_FORM}")))
+            else:
+                problems += secret_problems(sub, sub_path)
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            problems += secret_problems(sub, f"{path}[{i}]")
+    return problems
+
+
+def normalized_steps(raw: dict[str, Any]) -> tuple[str, list[Any], list[Problem]]:
+    """The raw steps in our shape (upstream dialects read), with contradiction problems."""
+    base, steps = _raw_steps(raw)
+    out: list[Any] = []
+    problems: list[Problem] = []
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, dict):
+            norm, found = normalize_step(step, i)
+            problems += [Problem(path=f"{base}[{i}].{f}", message=m) for f, m in found]
+            out.append(norm)
+        else:
+            out.append(step)
+    return base, out, problems
+
+
+def _tool_problems(spec: ToolSpec, inputs: dict[str, Any], path: str) -> list[Problem]:
+    """The inputs against the tool's model, and the command or executor shape they build."""
+    try:
+        model = spec.inputs.model_validate(inputs)
+    except ValidationError as err:
+        found = _pydantic_problems(err, f"{path}.inputs")
+        extra = {e["loc"][0] for e in err.errors() if e["type"] == "extra_forbidden" and e["loc"]}
+        if extra:  # the model's cross-field rules only run without unknown keys: run them too
+            rest = {k: v for k, v in inputs.items() if k not in extra}
+            found += [p for p in _tool_problems(spec, rest, path) if p not in found]
+        return found
+    try:
+        if spec.build_command is not None:
+            spec.build_command(model)
+        if spec.normalize is not None:
+            spec.normalize(model)
+    except ValueError as err:
+        return [Problem(path=f"{path}.inputs", message=str(err))]
+    return []
+
+
 def step_problems(raw: dict[str, Any]) -> list[Problem]:
     """Cross-field checks over the raw steps, so they run even when other fields are broken."""
-    base, steps = _raw_steps(raw)
-    problems: list[Problem] = []
+    base, steps, problems = normalized_steps(raw)
     seen: dict[str, int] = {}
     graph: dict[str, list[str]] = {}
+    ids = [s.get("id") for s in steps if isinstance(s, dict) and isinstance(s.get("id"), str)]
+    expanded: dict[int, list[str]] = {}
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
         path = f"{base}[{i}]"
         sid = step.get("id")
+        deps = step.get("depends_on") or []
+        if isinstance(deps, list):
+            concrete, wild, _ = expand_dependencies(deps, ids, sid)
+            expanded[i] = concrete
+            problems += [Problem(path=f"{path}.depends_on[{j}]", message=m) for j, m in wild]
         if isinstance(sid, str):
             if sid in seen:
                 problems.append(Problem(
@@ -101,31 +185,36 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
                     message=f"duplicate step id {sid!r} (also {base}[{seen[sid]}])"))
             else:
                 seen[sid] = i
-                deps = step.get("depends_on") or []
-                graph[sid] = ([d for d in deps if isinstance(d, str)]
-                              if isinstance(deps, list) else [])
+                graph[sid] = list(expanded.get(i, []))
+        inputs = step.get("inputs") or {}
+        problems += secret_problems(inputs, f"{path}.inputs")
         tool = step.get("tool")
         if isinstance(tool, str) and tool:
             spec = lookup(tool)
             if spec is None:
                 problems.append(Problem(
                     path=f"{path}.tool",
-                    message=f"unknown tool {tool!r}; known tools: {', '.join(sorted(TOOLS))}"))
-            else:
-                inputs = step.get("inputs") or {}
-                if isinstance(inputs, dict):
-                    try:
-                        spec.inputs.model_validate(inputs)
-                    except ValidationError as err:
-                        problems += _pydantic_problems(err, f"{path}.inputs")
+                    message=f"unknown tool {tool!r}; known tools: {', '.join(sorted(TOOLS))} "
+                            "and PowerShell cmdlets (Verb-Noun)"))
+            elif isinstance(inputs, dict):
+                problems += _tool_problems(spec, inputs, path)
+                earlier = [(s.get("id"), s.get("tool")) for s in steps[:i]
+                           if isinstance(s, dict) and isinstance(s.get("id"), str)]
+                _, found = find_placeholders({"inputs": inputs}, step_id=str(sid),
+                                             earlier=earlier, known=set(ids), base=path)
+                problems += [Problem(path=p.path, message=p.message) for p in found]
+                if spec.name == "conditional-check" and not found:
+                    problems += _condition_problems(inputs, path)
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
         for j, dep in enumerate(step.get("depends_on") or []):
-            if isinstance(dep, str) and dep not in seen:
+            if not isinstance(dep, str) or WILDCARD_CHARS & set(dep):
+                continue
+            if dep not in seen:
                 problems.append(Problem(path=f"{base}[{i}].depends_on[{j}]",
                                         message=f"depends on unknown step {dep!r}"))
-            if isinstance(dep, str) and dep == step.get("id"):
+            if dep == step.get("id"):
                 problems.append(Problem(path=f"{base}[{i}].depends_on[{j}]",
                                         message="a step cannot depend on itself"))
     cycle = find_cycle(graph)
@@ -135,9 +224,27 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def _condition_problems(inputs: dict[str, Any], path: str) -> list[Problem]:
+    condition = inputs.get("condition")
+    if isinstance(condition, str) and not CONDITION.match(condition):
+        return [Problem(path=f"{path}.inputs.condition", message=(
+            "condition must read `{{variable}} <op> <value>` (op one of == != > >= < <=)"))]
+    return []
+
+
 def reference_problems(req: ExecutionRequest) -> list[Problem]:
     ids = {s.id for s in req.steps}
     problems = []
+    meta = req.plan.execution_metadata
+    for i, point in enumerate(meta.approval_points):
+        sid = point if isinstance(point, str) else point.get("step_id")
+        if sid not in ids:
+            problems.append(Problem(path=f"plan.execution_metadata.approval_points[{i}]",
+                                    message=f"no step {sid!r} in the plan"))
+    for i, sid in enumerate(meta.checkpoint_steps):
+        if sid not in ids:
+            problems.append(Problem(path=f"plan.execution_metadata.checkpoint_steps[{i}]",
+                                    message=f"no step {sid!r} in the plan"))
     for i, point in enumerate(req.approval_points):
         if point.step_id not in ids:
             problems.append(Problem(path=f"approval_points[{i}].step_id",

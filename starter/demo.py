@@ -8,18 +8,25 @@ mirror rows it wrote and the Web UI link, and stops everything it started.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from importlib import resources
 from typing import Any
 
 from opsconductor.schema.config import load_settings
-from opsconductor.starter.dev_stack import DevStack, describe, stack_alive
+from opsconductor.starter.dev_stack import (
+    DevStack,
+    StackAlreadyRunning,
+    describe,
+    stack_alive,
+)
 from opsconductor.starter.progress_view import watch
 
 
 def example_request() -> dict[str, Any]:
-    text = (resources.files("opsconductor.starter") / "examples" / "diagnostic_plan.json").read_text()
+    text = (resources.files("opsconductor.starter") / "examples"
+            / "diagnostic_plan.json").read_text()
     request: dict[str, Any] = json.loads(text)
     # A fresh run every time: the demo shows an execution, not the idempotency window.
     request["plan"]["execution_metadata"]["demo_run"] = uuid.uuid4().hex[:8]
@@ -48,7 +55,11 @@ async def run_demo(json_output: bool = False) -> int:
         say("Starting the embedded stack (Temporal dev server, PostgreSQL, worker)…")
         t0 = time.monotonic()
         stack = DevStack.from_env()
-        settings = await stack.start()
+        try:
+            settings = await stack.start()
+        except StackAlreadyRunning as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         say(describe(settings) + f"\n(up in {time.monotonic() - t0:.1f}s)")
     try:
         client = await ExecutionClient.connect(settings)

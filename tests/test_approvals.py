@@ -11,44 +11,14 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from opsconductor.starter.binaries import temporal_cli
-from tests.plans import request, shell, step
+from tests.helpers import approval_rows, events, pending, request, shell, step, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def until(engine: Any, ident: str, pred: Callable[[Any], bool], timeout: float = 20) -> Any:
-    """Poll the progress query until `pred(progress)` holds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        progress = await engine.progress(ident)
-        if progress is not None and pred(progress):
-            return progress
-        if loop.time() > end:
-            raise AssertionError(f"condition not reached; last progress: {progress}")
-        await asyncio.sleep(0.05)
-
-
-def pending(p: Any) -> bool:
-    return p.status.value == "pending_approval"
-
-
-async def events(engine: Any, execution_id: str) -> list[Any]:
-    return await engine.pool.fetch(
-        "SELECT * FROM execution.execution_events WHERE execution_id = $1 ORDER BY id",
-        uuid.UUID(execution_id))
-
-
-async def approval_rows(engine: Any, execution_id: str) -> list[Any]:
-    return await engine.pool.fetch(
-        "SELECT *, state::text AS st FROM execution.approvals WHERE execution_id = $1 "
-        "ORDER BY id", uuid.UUID(execution_id))
 
 
 async def submit(engine: Any, steps: list[dict], **kw: Any) -> Any:
@@ -71,12 +41,12 @@ async def test_level_two_needs_two_distinct_approvers_and_counts_each_once(engin
     result = await engine.result(resp.execution_id)
     assert result.status.value == "completed" and result.approval_state.value == "approved"
 
-    rows = await approval_rows(engine, resp.execution_id)
+    rows = await approval_rows(engine.pool, resp.execution_id)
     assert len(rows) == 1 and rows[0]["st"] == "approved" and rows[0]["required_approvals"] == 2
     decisions = json.loads(rows[0]["decisions"])
     assert [(d["approver"], d["accepted"]) for d in decisions] == [
         ("bob", True), ("bob", False), ("dave", True)]
-    evs = await events(engine, resp.execution_id)
+    evs = await events(engine.pool, resp.execution_id)
     kinds = [e["event_type"] for e in evs]
     assert kinds.count("approval.approve") == 2 and kinds.count("approve.refused") == 1
     transitions = [(e["from_status"], e["to_status"]) for e in evs
@@ -109,7 +79,7 @@ async def test_self_approval_and_missing_role_are_refused(engine: Any) -> None:
     assert (await engine.progress(resp.workflow_id)).status.value == "pending_approval"
     assert (await engine.approve(resp.execution_id, "dave")).accepted
     assert (await engine.result(resp.execution_id)).status.value == "completed"
-    evs = await events(engine, resp.execution_id)
+    evs = await events(engine.pool, resp.execution_id)
     refused = [(e["actor"], e["message"]) for e in evs if e["event_type"] == "approve.refused"]
     assert [a for a, _ in refused] == ["bob", "mallory"]
 
@@ -124,7 +94,7 @@ async def test_rejection_ends_rejected_without_running_anything(engine: Any,
     assert result.status.value == "rejected" and result.approval_state.value == "rejected"
     assert "not during the freeze" in (result.error or "")
     assert not marker.exists()
-    rows = await approval_rows(engine, resp.execution_id)
+    rows = await approval_rows(engine.pool, resp.execution_id)
     assert rows[0]["st"] == "rejected"
 
 
@@ -135,10 +105,10 @@ async def test_expiry_ends_expired_with_nothing_gated_run(engine: Any, tmp_path:
     result = await engine.result(resp.execution_id)
     assert result.status.value == "timeout" and result.approval_state.value == "expired"
     assert not marker.exists()
-    rows = await approval_rows(engine, resp.execution_id)
+    rows = await approval_rows(engine.pool, resp.execution_id)
     assert rows[0]["st"] == "expired"
     assert any(e["event_type"] == "approval.expired"
-               for e in await events(engine, resp.execution_id))
+               for e in await events(engine.pool, resp.execution_id))
     late = await engine.approve(resp.execution_id, "bob")
     assert not late.accepted
 
@@ -170,7 +140,7 @@ async def test_approval_point_pauses_only_before_its_step(engine: Any) -> None:
     assert (await engine.approve(resp.execution_id, "erin")).accepted
     result = await engine.result(resp.execution_id)
     assert result.status.value == "completed"
-    rows = await approval_rows(engine, resp.execution_id)
+    rows = await approval_rows(engine.pool, resp.execution_id)
     assert [(r["gate"], r["st"], r["required_role"]) for r in rows] == [
         ("gated", "approved", "dba")]
 
@@ -185,7 +155,7 @@ async def test_approval_through_the_temporal_binary(engine: Any, temporal_server
     assert proc.returncode == 0, proc.stderr
     result = await engine.result(resp.execution_id)
     assert result.status.value == "completed"
-    evs = await events(engine, resp.execution_id)
+    evs = await events(engine.pool, resp.execution_id)
     assert any(e["event_type"] == "approval.approve" and e["actor"] == "bob" for e in evs)
 
 
@@ -204,7 +174,7 @@ async def test_malformed_signals_are_refused_and_recorded_and_the_run_goes_on(
     assert (await engine.approve(resp.execution_id, "bob")).accepted
     result = await engine.result(resp.execution_id)
     assert result.status.value == "completed"
-    evs = await events(engine, resp.execution_id)
+    evs = await events(engine.pool, resp.execution_id)
     refused = [e for e in evs if e["event_type"].endswith(".refused")]
     assert len(refused) >= 5
     assert all("malformed" in e["message"] for e in refused[:5])

@@ -11,23 +11,20 @@ from typing import Any
 import pytest
 
 from opsconductor.starter.binaries import temporal_cli
-from tests.plans import request, shell, step
+from tests.helpers import (
+    events,
+    pending,
+    pids_in,
+    request,
+    shell,
+    step,
+    until,
+    wait_for,
+    wait_status,
+)
 from tests.processes import alive
-from tests.test_approvals import events, pending, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def _pids_when_written(path: Path, count: int, timeout: float = 20) -> list[int]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if path.exists():
-            pids = path.read_text().split()
-            if len(pids) >= count:
-                return [int(p) for p in pids]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} never had {count} pids")
 
 
 async def _long_running(engine: Any, tmp_path: Path, log: Path) -> tuple[Any, list[int]]:
@@ -43,7 +40,8 @@ async def _long_running(engine: Any, tmp_path: Path, log: Path) -> tuple[Any, li
             {"step_id": "config", "rollback_action": f"echo undo-config >> {log}"},
             {"step_id": "long", "rollback_action": f"echo undo-long >> {log}"}]})
     resp = await engine.execute(req, wait=False)
-    return resp, await _pids_when_written(pids, 2)
+    return resp, await wait_for(pids_in(pids, 2), timeout=20,
+                                what="the long step's shell and sleep pids")
 
 
 async def test_cancel_signal_kills_the_command_and_rolls_back_in_reverse(
@@ -67,7 +65,7 @@ async def test_cancel_signal_kills_the_command_and_rolls_back_in_reverse(
         "WHERE execution_id = $1", uuid.UUID(resp.execution_id))
     assert (row["st"], row["cancel_actor"], row["cancel_reason"]) == (
         "cancelled", "bob", "maintenance window closed")
-    evs = await events(engine, resp.execution_id)
+    evs = await events(engine.pool, resp.execution_id)
     kinds = [e["event_type"] for e in evs]
     assert "cancel.requested" in kinds and "rollback.completed" in kinds
     done = next(e for e in evs if e["event_type"] == "cancel.completed")
@@ -82,24 +80,12 @@ async def test_native_temporal_cancel_ends_cancelled_too(engine: Any, tmp_path: 
         temporal_cli(), "workflow", "cancel", "--address", temporal_server.address,
         "--workflow-id", resp.workflow_id], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    status = await _wait_status(engine, resp.execution_id, "cancelled")
+    status = await wait_status(engine, resp.execution_id, "cancelled")
     assert status["cancel_actor"] == "temporal"
     assert not [p for p in pids if alive(p)]
     assert log.read_text().split() == ["prep", "config", "undo-config", "undo-prep"]
     desc = await engine.temporal.get_workflow_handle(resp.workflow_id).describe()
     assert desc.status.name == "CANCELED"
-
-
-async def _wait_status(engine: Any, ident: str, want: str, timeout: float = 30) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        view = await engine.status(ident)
-        if view["status"] == want and view["temporal_status"] != "RUNNING":
-            return view
-        if loop.time() > end:
-            raise AssertionError(f"status {view['status']} != {want}")
-        await asyncio.sleep(0.05)
 
 
 async def test_cancel_while_waiting_for_approval_ends_promptly(engine: Any,

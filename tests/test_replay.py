@@ -1,7 +1,8 @@
 """Determinism: recorded histories replay against today's workflow code.
 
 `tests/histories/*.json` were recorded from real runs (approval gate, failure with rollback,
-cancel). A change to ExecutionWorkflow that would break running executions fails here;
+cancel, a rejected approval point, an expired approval, safety checks with a tolerated and an
+aborting failure). A change to ExecutionWorkflow that would break running executions fails here;
 guard such a change with `workflow.patched()`. To record them again after a deliberate,
 versioned change: OPSC_RECORD_HISTORIES=1 pytest tests/test_replay.py
 """
@@ -21,8 +22,7 @@ from temporalio.worker import Replayer
 
 from opsconductor.starter.worker import workflow_runner
 from opsconductor.workflows.execution import ExecutionWorkflow
-from tests.plans import request, shell, step
-from tests.test_approvals import pending, until
+from tests.helpers import pending, request, shell, step, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 HISTORIES = Path(__file__).resolve().parent / "histories"
@@ -63,8 +63,43 @@ async def _cancelled_run(engine: Any, tmp: Path) -> str:
     return str(resp.workflow_id)
 
 
+async def _point_rejected_run(engine: Any, tmp: Path) -> str:
+    resp = await engine.execute(request(
+        [shell("before", "echo one"), shell("gated", "echo two", deps=["before"]),
+         shell("after", "echo three", deps=["gated"])], environment="staging",
+        approval_points=[{"step_id": "gated", "reason": "touches the DB",
+                          "risk_level": "high", "approver_role": "dba"}]), wait=False)
+    await until(engine, resp.workflow_id, pending)
+    await engine.reject(resp.execution_id, "erin", "not today")
+    await engine.result(resp.execution_id)
+    return str(resp.workflow_id)
+
+
+async def _expired_run(engine: Any, tmp: Path) -> str:
+    resp = await engine.execute(request(
+        [step("a")], approval_level=1, environment="staging",
+        timeouts={"approval_timeout_seconds": 1}), wait=False)
+    await engine.result(resp.execution_id)
+    return str(resp.workflow_id)
+
+
+async def _checked_partial_run(engine: Any, tmp: Path) -> str:
+    resp = await engine.execute(request(
+        [shell("a", "echo one"), shell("b", "exit 3", failure_handling="continue"),
+         shell("c", "exit 4")],
+        timeouts={"max_attempts": 1},
+        plan_extra={"safety_checks": [
+            {"check": "host reachable", "stage": "before"},
+            {"check": "exit_code == 0", "stage": "during", "failure_action": "warn"},
+            {"check": "exit_code == 0", "stage": "after", "failure_action": "warn"}]}),
+        wait=False)
+    await engine.result(resp.execution_id)
+    return str(resp.workflow_id)
+
+
 SCENARIOS = {"approved": _approved_run, "rolled_back": _rolled_back_run,
-             "cancelled": _cancelled_run}
+             "cancelled": _cancelled_run, "point_rejected": _point_rejected_run,
+             "expired": _expired_run, "checked_partial": _checked_partial_run}
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -22,28 +22,38 @@ import yaml
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from opsconductor.activities.steps import run_step
+from opsconductor.activities.steps import StepActivities
 from opsconductor.safety import mutex
 from opsconductor.safety.masking import install_log_masking
 from opsconductor.schema.enums import ActionClass, Environment, FailureHandling, SlaClass, StepKind
 from opsconductor.schema.messages import StepRunInput, TimeoutPolicy
 from opsconductor.schema.spec import StepSpec
-from tests.plans import request, shell, step
+from tests.helpers import (
+    file_exists,
+    lease_expired,
+    lock_waiting,
+    request,
+    shell,
+    step,
+    wait_for,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CANARY = "canary-" + uuid.uuid4().hex  # a secret value that must never leave the activity
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_assets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def local_assets(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Path]:
     """Assets reached through the worker's own machine: locks apply, nothing remote."""
     path = tmp_path_factory.mktemp("inventory") / "inventory.yaml"
     path.write_text(yaml.safe_dump({"assets": [
         {"id": name, "hostname": f"{name}.test", "connector": "local"}
         for name in ("shared-host", "asset-a", "asset-b", "locked-host")]}))
     old = os.environ.get("OPSC_INVENTORY")
-    os.environ["OPSC_INVENTORY"] = str(path)
+    os.environ["OPSC_INVENTORY"] = str(path)  # the submitting client's settings
+    old_worker, engine.settings.inventory = engine.settings.inventory, path  # the worker's
     yield path
+    engine.settings.inventory = old_worker
     if old is None:
         os.environ.pop("OPSC_INVENTORY", None)
     else:
@@ -84,8 +94,7 @@ async def test_secret_canary_is_used_but_never_stored_logged_or_in_history(
               env={"TOKEN": ref}, failure_handling="continue"),
     ])
     resp = await engine.execute(req, wait=False)
-    while not started.exists():
-        await asyncio.sleep(0.05)
+    await wait_for(file_exists(started), timeout=30, what="the first step to start")
     # While the step runs, its secret is live: anything logged in the worker is masked.
     logging.getLogger("opsconductor.step").warning("debug dump token=%s", CANARY)
     go.touch()
@@ -167,20 +176,18 @@ async def test_two_hundred_executions_on_one_asset_never_overlap_and_keep_order(
 
 async def _queued(engine: Any, tenant: str, execution_id: str, timeout: float = 20) -> None:
     """Until the execution holds the asset, waits in its queue, or has finished."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
     eid = uuid.UUID(execution_id)
-    while loop.time() < end:
-        found = await engine.pool.fetchval(
+
+    async def queued() -> bool:
+        return bool(await engine.pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM execution.execution_locks WHERE tenant = $1 AND "
             "execution_id = $2) OR EXISTS (SELECT 1 FROM execution.execution_lock_waiters "
             "WHERE tenant = $1 AND execution_id = $2) OR EXISTS (SELECT 1 FROM "
             "execution.executions WHERE execution_id = $3 AND completed_at IS NOT NULL)",
-            tenant, execution_id, eid)
-        if found:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{execution_id} never queued for its lock")
+            tenant, execution_id, eid))
+
+    await wait_for(queued, timeout=timeout, interval=0.01,
+                   what=f"{execution_id} to hold, queue for or finish with its lock")
 
 
 async def test_opposite_asset_orders_never_deadlock(engine: Any) -> None:
@@ -205,8 +212,7 @@ async def test_a_permission_revoked_between_two_steps_stops_the_next_step(
     req = request([shell("first", f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done"),
                    shell("second", "echo should-not-run", deps=["first"])], actor=actor)
     resp = await engine.execute(req, wait=False)
-    while not started.exists():
-        await asyncio.sleep(0.05)
+    await wait_for(file_exists(started), timeout=30, what="the first step to start")
     rule_id = f"revoke-{actor}"
     await engine.pool.execute(
         "INSERT INTO execution.rbac_rules (id, effect, subjects, actions, description) "
@@ -267,7 +273,8 @@ async def test_a_failed_run_may_run_again_linked_to_the_previous(engine: Any) ->
     assert second.workflow_id == first.workflow_id + "-r2"
 
 
-async def test_a_step_whose_lease_expired_refuses_to_act(db_pool: Any, tmp_path: Path) -> None:
+async def test_a_step_whose_lease_expired_refuses_to_act(db_pool: Any, tmp_path: Path,
+                                                         engine: Any) -> None:
     tenant, eid = f"fence{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
     tokens = await mutex.acquire(db_pool, tenant, ["locked-host"], eid, "test", 0.2, timeout=5)
     await db_pool.execute(
@@ -275,7 +282,8 @@ async def test_a_step_whose_lease_expired_refuses_to_act(db_pool: Any, tmp_path:
         "environment, mode, sla_class, idempotency_key, plan_hash, spec) VALUES "
         "($1, $2, $3, 'alice', 'dev', 'immediate', 'fast', 'k', 'h', '{}'::jsonb)",
         uuid.UUID(eid), f"wf-{eid}", tenant)
-    await asyncio.sleep(0.3)  # the lease's TTL passes (there is no condition to await)
+    await wait_for(lambda: lease_expired(db_pool, tenant, "locked-host", eid), timeout=5,
+                   interval=0.02, what="the 0.2 s lease on locked-host to expire")
     marker = tmp_path / "acted"
     spec = StepSpec(id="s", tool="shell", kind=StepKind.COMMAND,
                     action_class=ActionClass.MODIFY, inputs={"command": f"touch {marker}"},
@@ -285,7 +293,8 @@ async def test_a_step_whose_lease_expired_refuses_to_act(db_pool: Any, tmp_path:
                            step_timeout_seconds=5, execution_timeout_seconds=30,
                            approval_timeout_seconds=30, max_attempts=1)
     with pytest.raises(ApplicationError) as info:
-        await ActivityEnvironment().run(run_step, StepRunInput(
+        steps = StepActivities.from_settings(engine.settings, db_pool)
+        await ActivityEnvironment().run(steps.run_step, StepRunInput(
             execution_id=eid, workflow_id=f"wf-{eid}", tenant=tenant, actor="alice",
             environment=Environment.DEV, step=spec, policy=policy, fencing_tokens=tokens))
     assert info.value.type == "LockLost" and info.value.non_retryable
@@ -300,11 +309,11 @@ async def test_cancel_while_waiting_for_a_lock_ends_promptly_and_leaves_the_queu
     holder = await engine.execute(request(
         [shell("hold", f"touch {started}; sleep 60", target="shared-host", idempotent=True)],
         tenant=tenant), wait=False)
-    while not started.exists():
-        await asyncio.sleep(0.05)
+    await wait_for(file_exists(started), timeout=30, what="the first step to start")
     waiter = await engine.execute(request([shell("s", "true", target="shared-host")],
                                           tenant=tenant), wait=False)
-    await _queued(engine, tenant, waiter.execution_id)
+    await wait_for(lambda: lock_waiting(engine.pool, tenant, waiter.execution_id), timeout=20,
+                   what="the second execution to queue behind the holder's lock")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     assert (await engine.cancel(waiter.execution_id, "alice", "not needed")).accepted

@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from opsconductor.schema.validation import RequestValidationError
-from tests.plans import request, shell, step
+from tests.helpers import request, shell, step
 from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -179,7 +179,7 @@ async def test_duplicate_start_returns_the_same_execution(engine: Any) -> None:
     (lambda r: r["plan"]["plan"]["steps"][0]["inputs"].pop("command"),
      "plan.plan.steps[0].inputs.command", "Field required"),
     (lambda r: r.update(environment="moon"), "environment", "Input should be"),
-    (lambda r: r["plan"]["plan"]["steps"][0].update(failure_handling="explode"),
+    (lambda r: r["plan"]["plan"]["steps"][0].update(failure_handling=["explode"]),
      "plan.plan.steps[0].failure_handling", "Input should be"),
     (lambda r: r.update(approval_level=7), "approval_level", "less than or equal"),
 ])

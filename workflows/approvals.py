@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from opsconductor.schema.enums import ApprovalState
-from opsconductor.schema.messages import ApprovalDecision, ApprovalRecord
+from opsconductor.schema.messages import ApprovalDecision, ApprovalRecord, GateDecision
 from opsconductor.schema.request import ApprovalPoint
 
 APPROVER_ROLE = "approver"
@@ -54,8 +53,8 @@ class Gate:
     expires_at: datetime
     reason: str = ""
     state: ApprovalState = ApprovalState.PENDING
-    approvals: dict[str, dict[str, Any]] = field(default_factory=dict)  # approver -> decision
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # every decision, in order
+    approvals: dict[str, GateDecision] = field(default_factory=dict)  # approver -> decision
+    decisions: list[GateDecision] = field(default_factory=list)  # every decision, in order
     decided_at: datetime | None = None
 
     def precheck(self, decision: ApprovalDecision, kind: str) -> str | None:
@@ -77,7 +76,7 @@ class Gate:
         return None
 
     def has_senior(self) -> bool:
-        return any(SENIOR_ROLE in d.get("roles", []) for d in self.approvals.values())
+        return any(SENIOR_ROLE in d.roles for d in self.approvals.values())
 
     def counted(self) -> int:
         return len(self.approvals)
@@ -102,4 +101,10 @@ class Gate:
             required_approvals=self.rule.required_approvals,
             required_role=self.rule.required_role, senior_role=self.rule.senior_role,
             requested_at=self.requested_at, expires_at=self.expires_at,
-            decided_at=self.decided_at, decisions=list(self.decisions))
+            decided_at=self.decided_at,
+            decisions=[d.model_dump(mode="json") for d in self.decisions])
+
+    def rejections(self) -> str:
+        """`bob: too risky; carol: ...`: the accepted rejections, for the run's error."""
+        return "; ".join(f"{d.approver}: {d.comment or ''}" for d in self.decisions
+                         if d.decision == "reject" and d.accepted)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 
 from opsconductor.activities.assets import resolve_credentials, resolve_secret_refs, secret_failure
 from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text, require_asset
@@ -23,6 +22,8 @@ from opsconductor.activities.service_clients import (
 )
 from opsconductor.safety.secrets import SecretError
 from opsconductor.schema.assets import Asset
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.errors import ErrorType
 
 HEARTBEAT_INTERVAL = 1.0
 
@@ -33,10 +34,10 @@ def _connection_type(asset: Asset) -> str:
     return "powershell" if asset.is_windows else "ssh"
 
 
-def _base_url(asset: Asset) -> str | None:
+def _base_url(asset: Asset, settings: Settings | None) -> str | None:
     if asset.automation and asset.automation.base_url:
         return asset.automation.base_url
-    return os.environ.get("OPSC_AUTOMATION_SERVICE_URL") or None
+    return (settings or load_settings()).automation_service_url or None
 
 
 class AutomationCommandRunner:
@@ -47,18 +48,18 @@ class AutomationCommandRunner:
         asset = require_asset(ctx, "automation")
         if isinstance(asset, StepOutcome):
             return asset
-        base_url = _base_url(asset)
+        base_url = _base_url(asset, ctx.settings)
         if not base_url:
             return StepOutcome(ok=False, error=f"asset {asset.id!r} uses the Automation Service "
                                "but no URL is set (asset.automation.base_url or "
-                               "OPSC_AUTOMATION_SERVICE_URL)", error_type="ConfigurationError",
-                               retryable=False)
+                               "OPSC_AUTOMATION_SERVICE_URL)",
+                               error_type=ErrorType.CONFIGURATION_ERROR, retryable=False)
         try:
-            creds, _values = await resolve_credentials(asset)
+            creds, _values = await resolve_credentials(asset, ctx.secrets, ctx.settings)
             token = None
             if asset.automation and asset.automation.api_token:
                 token, _ = await resolve_secret_refs(asset.automation.api_token.model_dump(
-                    exclude_none=True))
+                    exclude_none=True), ctx.secrets)
         except SecretError as err:
             kind, retryable = secret_failure(err)
             return StepOutcome(ok=False, error=f"credentials of asset {asset.id!r}: {err}",
@@ -85,7 +86,7 @@ class AutomationCommandRunner:
             raise
         except AutomationServiceError as err:
             return StepOutcome(ok=False, error=f"automation service: {err}",
-                               error_type="AutomationServiceError",
+                               error_type=ErrorType.AUTOMATION_SERVICE_ERROR,
                                retryable=ctx.step.idempotent or not err.sent)
         finally:
             await client.aclose()
@@ -103,11 +104,11 @@ class AutomationCommandRunner:
         status = result.status.lower()
         if status in ("timeout", "timed_out"):
             return StepOutcome(ok=False, exit_code=result.exit_code, stdout=stdout, stderr=stderr,
-                               output=output, error_type="StepTimeout",
+                               output=output, error_type=ErrorType.STEP_TIMEOUT,
                                error=f"command timed out after {timeout:g}s on {asset.host} "
                                      "(Automation Service)")
         detail = result.error_message or stderr.strip()[-2000:] or "(no stderr)"
         return StepOutcome(ok=False, exit_code=result.exit_code, stdout=stdout, stderr=stderr,
-                           output=output, error_type="CommandFailed",
+                           output=output, error_type=ErrorType.COMMAND_FAILED,
                            error=f"command {result.status} with exit code {result.exit_code} on "
                                  f"{asset.host}: {detail}")

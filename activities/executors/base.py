@@ -7,15 +7,34 @@ task is cancelled) stops what it started before re-raising: nothing it launched 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.spec import StepSpec
 
+if TYPE_CHECKING:
+    from opsconductor.safety.secrets import SecretResolver
+    from opsconductor.schema.config import Settings
+
 OUTPUT_CAP_BYTES = 64 * 1024  # per stream; larger output is truncated with a marker
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """Where a step's command runs, so a later attempt can stop it if it is still alive.
+
+    `host` is None for the worker's own machine, else the asset id; `start_ticks` is field 22
+    of /proc/PGID/stat, which tells the group's leader apart from a later process that
+    reused its pid.
+    """
+
+    host: str | None
+    pgid: int
+    start_ticks: int | None
 
 
 @dataclass
@@ -31,6 +50,10 @@ class StepContext:
     prior_outputs: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     heartbeat: Callable[..., None] = lambda *details: None
+    settings: Settings | None = None  # the worker's; None: loaded where needed
+    secrets: SecretResolver | None = None  # the worker's resolver, for asset credentials
+    # Awaited by a runner once its command's process group exists (the attempt records it).
+    on_process: Callable[[ProcessRef], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -65,7 +88,7 @@ def parse_inputs(model: type[M], ctx: StepContext) -> M | StepOutcome:
         return model.model_validate(ctx.inputs)
     except ValueError as err:
         return StepOutcome(ok=False, error=f"invalid {ctx.step.tool} inputs: {err}",
-                           error_type="InvalidStep", retryable=False)
+                           error_type=ErrorType.INVALID_STEP, retryable=False)
 
 
 def require_asset(ctx: StepContext, runner: str) -> Any:
@@ -75,7 +98,7 @@ def require_asset(ctx: StepContext, runner: str) -> Any:
     if isinstance(ctx.asset, Asset):
         return ctx.asset
     return StepOutcome(ok=False, error=f"{runner} runner needs a target asset",
-                       error_type="InvalidStep", retryable=False)
+                       error_type=ErrorType.INVALID_STEP, retryable=False)
 
 
 def cap_text(data: bytes | str, cap: int = OUTPUT_CAP_BYTES) -> str:

@@ -31,6 +31,7 @@ import asyncssh
 from opsconductor.activities.executors.base import StepContext, StepOutcome, parse_inputs
 from opsconductor.activities.executors.ssh import SshError, ssh_connection
 from opsconductor.schema.assets import Asset
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.tools import FileTransferInputs
 
 CHUNK = 256 * 1024
@@ -38,7 +39,8 @@ HEARTBEAT_INTERVAL = 1.0
 
 
 class TransferError(RuntimeError):
-    def __init__(self, message: str, kind: str = "FileTransferFailed", retryable: bool = False):
+    def __init__(self, message: str, kind: str = ErrorType.FILE_TRANSFER_FAILED,
+                 retryable: bool = False):
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
@@ -98,11 +100,11 @@ def _open_source(path: Path) -> BinaryIO:
     try:
         return path.open("rb", buffering=0)  # type: ignore[return-value]
     except FileNotFoundError:
-        raise TransferError(f"source {path} does not exist", "SourceNotFound") from None
+        raise TransferError(f"source {path} does not exist", ErrorType.SOURCE_NOT_FOUND) from None
     except IsADirectoryError:
         raise TransferError(f"source {path} is a directory") from None
     except PermissionError:
-        raise TransferError(f"source {path} is not readable", "PermissionDenied") from None
+        raise TransferError(f"source {path} is not readable", ErrorType.PERMISSION_DENIED) from None
 
 
 def _commit_local(tmp: Path, dest: Path, expected: str, mode: int | None) -> None:
@@ -158,24 +160,25 @@ class FileTransferExecutor:
                 else:
                     return StepOutcome(ok=False, error=f"file transfer to asset {asset.id!r} "
                                        f"needs an ssh or local connector, not {asset.connector}",
-                                       error_type="UnsupportedConnector", retryable=False)
+                                       error_type=ErrorType.UNSUPPORTED_CONNECTOR, retryable=False)
         except TimeoutError:
             return StepOutcome(ok=False, error=f"file transfer timed out after {ctx.timeout:g}s "
                                f"({progress.bytes} bytes copied; partial file removed)",
-                               error_type="StepTimeout", output={"bytes": progress.bytes})
+                               error_type=ErrorType.STEP_TIMEOUT, output={"bytes": progress.bytes})
         except SshError as err:
             return err.outcome()
         except TransferError as err:
             return StepOutcome(ok=False, error=str(err), error_type=err.kind,
                                retryable=err.retryable)
         except asyncssh.SFTPError as err:
-            kind = {asyncssh.sftp.FX_NO_SUCH_FILE: "SourceNotFound",
-                    asyncssh.sftp.FX_PERMISSION_DENIED: "PermissionDenied"}.get(err.code)
+            kind = {asyncssh.sftp.FX_NO_SUCH_FILE: ErrorType.SOURCE_NOT_FOUND,
+                    asyncssh.sftp.FX_PERMISSION_DENIED: ErrorType.PERMISSION_DENIED}.get(err.code)
             return StepOutcome(ok=False, error=f"SFTP: {err.reason}",
-                               error_type=kind or "FileTransferFailed", retryable=kind is None)
+                               error_type=kind or ErrorType.FILE_TRANSFER_FAILED,
+                               retryable=kind is None)
         except (OSError, asyncssh.Error) as err:
             return StepOutcome(ok=False, error=f"file transfer failed: {type(err).__name__}: "
-                               f"{err}", error_type="FileTransferFailed", retryable=True)
+                               f"{err}", error_type=ErrorType.FILE_TRANSFER_FAILED, retryable=True)
         if asset is not None:
             output["host"] = asset.host
         return StepOutcome(ok=True, output=output,

@@ -31,6 +31,7 @@ from opsconductor.activities.executors.base import (
     StepOutcome,
     parse_inputs,
 )
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.tools import HttpInputs
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -76,16 +77,18 @@ class HttpExecutor:
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             return StepOutcome(ok=False, error=f"{method} {_safe_url(inputs.url)}: cannot connect "
                                f"({type(err).__name__}: {err}); nothing was sent",
-                               error_type="HttpConnectError", retryable=True)
+                               error_type=ErrorType.HTTP_CONNECT_ERROR, retryable=True)
         except httpx.TimeoutException as err:
-            return self._transport_failure(method, inputs.url, err, may_repeat, "StepTimeout",
+            return self._transport_failure(method, inputs.url, err, may_repeat,
+                                           ErrorType.STEP_TIMEOUT,
                                            f"no complete answer within {timeout:g}s")
         except httpx.TransportError as err:
             return self._transport_failure(method, inputs.url, err, may_repeat,
-                                           "HttpTransportError", f"{type(err).__name__}: {err}")
+                                           ErrorType.HTTP_TRANSPORT_ERROR,
+                                           f"{type(err).__name__}: {err}")
         except httpx.InvalidURL as err:
-            return StepOutcome(ok=False, error=f"invalid URL: {err}", error_type="InvalidStep",
-                               retryable=False)
+            return StepOutcome(ok=False, error=f"invalid URL: {err}",
+                               error_type=ErrorType.INVALID_STEP, retryable=False)
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         text = raw.decode(resp.encoding or "utf-8", "replace")
         body: Any = text
@@ -108,13 +111,14 @@ class HttpExecutor:
         if not _status_ok(status, inputs.expect_status):
             wanted = inputs.expect_status if inputs.expect_status is not None else "< 400"
             repeat = (status >= 500 and may_repeat) or (status in (429, 503) and may_repeat)
-            return StepOutcome(ok=False, stdout=text, output=output, error_type="HttpStatus",
+            return StepOutcome(ok=False, stdout=text, output=output,
+                               error_type=ErrorType.HTTP_STATUS,
                                error=f"{method} {_safe_url(inputs.url)} answered {status}, "
                                      f"expected {wanted}", retryable=repeat)
         failed = [c for c in checks if not c.passed]
         if failed:
             return StepOutcome(ok=False, stdout=text, output=output,
-                               error_type="AssertionFailed", retryable=False,
+                               error_type=ErrorType.ASSERTION_FAILED, retryable=False,
                                error="; ".join(f"{c.expr}: {c.detail}" for c in failed))
         return StepOutcome(ok=True, stdout=text, output=output)
 

@@ -1,7 +1,11 @@
-"""Run a command on the worker's own machine, in its own process group.
+"""Run a command on the worker's own machine, supervised, in its own process group.
 
-The whole group is killed on timeout and on cancellation, so a shell pipeline or a daemon a
-command forks cannot outlive its step.
+The command is started through the per-step supervisor (`supervise.py`, documented there): it
+runs in a new session whose process group is killed on timeout, on cancellation, after the
+command's leader exits, and — by the supervisor, without the worker's help — when the worker
+dies, so a shell pipeline or a daemon a command forks cannot outlive its step or its worker.
+The group's pgid and start time are reported to the step (`StepContext.on_process`), which
+records them with the attempt so a later attempt can stop a leftover group first.
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+from pathlib import Path
 
 from opsconductor.activities.executors.base import (
     OUTPUT_CAP_BYTES,
+    ProcessRef,
     StepContext,
     StepOutcome,
     cap_text,
 )
+from opsconductor.activities.executors.supervise import proc_start_ticks
+from opsconductor.schema.errors import ErrorType
 
+SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
 KILL_GRACE_SECONDS = 2.0
 
 
@@ -40,16 +50,83 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the group, give it a moment, then SIGKILL whatever is left."""
-    kill_group(proc.pid, signal.SIGTERM)
+def stop_leftover_group(pgid: int, start_ticks: int | None) -> bool:
+    """SIGKILL a group an earlier attempt left behind; True when something was killed.
+
+    The leader alive with another start time means the pid was reused: left alone. The leader
+    gone but members alive is still the old group (a pgid in use is never handed out again).
+    """
+    ticks = proc_start_ticks(pgid)
+    if ticks is not None and start_ticks and ticks != start_ticks:
+        return False
     try:
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
-    except TimeoutError:
-        pass
-    kill_group(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class _Supervised:
+    """The supervisor process and what it reports on its status pipe."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, status: asyncio.StreamReader):
+        self.proc = proc
+        self.status = status
+        self.pgid: int | None = None
+        self.start_ticks: int | None = None
+        self.exit_code: int | None = None
+
+    async def started(self) -> bool:
+        line = (await self.status.readline()).decode().split()
+        if len(line) == 3 and line[0] == "started":
+            self.pgid, self.start_ticks = int(line[1]), int(line[2]) or None
+            return True
+        return False
+
+    async def finished(self) -> int | None:
+        """The command's exit code (128+N for a signal), once the supervisor has exited."""
+        await self.proc.wait()
+        line = (await self.status.read()).decode().split()
+        if len(line) == 2 and line[0] == "exit":
+            self.exit_code = int(line[1])
+        elif len(line) == 2 and line[0] == "signal":
+            self.exit_code = 128 + int(line[1])
+        else:
+            self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    async def terminate(self) -> None:
+        """Ask the supervisor to stop the group (SIGTERM, grace, SIGKILL); force it if needed."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), KILL_GRACE_SECONDS + 2)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+        if self.pgid is not None:
+            kill_group(self.pgid)
+
+
+async def _start(command: str, env: dict[str, str], cwd: str | None) -> _Supervised:
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), str(KILL_GRACE_SECONDS),
+            str(write_fd), "--", "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
+            start_new_session=True, pass_fds=(write_fd,))
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    loop = asyncio.get_running_loop()
+    status = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(status),
+                                 os.fdopen(read_fd, "rb", 0))
+    return _Supervised(proc, status)
 
 
 class LocalCommandRunner:
@@ -57,40 +134,45 @@ class LocalCommandRunner:
                   cwd: str | None, timeout: float) -> StepOutcome:
         full_env = {**os.environ, **env}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                cwd=cwd, env=full_env, start_new_session=True)
+            sup = await _start(command, full_env, cwd)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
             return StepOutcome(ok=False, error=f"cannot start command: {err}",
-                               error_type="CommandStartError", retryable=False)
-        ctx.heartbeat({"pid": proc.pid, "pgid": proc.pid})
+                               error_type=ErrorType.COMMAND_START_ERROR, retryable=False)
+        proc = sup.proc
         assert proc.stdout is not None and proc.stderr is not None
         readers = asyncio.gather(_read_capped(proc.stdout, OUTPUT_CAP_BYTES),
                                  _read_capped(proc.stderr, OUTPUT_CAP_BYTES))
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            if not await sup.started():
+                await sup.finished()
+                out, err_bytes = await readers
+                return StepOutcome(ok=False, stderr=cap_text(err_bytes),
+                                   error="cannot start command: its supervisor exited with "
+                                         f"{proc.returncode}",
+                                   error_type=ErrorType.COMMAND_START_ERROR, retryable=False)
+            assert sup.pgid is not None
+            ctx.heartbeat({"pid": sup.pgid, "pgid": sup.pgid})
+            if ctx.on_process is not None:
+                await ctx.on_process(ProcessRef(None, sup.pgid, sup.start_ticks))
+            code = await asyncio.wait_for(sup.finished(), timeout)
         except TimeoutError:
-            await terminate_group(proc)
+            await sup.terminate()
             out, err_bytes = await readers
-            return StepOutcome(ok=False, exit_code=proc.returncode, stdout=cap_text(out),
-                               stderr=cap_text(err_bytes), output={"pid": proc.pid},
+            return StepOutcome(ok=False, exit_code=sup.exit_code, stdout=cap_text(out),
+                               stderr=cap_text(err_bytes), output={"pid": sup.pgid},
                                error=f"command timed out after {timeout:g}s; process group "
-                                     f"{proc.pid} killed", error_type="StepTimeout")
-        except asyncio.CancelledError:
-            await terminate_group(proc)
+                                     f"{sup.pgid} killed", error_type=ErrorType.STEP_TIMEOUT)
+        except BaseException:
+            await asyncio.shield(sup.terminate())
             readers.cancel()
             raise
-        # The leader exited; members it left behind in its group die with the step.
-        kill_group(proc.pid)
         out, err_bytes = await readers
-        code = proc.returncode
         stderr = cap_text(err_bytes)
         if code != 0:
             tail = stderr.strip()[-2000:] or "(no stderr)"
             return StepOutcome(ok=False, exit_code=code, stdout=cap_text(out), stderr=stderr,
-                               output={"pid": proc.pid},
+                               output={"pid": sup.pgid},
                                error=f"command exited with {code}: {tail}",
-                               error_type="CommandFailed")
+                               error_type=ErrorType.COMMAND_FAILED)
         return StepOutcome(ok=True, exit_code=0, stdout=cap_text(out), stderr=stderr,
-                           output={"pid": proc.pid})
+                           output={"pid": sup.pgid})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from opsconductor.activities.executors.base import StepContext, StepOutcome
+from opsconductor.schema.errors import ErrorType
 
 
 class NoopExecutor:
@@ -13,6 +14,6 @@ class NoopExecutor:
         if sleep:
             await asyncio.sleep(sleep)
         if ctx.inputs.get("fail"):
-            return StepOutcome(ok=False, error="noop step asked to fail", error_type="NoopFailed",
-                               retryable=False)
+            return StepOutcome(ok=False, error="noop step asked to fail",
+                               error_type=ErrorType.NOOP_FAILED, retryable=False)
         return StepOutcome(ok=True, output={"noop": True})

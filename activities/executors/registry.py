@@ -9,17 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from opsconductor.activities.executors.base import CommandRunner, Executor
+from opsconductor.activities.executors.base import (
+    CommandRunner,
+    Executor,
+    StepContext,
+    StepOutcome,
+)
 from opsconductor.schema.enums import StepKind
+from opsconductor.schema.errors import ErrorType
 
 _EXECUTORS: dict[StepKind, tuple[str, str]] = {
     StepKind.COMMAND: ("opsconductor.activities.executors.command", "CommandExecutor"),
     StepKind.NOOP: ("opsconductor.activities.executors.noop", "NoopExecutor"),
-    StepKind.HTTP: ("opsconductor.activities.executors.http", "HttpExecutor"),
+    StepKind.HTTP: ("opsconductor.activities.executors.http_auth", "AuthHttpExecutor"),
     StepKind.SQL: ("opsconductor.activities.executors.sql", "SqlExecutor"),
     StepKind.FILE_TRANSFER: ("opsconductor.activities.executors.file_transfer",
                              "FileTransferExecutor"),
     StepKind.VALIDATE: ("opsconductor.activities.executors.validate", "ValidateExecutor"),
+    StepKind.ASSET_QUERY: ("opsconductor.activities.executors.asset_query", "AssetQueryExecutor"),
 }
 _RUNNERS: dict[str, tuple[str, str]] = {
     "ssh": ("opsconductor.activities.executors.ssh", "SshCommandRunner"),
@@ -40,11 +47,29 @@ def _load(ref: tuple[str, str]) -> Any:
     return _cache[ref]
 
 
+class _RenderedOnly:
+    """Refuses a step that still holds template placeholders: as written it would act on
+    `{{...}}` text (or on this machine, its target being unknown until run time). Such a step
+    runs through `activities.fanout.run_fanout`, rendered per asset."""
+
+    def __init__(self, inner: Executor):
+        self.inner = inner
+
+    async def run(self, ctx: StepContext) -> StepOutcome:
+        if ctx.step.templated:
+            return StepOutcome(ok=False, error=(
+                f"step {ctx.step.id} holds template variables "
+                f"({', '.join(p.text for p in ctx.step.placeholders)}); it runs only rendered "
+                "from earlier results (activities.fanout.run_fanout)"),
+                error_type=ErrorType.INVALID_STEP, retryable=False)
+        return await self.inner.run(ctx)
+
+
 def executor_for(kind: StepKind) -> Executor:
     ref = _EXECUTORS.get(kind)
     if ref is None:
         raise UnsupportedStep(f"no executor for step kind {kind.value!r}")
-    return _load(ref)  # type: ignore[no-any-return]
+    return _RenderedOnly(_load(ref))
 
 
 def command_runner_for(connector: str) -> CommandRunner:

@@ -29,9 +29,10 @@ import asyncpg
 
 from opsconductor.activities.assets import resolve_secret_refs, secret_failure
 from opsconductor.activities.executors.base import StepContext, StepOutcome, parse_inputs
-from opsconductor.safety.secrets import SecretError
+from opsconductor.safety.secrets import SecretError, SecretResolver
 from opsconductor.schema.assets import Asset, DatabaseTarget
 from opsconductor.schema.enums import ActionClass
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.tools import SqlInputs
 
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
@@ -64,8 +65,9 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-async def _connect(db: DatabaseTarget, timeout: float) -> asyncpg.Connection:
-    resolved, _ = await resolve_secret_refs(db.model_dump(exclude_none=True))
+async def _connect(db: DatabaseTarget, timeout: float,
+                   secrets: SecretResolver | None = None) -> asyncpg.Connection:
+    resolved, _ = await resolve_secret_refs(db.model_dump(exclude_none=True), secrets)
     settings = {"application_name": "opsconductor-execution",
                 "statement_timeout": str(max(1, int(timeout * 1000)))}
     kw: dict[str, Any] = {"timeout": min(db.connect_timeout, timeout),
@@ -99,44 +101,45 @@ class SqlExecutor:
         if not isinstance(asset, Asset) or asset.database is None:
             name = getattr(asset, "id", None) or "the worker's own machine"
             return StepOutcome(ok=False, error=f"sql_query needs a target asset with a `database` "
-                               f"section; {name} has none", error_type="InvalidStep",
+                               f"section; {name} has none", error_type=ErrorType.INVALID_STEP,
                                retryable=False)
         timeout = min(inputs.timeout_seconds or ctx.timeout, ctx.timeout)
         read_only = ctx.step.action_class is ActionClass.READ
         try:
-            conn = await _connect(asset.database, timeout)
+            conn = await _connect(asset.database, timeout, ctx.secrets)
         except SecretError as err:
             kind, retryable = secret_failure(err)
             return StepOutcome(ok=False, error=f"database credentials of {asset.id!r}: {err}",
                                error_type=kind, retryable=retryable)
         except asyncpg.InvalidPasswordError:
             return StepOutcome(ok=False, error=f"database login to {asset.id!r} refused",
-                               error_type="AuthenticationFailed", retryable=False)
+                               error_type=ErrorType.AUTHENTICATION_FAILED, retryable=False)
         except (OSError, TimeoutError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as err:
             return StepOutcome(ok=False, error=f"cannot connect to the database of {asset.id!r}: "
-                               f"{type(err).__name__}: {err}", error_type="DatabaseUnavailable",
-                               retryable=True)
+                               f"{type(err).__name__}: {err}",
+                               error_type=ErrorType.DATABASE_UNAVAILABLE, retryable=True)
         try:
             ctx.heartbeat({"database": asset.id, "read_only": read_only})
             output = await asyncio.wait_for(
                 self._execute(conn, inputs, read_only), timeout + 5)
         except asyncpg.QueryCanceledError as err:
             return StepOutcome(ok=False, error=f"query cancelled by statement_timeout "
-                               f"({timeout:g}s): {err}", error_type="StepTimeout",
+                               f"({timeout:g}s): {err}", error_type=ErrorType.STEP_TIMEOUT,
                                retryable=ctx.step.idempotent)
         except asyncpg.ReadOnlySQLTransactionError as err:
             return StepOutcome(ok=False, error=f"refused in a read-only transaction (the step is "
-                               f"classed as read): {err}", error_type="ReadOnlyViolation",
+                               f"classed as read): {err}", error_type=ErrorType.READ_ONLY_VIOLATION,
                                retryable=False)
         except asyncpg.PostgresError as err:
             state = getattr(err, "sqlstate", None)
             return StepOutcome(ok=False, error=f"SQL error {state}: {err}",
-                               error_type="SqlError", retryable=state in _RETRYABLE_SQLSTATES)
+                               error_type=ErrorType.SQL_ERROR,
+                               retryable=state in _RETRYABLE_SQLSTATES)
         except (OSError, asyncpg.InterfaceError, TimeoutError) as err:
             return StepOutcome(ok=False, error=f"database connection failed during the query: "
                                f"{type(err).__name__}: {err}; outcome unknown",
-                               error_type="DatabaseUnavailable",
+                               error_type=ErrorType.DATABASE_UNAVAILABLE,
                                retryable=read_only or ctx.step.idempotent)
         finally:
             with contextlib.suppress(Exception):

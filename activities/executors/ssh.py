@@ -1,16 +1,23 @@
 """Run a command on an asset over SSH (asyncssh), and own everything it starts.
 
-How the remote process group is made killable: the remote login shell runs
+How the remote process group is made killable and supervised: the remote login shell runs
 
     [env block read from stdin] ; cd DIR ;
-    exec setsid -w sh -c 'echo @@opsc-pgid:$$; exec sh -c "$1"' opsc CMD
+    exec setsid -w sh -c 'echo @@opsc-pgid:$$ START; (watch stdin; on EOF kill the
+                          group) & exec sh -c "$1" </dev/null' opsc CMD
 
-so the command runs in a new session whose id (= its process group id) is the first stdout
-line. On timeout or cancellation a second channel on the same connection sends SIGTERM, then
-SIGKILL, to that whole group: closing the channel alone would leave a daemonised child or a
-pipeline running. After a normal exit the group is killed too, so nothing a step started
-outlives it (the same rule as the local runner). Without `setsid` on the host the login shell,
-which OpenSSH makes a session leader, is the group.
+so the command runs in a new session whose id (= its process group id) and start time (field
+22 of /proc/PGID/stat) are the first stdout line. On timeout or cancellation a second channel
+on the same connection sends SIGTERM, then SIGKILL, to that whole group: closing the channel
+alone would leave a daemonised child or a pipeline running. After a normal exit the group is
+killed too, so nothing a step started outlives it (the same rule as the local runner).
+
+The remote side supervises itself: the channel's stdin stays open while the worker lives, and
+a watcher in the group blocks on it; when the worker dies (or its connection drops) sshd
+closes stdin, and the watcher SIGTERMs, then SIGKILLs, the group. The pgid and start time are
+also reported to the step (`StepContext.on_process`), so a later attempt can stop a group that
+escaped both (`stop_remote_leftover`). Without `setsid` on the host the login shell, which
+OpenSSH makes a session leader, is the group, and only the kill by a later attempt applies.
 
 Environment values (possibly secrets) go over stdin, not the command line, so they never show
 up in the remote host's `ps`.
@@ -26,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import re
 import shlex
 import signal
@@ -39,19 +45,22 @@ import asyncssh
 from opsconductor.activities.assets import resolve_credentials, secret_failure
 from opsconductor.activities.executors.base import (
     OUTPUT_CAP_BYTES,
+    ProcessRef,
     StepContext,
     StepOutcome,
     require_asset,
 )
 from opsconductor.safety.secrets import SecretError
 from opsconductor.schema.assets import Asset
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.errors import ErrorType
 
 HEARTBEAT_INTERVAL = 1.0
 KILL_GRACE_SECONDS = 2.0
 CLOSE_GRACE_SECONDS = 2.0
 CONNECT_TIMEOUT = 15.0
 PGID_MARKER = b"@@opsc-pgid:"
-_PGID_LINE = re.compile(rb"^@@opsc-pgid:(\d+)\r?$")
+_PGID_LINE = re.compile(rb"^@@opsc-pgid:(\d+)(?: (\d*))?\r?$")
 
 
 class SshError(RuntimeError):
@@ -67,8 +76,9 @@ class SshError(RuntimeError):
                            retryable=self.retryable)
 
 
-def known_hosts_path(asset: Asset) -> Path:
-    raw = asset.known_hosts or os.environ.get("OPSC_SSH_KNOWN_HOSTS") or "~/.ssh/known_hosts"
+def known_hosts_path(asset: Asset, settings: Settings | None = None) -> Path:
+    raw = (asset.known_hosts or (settings or load_settings()).ssh_known_hosts
+           or "~/.ssh/known_hosts")
     return Path(raw).expanduser()
 
 
@@ -110,7 +120,8 @@ async def _connect(asset: Asset) -> asyncssh.SSHClientConnection:
             key = asyncssh.import_private_key(creds["private_key"], creds.get("passphrase"))
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as err:
             raise SshError(f"private key of asset {asset.id!r} cannot be loaded: "
-                           f"{type(err).__name__}", "CredentialError", retryable=False) from None
+                           f"{type(err).__name__}", ErrorType.CREDENTIAL_ERROR,
+                           retryable=False) from None
         options["client_keys"] = [key]
     else:
         options["client_keys"] = None
@@ -129,20 +140,21 @@ async def _connect(asset: Asset) -> asyncssh.SSHClientConnection:
         if not kh.is_file():
             raise SshError(f"host key of {asset.host} cannot be verified: known_hosts file {kh} "
                            "does not exist (set the asset's known_hosts or OPSC_SSH_KNOWN_HOSTS)",
-                           "HostKeyVerificationFailed", retryable=False)
+                           ErrorType.HOST_KEY_VERIFICATION_FAILED, retryable=False)
         options["known_hosts"] = str(kh)
     try:
         conn = await asyncssh.connect(asset.host, **options)
     except asyncssh.HostKeyNotVerifiable as err:
         raise SshError(f"host key of {asset.host}:{asset.ssh_port} is not trusted "
-                       f"({err.reason}); refusing to connect", "HostKeyVerificationFailed",
-                       retryable=False) from None
+                       f"({err.reason}); refusing to connect",
+                       ErrorType.HOST_KEY_VERIFICATION_FAILED, retryable=False) from None
     except asyncssh.PermissionDenied:
         raise SshError(f"SSH authentication to {asset.host} as {user or 'default user'} failed",
-                       "AuthenticationFailed", retryable=False) from None
+                       ErrorType.AUTHENTICATION_FAILED, retryable=False) from None
     except (OSError, TimeoutError, asyncssh.Error) as err:
         raise SshError(f"cannot connect to {asset.host}:{asset.ssh_port}: "
-                       f"{type(err).__name__}: {err}", "SshConnectError", retryable=True) from None
+                       f"{type(err).__name__}: {err}", ErrorType.SSH_CONNECT_ERROR,
+                       retryable=True) from None
     if record_new:
         server_key = conn.get_server_host_key()
         if server_key is not None:
@@ -243,6 +255,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self.err = _Capped(OUTPUT_CAP_BYTES)
         self._head = bytearray()
         self.pgid: int | None = None
+        self.start_ticks: int | None = None
         self.head_done = False
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
@@ -264,6 +277,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
             m = _PGID_LINE.match(line)
             if m:
                 self.pgid = int(m.group(1))
+                self.start_ticks = int(m.group(2)) if m.group(2) else None
             else:
                 rest = bytes(self._head)
             self._finish_head(rest)
@@ -313,10 +327,13 @@ def wrap_command(command: str, *, env: dict[str, str], cwd: str | None) -> tuple
                      'eval "$__opsc_env"; unset __opsc_env')
     if cwd:
         parts.append(f"cd -- {shlex.quote(cwd)} || exit 126")
-    inner = 'echo "@@opsc-pgid:$$"; exec /bin/sh -c "$1"'
+    inner = ('c="$1"; s=""; if read -r l </proc/$$/stat 2>/dev/null; then set -- $l; '
+             's="${22}"; fi; echo "@@opsc-pgid:$$ $s"; '
+             "(trap '' TERM; cat >/dev/null; kill -TERM -- -$$; sleep 2; kill -KILL -- -$$) "
+             '>/dev/null 2>&1 & exec /bin/sh -c "$c" </dev/null')
     q_cmd = shlex.quote(command)
     parts.append("if command -v setsid >/dev/null 2>&1; then "
-                 f"exec setsid -w /bin/sh -c {shlex.quote(inner)} opsc {q_cmd} </dev/null; "
+                 f"exec setsid -w /bin/sh -c {shlex.quote(inner)} opsc {q_cmd}; "
                  f'else echo "@@opsc-pgid:$$"; exec /bin/sh -c {q_cmd} </dev/null; fi')
     return "; ".join(parts), env_block
 
@@ -326,6 +343,28 @@ def _kill_script(pgid: int, grace: float) -> str:
     return (f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
             f"while kill -0 -- -$p 2>/dev/null && [ $i -lt {rounds} ]; do sleep 0.1; "
             "i=$((i+1)); done; kill -KILL -- -$p 2>/dev/null; exit 0")
+
+
+async def stop_remote_leftover(conn: asyncssh.SSHClientConnection, pgid: int,
+                               start_ticks: int | None) -> str | None:
+    """SIGKILL a remote group an earlier attempt left behind, unless its pid was reused.
+
+    Returns "killed", "gone" or "reused"; raises SshError when the host cannot be asked.
+    """
+    check = ""
+    if start_ticks:
+        check = (f"if read -r l </proc/{pgid}/stat 2>/dev/null; then set -- $l; "
+                 f'[ "${{22}}" = "{start_ticks}" ] || {{ echo reused; exit 0; }}; fi; ')
+    script = (f"{check}if kill -KILL -- -{pgid} 2>/dev/null; then echo killed; "
+              "else echo gone; fi")
+    try:
+        done = await asyncio.wait_for(conn.run(script, check=False), KILL_GRACE_SECONDS + 10)
+    except (OSError, TimeoutError, asyncssh.Error) as err:
+        raise SshError(f"could not stop leftover remote process group {pgid}: "
+                       f"{type(err).__name__}: {err}", ErrorType.SSH_CONNECT_ERROR,
+                       retryable=True) from None
+    out = str(done.stdout or "").strip()
+    return out or "gone"
 
 
 async def kill_remote_group(conn: asyncssh.SSHClientConnection, pgid: int, *,
@@ -359,7 +398,7 @@ class SshCommandRunner:
                 self.pool.evict(asset, conn)
                 if attempt == 2:
                     raise SshError(f"cannot open an SSH session on {asset.host}: "
-                                   f"{type(err).__name__}: {err}", "SshConnectError",
+                                   f"{type(err).__name__}: {err}", ErrorType.SSH_CONNECT_ERROR,
                                    retryable=True) from None
         raise AssertionError("unreachable")
 
@@ -378,7 +417,7 @@ class SshCommandRunner:
         try:
             if env_block:
                 chan.write(env_block)
-            chan.write_eof()
+            # stdin stays open: the remote watcher kills the group when it closes.
             finished = await self._wait(ctx, asset, session, deadline)
         except asyncio.CancelledError:
             await self._stop(conn, chan, session)
@@ -388,7 +427,7 @@ class SshCommandRunner:
             kill_error = await self._stop(conn, chan, session)
             return StepOutcome(
                 ok=False, exit_code=session.exit_code, stdout=session.out.text(),
-                stderr=session.err.text(), output=output, error_type="StepTimeout",
+                stderr=session.err.text(), output=output, error_type=ErrorType.STEP_TIMEOUT,
                 error=f"command timed out after {timeout:g}s on {asset.host}; "
                       + (kill_error or f"remote process group {session.pgid} killed"))
         if session.exit_code is None:
@@ -396,7 +435,7 @@ class SshCommandRunner:
             return StepOutcome(
                 ok=False, stdout=session.out.text(), stderr=session.err.text(), output=output,
                 error=f"SSH connection to {asset.host} was lost while the command ran; its "
-                      "outcome is unknown", error_type="SshConnectionLost",
+                      "outcome is unknown", error_type=ErrorType.SSH_CONNECTION_LOST,
                 retryable=ctx.step.idempotent)
         if session.pgid is not None:  # leftovers of the group die with the step
             await kill_remote_group(conn, session.pgid, grace=0)
@@ -408,7 +447,7 @@ class SshCommandRunner:
         if code != 0:
             tail = stderr.strip()[-2000:] or "(no stderr)"
             return StepOutcome(ok=False, exit_code=code, stdout=session.out.text(),
-                               stderr=stderr, output=output, error_type="CommandFailed",
+                               stderr=stderr, output=output, error_type=ErrorType.COMMAND_FAILED,
                                error=f"command exited with {code} on {asset.host}: {tail}")
         return StepOutcome(ok=True, exit_code=0, stdout=session.out.text(), stderr=stderr,
                            output=output)
@@ -425,6 +464,9 @@ class SshCommandRunner:
             event = session.exited if session.pgid_known.is_set() else session.pgid_known
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(remaining, HEARTBEAT_INTERVAL))
+            if beat["pgid"] is None and session.pgid is not None \
+                    and ctx.on_process is not None:
+                await ctx.on_process(ProcessRef(asset.id, session.pgid, session.start_ticks))
             beat["pgid"] = session.pgid
             ctx.heartbeat(beat)
         return True

@@ -13,6 +13,7 @@ from typing import Any
 
 from opsconductor.activities.checks import result_context, run_check
 from opsconductor.activities.executors.base import StepContext, StepOutcome
+from opsconductor.schema.errors import ErrorType
 
 
 class ValidateExecutor:
@@ -20,7 +21,7 @@ class ValidateExecutor:
         checks: list[Any] = list(ctx.inputs.get("checks") or [])
         if not checks:
             return StepOutcome(ok=False, error="validate step has no checks",
-                               error_type="InvalidStep", retryable=False)
+                               error_type=ErrorType.INVALID_STEP, retryable=False)
         steps = dict(ctx.prior_outputs)
         last = next(reversed(steps.values())) if steps else None
         context = {**result_context(last), "steps": steps}
@@ -36,5 +37,5 @@ class ValidateExecutor:
             return StepOutcome(ok=False, output=summary, stdout="\n".join(lines),
                                error=f"{len(failed)} of {len(results)} checks failed: "
                                      + "; ".join(f"{r.expr} ({r.detail})" for r in failed[:5]),
-                               error_type="ValidationFailed", retryable=False)
+                               error_type=ErrorType.VALIDATION_FAILED, retryable=False)
         return StepOutcome(ok=True, output=summary, stdout="\n".join(lines))

@@ -13,7 +13,6 @@ import pwd
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from opsconductor.starter.ports import free_port, port_open
+from tests.helpers import wait_for_sync
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PASSWORD_USER = "opsc_sshtest"
@@ -107,14 +107,17 @@ LogLevel VERBOSE
     log = d / "sshd.log"
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port):
+
+    def listening() -> bool:
         if proc.poll() is not None:
             pytest.skip(f"sshd cannot run here: {log.read_text()[-1000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"sshd did not listen: {log.read_text()[-1000:]}")
-        time.sleep(0.05)
+        return port_open("127.0.0.1", port)
+
+    try:
+        wait_for_sync(listening, timeout=10, what=f"sshd to listen on port {port}")
+    except AssertionError:
+        proc.kill()
+        pytest.fail(f"sshd did not listen: {log.read_text()[-1000:]}")
     try:
         yield port, log
     finally:

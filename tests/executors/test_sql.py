@@ -12,6 +12,7 @@ from opsconductor.schema.assets import Asset
 from opsconductor.schema.enums import ActionClass, StepKind
 from tests.executors.conftest import set_secret
 from tests.executors.helpers import make_ctx
+from tests.helpers import wait_for
 
 
 def db_asset(pg_url: str, **db: object) -> Asset:
@@ -98,17 +99,18 @@ async def test_cancel_stops_the_query_on_the_server(pg_url: str, db_pool: asyncp
     marker = f"opsc_cancel_{uuid.uuid4().hex[:8]}"
     task = asyncio.create_task(sql(pg_url, f"SELECT pg_sleep(60) AS {marker}"))
     q = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()"
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 10
-    while await db_pool.fetchval(q, f"%{marker}%") == 0 and loop.time() < end:
-        await asyncio.sleep(0.05)
-    assert await db_pool.fetchval(q, f"%{marker}%") == 1
+
+    async def running() -> int:
+        return int(await db_pool.fetchval(q, f"%{marker}%"))
+
+    assert await wait_for(running, timeout=10, what="the query to run on the server") == 1
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         pass
-    end = loop.time() + 10
-    while await db_pool.fetchval(q, f"%{marker}%") and loop.time() < end:
-        await asyncio.sleep(0.05)
-    assert await db_pool.fetchval(q, f"%{marker}%") == 0
+
+    async def stopped() -> bool:
+        return await running() == 0
+
+    await wait_for(stopped, timeout=10, what="the cancelled query to leave the server")

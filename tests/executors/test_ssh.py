@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from opsconductor.schema.assets import Asset
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
 from opsconductor.schema.spec import StepSpec
 from tests.executors.conftest import SshServer
+from tests.helpers import wait_for
 from tests.processes import group_members
 
 
@@ -27,11 +29,10 @@ def step_ctx(asset: Asset | None, *, command: str = "true", timeout: float = 30,
 
 
 async def wait_gone(pgid: int, limit: float = 5.0) -> list[int]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while (left := group_members(pgid)) and loop.time() < end:
-        await asyncio.sleep(0.05)
-    return left
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: not group_members(pgid), timeout=limit,
+                       what=f"process group {pgid} to end")
+    return group_members(pgid)
 
 
 async def test_ssh_runs_command(sshd: SshServer) -> None:
@@ -99,12 +100,9 @@ async def test_cancel_kills_remote_group(sshd: SshServer) -> None:
         timeout=60))
     await asyncio.wait_for(started.wait(), 10)
     pgid = beats[0]["pgid"]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 5
-    # sh + two sleeps; /proc has no event to await
-    while len(group_members(pgid)) < 3 and loop.time() < end:
-        await asyncio.sleep(0.05)
-    assert len(group_members(pgid)) >= 3
+    # sh + two sleeps; /proc has no event to await, so it is polled
+    await wait_for(lambda: len(group_members(pgid)) >= 3, timeout=5,
+                   what=f"the shell and both sleeps in process group {pgid}")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -14,6 +14,7 @@ import os
 import pwd
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,16 +42,17 @@ def ssh_host(session_dir: Path) -> Iterator[SshServer]:
 
 
 @pytest.fixture
-def ssh_inventory(ssh_host: SshServer, tmp_path: Path,
+def ssh_inventory(ssh_host: SshServer, tmp_path: Path, engine: Any,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An inventory with the loopback sshd as asset `ssh-int`, set as OPSC_INVENTORY for the
-    test (the worker and the submitter both read the variable at call time)."""
+    """An inventory with the loopback sshd as asset `ssh-int`, for the test: the in-process
+    worker's settings, and OPSC_INVENTORY for the submitter (read at call time)."""
     path = tmp_path / "inventory.json"
     asset = ssh_host.asset(id=SSH_ASSET, hostname="ssh-int.example.internal",
                            credentials={"private_key": {"type": "secret",
                                                         "path": SSH_KEY_SECRET}})
     path.write_text(json.dumps({"assets": [asset]}))
     monkeypatch.setenv("OPSC_INVENTORY", str(path))
+    monkeypatch.setattr(engine.settings, "inventory", path)
     yield path
 
 

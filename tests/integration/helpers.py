@@ -1,4 +1,6 @@
-"""Shared helpers of the integration tests: polling, subprocesses, process groups, mirror rows."""
+"""Integration-test helpers: `opsconductor` subprocesses, workers, process groups.
+
+Waiting and mirror reads live in tests/helpers.py (re-exported here for older imports)."""
 
 from __future__ import annotations
 
@@ -9,32 +11,20 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tests.processes import alive, group_members  # noqa: F401  (alive is re-exported)
+from tests.helpers import events, execution_row, step_rows, wait_for
+from tests.helpers import wait_for as poll
+from tests.processes import alive, group_members
+
+__all__ = ["OPSCONDUCTOR", "Cli", "alive", "events", "execution_row", "group_members",
+           "kill_group", "opsc_env", "poll", "run_binary", "run_cli", "start_worker",
+           "step_rows", "stop_process", "wait_for", "wait_group_gone"]
 
 VENV_BIN = Path(sys.executable).parent
 OPSCONDUCTOR = str(VENV_BIN / "opsconductor")
-T = TypeVar("T")
-
-
-async def poll(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30,
-               interval: float = 0.1, what: str = "condition") -> T:
-    """Await `fn()` until it returns something truthy; fail with `what` after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: Any = None
-    while True:
-        last = await fn()
-        if last:
-            return last
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
-        await asyncio.sleep(interval)
 
 
 def kill_group(pgid: int) -> None:
@@ -44,11 +34,9 @@ def kill_group(pgid: int) -> None:
 
 async def wait_group_gone(pgid: int, timeout: float = 10) -> list[int]:
     """Wait until the group has no live member; return the survivors (empty when gone)."""
-    async def gone() -> bool:
-        return not group_members(pgid)
-
     with contextlib.suppress(AssertionError):
-        await poll(gone, timeout=timeout, interval=0.05)
+        await wait_for(lambda: not group_members(pgid), timeout=timeout,
+                       what=f"process group {pgid} to end")
     return group_members(pgid)
 
 
@@ -120,22 +108,3 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> No
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-async def events(pool: Any, execution_id: str) -> list[Any]:
-    return list(await pool.fetch(
-        "SELECT * FROM execution.execution_events WHERE execution_id = $1 ORDER BY id",
-        uuid.UUID(execution_id)))
-
-
-async def step_rows(pool: Any, execution_id: str) -> dict[str, Any]:
-    rows = await pool.fetch(
-        "SELECT * FROM execution.execution_steps WHERE execution_id = $1 ORDER BY position",
-        uuid.UUID(execution_id))
-    return {r["step_id"]: r for r in rows}
-
-
-async def execution_row(pool: Any, execution_id: str) -> Any:
-    return await pool.fetchrow(
-        "SELECT *, status::text AS st FROM execution.executions WHERE execution_id = $1",
-        uuid.UUID(execution_id))

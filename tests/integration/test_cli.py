@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from temporalio.service import RPCError
 
-from opsconductor.safety.idempotency import idempotency_key, workflow_id_for
+from opsconductor.safety.idempotency import request_fingerprint, workflow_id_for
 from opsconductor.schema.validation import validate_request
 from opsconductor.starter.binaries import temporal_cli
 from opsconductor.starter.ports import free_port
@@ -423,8 +423,8 @@ async def test_postgres_down_is_exit_4_and_starts_nothing(
 
     # nothing started: no workflow under the id this request would get, no mirror rows
     request_model = validate_request(req)
-    plan_doc = request_model.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
-    wid = workflow_id_for(tenant, idempotency_key(plan_doc, tenant, "alice"))
+    wid = workflow_id_for(tenant, request_fingerprint(
+        request_model.model_dump(mode="json", by_alias=True, exclude_none=True)))
     with pytest.raises(RPCError):
         await engine.temporal.get_workflow_handle(wid).describe()
     assert await engine.pool.fetchval(

@@ -13,17 +13,10 @@ from typing import Any
 import pytest
 
 from tests.executors.conftest import SshServer
+from tests.helpers import events, request, shell, step_rows, wait_for
 from tests.integration.conftest import SSH_ASSET
-from tests.integration.helpers import (
-    alive,
-    events,
-    group_members,
-    kill_group,
-    poll,
-    step_rows,
-    wait_group_gone,
-)
-from tests.plans import request, shell
+from tests.integration.helpers import kill_group, wait_group_gone
+from tests.processes import alive, group_members
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -83,7 +76,7 @@ async def test_cancel_kills_the_remote_process_group_and_releases_the_lock(
         got = pids.read_text().split() if pids.exists() else []
         return [int(p) for p in got] if len(got) >= 2 else None
 
-    pgid, sleeper = await poll(remote_pids, timeout=30, what="the remote command to start")
+    pgid, sleeper = await wait_for(remote_pids, timeout=30, what="the remote command to start")
     try:
         assert alive(sleeper) and sleeper in group_members(pgid)
         assert [r["execution_id"] for r in await lock_rows(engine)] == [resp.execution_id]
@@ -156,21 +149,21 @@ async def test_an_asset_named_by_hostname_takes_the_same_lock_as_by_id(
         text = pids.read_text().strip() if pids.exists() else ""
         return int(text) if text else None
 
-    pgid = await poll(a_pgid, timeout=30, what="execution A's remote command")
+    pgid = await wait_for(a_pgid, timeout=30, what="execution A's remote command")
     b = None
     try:
         b = await engine.execute(request(
             [shell("touch", f"touch {b_ran}", target="ssh-int.example.internal")]), wait=False)
 
-        async def b_acted() -> bool:
-            return b_ran.exists()
+        async def b_queued() -> list[str]:
+            return [r["asset"] for r in await engine.pool.fetch(
+                "SELECT asset FROM execution.execution_lock_waiters WHERE execution_id = $1",
+                b.execution_id)]
 
-        try:
-            await poll(b_acted, timeout=6, what="B to act")
-            overlapped = True
-        except AssertionError:
-            overlapped = False  # B waited for A's lock, as it must
-        assert not overlapped, "B ran on the host while A held it (by another name)"
+        # B is visibly queued behind A for the very asset A holds (named by its hostname)
+        assert await wait_for(b_queued, timeout=30, what="B to queue for A's lock") == [
+            SSH_ASSET]
+        assert not b_ran.exists(), "B ran on the host while A held it (by another name)"
         assert [r["asset"] for r in await engine.pool.fetch(
             "SELECT asset FROM execution.execution_locks WHERE execution_id = ANY($1::text[])",
             [a.execution_id, b.execution_id])] == [SSH_ASSET]

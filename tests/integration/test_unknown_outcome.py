@@ -26,19 +26,16 @@ from temporalio.client import Client
 from opsconductor.schema.config import Settings
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.worker import build_worker
+from tests.helpers import events, request, shell, step_rows, wait_for
 from tests.integration.helpers import (
-    alive,
-    events,
     kill_group,
     opsc_env,
-    poll,
     run_cli,
     start_worker,
-    step_rows,
     stop_process,
     wait_group_gone,
 )
-from tests.plans import request, shell
+from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -83,7 +80,6 @@ class Crash:
 @pytest.fixture
 async def crash(engine: Any, temporal_client: Client, db_pool: Any, temporal_server: Any,
                 migrated_pg: str, tmp_path: Path) -> AsyncIterator[Crash]:
-    # `engine` has run activities.db.set_pool(db_pool), which the in-process worker needs.
     queue = f"opsc-uo-{uuid.uuid4().hex[:10]}"
     home = tmp_path / "home"
     home.mkdir()
@@ -120,7 +116,7 @@ async def crash_mid_step(c: Crash, *, idempotent: bool) -> tuple[ExecutionRespon
         text = c.pidfile.read_text().strip() if c.pidfile.exists() else ""
         return int(text) if text else None
 
-    pid = await poll(step_pid, timeout=60, what="the step to start on the worker subprocess "
+    pid = await wait_for(step_pid, timeout=60, what="the step to start on the worker subprocess "
                      f"(log: {(c.dir / 'worker-1.log')})")
     c.groups.append(pid)
     assert alive(pid) and worker.poll() is None
@@ -135,7 +131,8 @@ async def crash_mid_step(c: Crash, *, idempotent: bool) -> tuple[ExecutionRespon
     assert await wait_group_gone(pid) == []
     assert c.runs() == 1
 
-    await c.stack.enter_async_context(build_worker(c.temporal, c.queue))
+    await c.stack.enter_async_context(build_worker(c.temporal, c.queue, pool=c.client.pool,
+                                                   settings=c.client.settings))
     return resp, pid
 
 
@@ -145,7 +142,7 @@ async def waiting_for_resolution(c: Crash, resp: ExecutionResponse) -> Any:
         return p if p is not None and p.waiting_on and "unknown outcome" in p.waiting_on \
             else None
 
-    return await poll(waiting, timeout=60, what="the execution to wait for a resolution")
+    return await wait_for(waiting, timeout=60, what="the execution to wait for a resolution")
 
 
 async def assert_paused_without_rerun(c: Crash, resp: ExecutionResponse, pid: int) -> None:
@@ -161,7 +158,7 @@ async def assert_paused_without_rerun(c: Crash, resp: ExecutionResponse, pid: in
         return [e for e in evs if e["event_type"] == "step.unknown_outcome"]
 
     # the query sees the pause at once; the mirror batch follows it
-    unknown = await poll(unknown_events, timeout=15, what="a step.unknown_outcome event")
+    unknown = await wait_for(unknown_events, timeout=15, what="a step.unknown_outcome event")
     assert len(unknown) == 1 and unknown[0]["step_id"] == "act"
     assert "never finished" in unknown[0]["message"]
     # not re-run: one run of the command, the pid file is the first run's
@@ -234,7 +231,8 @@ async def test_fail_ends_the_run_failed_and_skips_dependents(crash: Crash) -> No
 
 async def test_resolve_is_refused_when_nothing_waits(crash: Crash) -> None:
     """`resolve` on a run with no unknown outcome is refused (exit 1), not silently taken."""
-    await crash.stack.enter_async_context(build_worker(crash.temporal, crash.queue))
+    await crash.stack.enter_async_context(build_worker(
+        crash.temporal, crash.queue, pool=crash.client.pool, settings=crash.client.settings))
     resp = await crash.client.execute(request([shell("s", "echo fine")]), wait=True)
     assert resp.result is not None and resp.result.status.value == "completed"
     cli = await run_cli(crash.env, "resolve", resp.execution_id, "--action", "skip",

@@ -3,21 +3,22 @@ a queued acquisition heartbeats, is cancelled by a workflow cancel, and leaves n
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
+import pytest
 from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from opsconductor.activities import db as activities_db
-from opsconductor.activities.locks import acquire_locks, release_locks, renew_locks
+from opsconductor.activities.locks import LockActivities
 from opsconductor.safety import mutex
 from opsconductor.schema.locks import RenewLocksInput
 from opsconductor.schema.messages import LockGrant, LockRelease, LockRequest
+from tests.helpers import wait_for
 
 
 @workflow.defn(sandboxed=False)
@@ -42,11 +43,12 @@ class LockProbe:
 
 async def test_lock_activities_on_real_temporal(temporal_client: Client,
                                                 db_pool: asyncpg.Pool) -> None:
-    activities_db.set_pool(db_pool)
+    locks = LockActivities(pool=db_pool)
     tenant = f"t{uuid.uuid4().hex[:8]}"
     queue = f"locks-{uuid.uuid4().hex[:8]}"
     async with Worker(temporal_client, task_queue=queue, workflows=[LockProbe],
-                      activities=[acquire_locks, renew_locks, release_locks],
+                      activities=[locks.acquire_locks, locks.renew_locks,
+                                  locks.release_locks],
                       workflow_runner=UnsandboxedWorkflowRunner()):
         # uncontended: tokens come back and the lease is released at the end
         eid = str(uuid.uuid4())
@@ -64,21 +66,18 @@ async def test_lock_activities_on_real_temporal(temporal_client: Client,
             LockProbe.run, LockRequest(tenant=tenant, execution_id=eid2, assets=["a"],
                                        wait_timeout_seconds=60),
             id=f"probe-{eid2}", task_queue=queue)
-        for _ in range(200):
+        async def heartbeat_details() -> Any:
             desc = await handle.describe()
             pending = desc.raw_description.pending_activities
-            if pending and pending[0].heartbeat_details.payloads:
-                break
-            await asyncio.sleep(0.05)
-        details = temporal_client.data_converter.payload_converter.from_payloads(
-            pending[0].heartbeat_details.payloads)[0]
+            return pending[0].heartbeat_details.payloads if pending else None
+
+        payloads = await wait_for(heartbeat_details, timeout=15,
+                                  what="a heartbeat of the queued acquire_locks activity")
+        details = temporal_client.data_converter.payload_converter.from_payloads(payloads)[0]
         assert details["holder_execution_id"] == "blocker"
         await handle.cancel()
-        try:
+        with pytest.raises(WorkflowFailureError):
             await handle.result()
-            raise AssertionError("the workflow should have been cancelled")
-        except WorkflowFailureError:
-            pass
         n = await db_pool.fetchval(
             "SELECT count(*) FROM execution.execution_lock_waiters WHERE tenant = $1", tenant)
         assert n == 0

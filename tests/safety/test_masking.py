@@ -13,9 +13,7 @@ from opsconductor.safety.masking import (
     MASK,
     Masker,
     MaskingLogFilter,
-    forget_secret_values,
     install_log_masking,
-    register_secret_values,
 )
 
 CASES = [
@@ -115,10 +113,10 @@ def test_log_filter_masks_message_args_and_exceptions() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)
     try:
-        install_log_masking(logger)
-        install_log_masking(logger)  # idempotent
+        filt = install_log_masking(logger)
+        assert install_log_masking(logger) is filt  # idempotent
         assert sum(isinstance(f, MaskingLogFilter) for f in handler.filters) == 1
-        register_secret_values(["live-canary-123"])
+        filt.live.register(["live-canary-123"])
         logger.warning("connecting with %s to %s", "password=pw1234",
                        "postgres://u:dbpass99@h/db")
         logger.info("value live-canary-123 seen")
@@ -126,7 +124,7 @@ def test_log_filter_masks_message_args_and_exceptions() -> None:
             raise RuntimeError("failed with token=tok-abc-999 and live-canary-123")
         except RuntimeError:
             logger.exception("boom %s", "Bearer abcdefghijkl")
-        forget_secret_values(["live-canary-123"])
+        filt.live.forget(["live-canary-123"])
         logger.info("after forget live-canary-123")
     finally:
         logger.removeHandler(handler)
@@ -139,13 +137,13 @@ def test_log_filter_masks_message_args_and_exceptions() -> None:
 
 def test_registry_is_reference_counted() -> None:
     filt = MaskingLogFilter()
-    register_secret_values(["shared-secret-1"])
-    register_secret_values(["shared-secret-1"])
-    forget_secret_values(["shared-secret-1"])
+    filt.live.register(["shared-secret-1"])
+    filt.live.register(["shared-secret-1"])
+    filt.live.forget(["shared-secret-1"])
     rec = logging.LogRecord("x", 20, "f", 1, "v=%s", ("shared-secret-1",), None)
     filt.filter(rec)
     assert rec.getMessage() == "v=***"
-    forget_secret_values(["shared-secret-1"])
+    filt.live.forget(["shared-secret-1"])
     rec = logging.LogRecord("x", 20, "f", 1, "v=%s", ("shared-secret-1",), None)
     filt.filter(rec)
     assert rec.getMessage() == "v=shared-secret-1"

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from opsconductor.safety import mutex
+from tests.helpers import lease_expired, wait_for
 
 
 def _tenant() -> str:
@@ -76,7 +77,6 @@ async def test_two_hundred_waiters_fifo_no_overlap(db_pool: asyncpg.Pool) -> Non
         await mutex.release(db_pool, tenant, eid, ["host"])
 
     tasks = [asyncio.create_task(worker(i)) for i in range(n)]
-    await asyncio.sleep(0.05)
     await mutex.release(db_pool, tenant, "holder")
     await asyncio.wait_for(asyncio.gather(*tasks), 120)
     assert max_active == 1
@@ -130,7 +130,8 @@ async def test_killed_holder_is_reaped_and_next_waiter_gets_it(db_pool: asyncpg.
 async def test_reap_expired(db_pool: asyncpg.Pool) -> None:
     tenant = _tenant()
     await mutex.acquire(db_pool, tenant, ["r1"], "gone", "w", 0.05, timeout=1)
-    await asyncio.sleep(0.1)
+    await wait_for(lambda: lease_expired(db_pool, tenant, "r1", "gone"), timeout=5,
+                   interval=0.01, what="the 0.05 s lease to expire")
     reaped = await mutex.reap_expired(db_pool)
     assert (tenant, "r1", "gone") in reaped
     assert await mutex.holder_of(db_pool, tenant, "r1") is None
@@ -144,7 +145,8 @@ async def test_expired_lease_fails_fencing_and_renew(db_pool: asyncpg.Pool) -> N
     async with db_pool.acquire() as conn, conn.transaction():
         assert await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"])
         assert not await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"] - 1)
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: lease_expired(db_pool, tenant, "x", "e"), timeout=5,
+                   interval=0.02, what="the renewed 0.2 s lease to expire")
     async with db_pool.acquire() as conn, conn.transaction():
         assert not await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"])
     with pytest.raises(mutex.LockLost):
@@ -159,11 +161,16 @@ async def test_fencing_blocks_takeover_until_commit(db_pool: asyncpg.Pool) -> No
         tr = conn.transaction()
         await tr.start()
         assert await mutex.check_fencing(conn, tenant, "f", "old", tokens["f"])
-        await asyncio.sleep(0.4)  # lease expires while the step's transaction is open
+        # the lease expires while the step's transaction is open
+        await wait_for(lambda: lease_expired(db_pool, tenant, "f", "old"), timeout=5,
+                       interval=0.02, what="the 0.3 s lease to expire")
         taker = asyncio.create_task(
             mutex.try_acquire(db_pool, tenant, ["f"], "new", "w", 30))
-        await asyncio.sleep(0.2)
-        assert not taker.done()  # the takeover waits for the FOR SHARE row lock
+        # the takeover's backend is visibly blocked by the step's transaction (FOR SHARE)
+        step_pid = conn.get_server_pid()
+        await wait_for(lambda: _blocked_by(db_pool, step_pid), timeout=10,
+                       what="the takeover to wait on the step transaction's row lock")
+        assert not taker.done()
         await tr.commit()
         att = await asyncio.wait_for(taker, 5)
     assert att.acquired and att.tokens["f"] > tokens["f"]
@@ -178,12 +185,8 @@ async def test_timeout_and_cancel_leave_the_queue(db_pool: asyncpg.Pool) -> None
                             poll_interval=0.1)
     task = asyncio.create_task(mutex.acquire(db_pool, tenant, ["q"], "cx", "w", 30, timeout=30,
                                              poll_interval=0.1))
-    for _ in range(100):
-        n = await db_pool.fetchval(
-            "SELECT count(*) FROM execution.execution_lock_waiters WHERE tenant=$1", tenant)
-        if n:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: lock_waiters(db_pool, tenant), timeout=10, interval=0.02,
+                   what="the acquisition to queue as a waiter")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -196,8 +199,32 @@ async def test_timeout_and_cancel_leave_the_queue(db_pool: asyncpg.Pool) -> None
 async def test_keep_renewed(db_pool: asyncpg.Pool) -> None:
     tenant = _tenant()
     await mutex.acquire(db_pool, tenant, ["k"], "e", "w", 0.3, timeout=1)
+    first = await mutex.holder_of(db_pool, tenant, "k")
+    assert first is not None
     async with mutex.keep_renewed(db_pool, tenant, ["k"], "e", 0.3) as lost:
-        await asyncio.sleep(0.7)
+        # live at a moment two lease lengths past the first expiry: only renewals explain it
+        async def outlived() -> bool:
+            return lost.is_set() or bool(await db_pool.fetchval(
+                "SELECT clock_timestamp() > $4::timestamptz + interval '0.6 seconds' AND "
+                "expires_at > clock_timestamp() FROM execution.execution_locks "
+                "WHERE tenant = $1 AND asset = $2 AND execution_id = $3",
+                tenant, "k", "e", first.expires_at))
+
+        await wait_for(outlived, timeout=10, interval=0.02,
+                       what="the lease to stay live two lease lengths past its first expiry")
         assert not lost.is_set()
         assert await mutex.holder_of(db_pool, tenant, "k") is not None
     await mutex.release(db_pool, tenant, "e")
+
+
+async def _blocked_by(pool: asyncpg.Pool, pid: int) -> bool:
+    """Some backend waits for a lock held by backend `pid`."""
+    return bool(await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+        pid))
+
+
+async def lock_waiters(pool: asyncpg.Pool, tenant: str) -> int:
+    """How many waiter rows the tenant's queue holds."""
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM execution.execution_lock_waiters WHERE tenant = $1", tenant))

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from opsconductor.safety.secrets import (
     resolver_from_env,
 )
 from opsconductor.starter.ports import free_port
+from tests.helpers import wait_for_sync
 
 ROOT_TOKEN = "opsc-test-root"
 
@@ -45,17 +45,20 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(home)})
     url = f"http://127.0.0.1:{port}"
     client = hvac.Client(url=url, token=ROOT_TOKEN)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"OpenBao dev server exited: see {home / 'bao.log'}")
         try:
-            if client.sys.is_initialized() and not client.sys.is_sealed():
-                break
+            return bool(client.sys.is_initialized() and not client.sys.is_sealed())
         except Exception:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("OpenBao dev server did not start")
-        time.sleep(0.1)
+            return False
+
+    try:
+        wait_for_sync(ready, timeout=30, interval=0.1, what="the OpenBao dev server to unseal")
+    except BaseException:
+        proc.kill()
+        raise
     client.secrets.kv.v2.create_or_update_secret(
         path="db/prod", secret={"password": "vault-pw-123", "user": "app"}, mount_point="secret")
     client.secrets.kv.v2.create_or_update_secret(

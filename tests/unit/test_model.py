@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +17,7 @@ from opsconductor.schema.fsm import IllegalTransition, can_transition, check_tra
 from opsconductor.schema.spec import build_spec, mode_for, sla_class_for
 from opsconductor.schema.tools import lookup
 from opsconductor.schema.validation import RequestValidationError, find_cycle, validate_request
-from tests.plans import request, shell, step
-
-SHARED_EXAMPLE = Path(__file__).resolve().parents[3] / "shared" / "examples"
+from tests.helpers import DATA, request, shell, step
 
 
 @pytest.mark.parametrize(("a", "b"), [
@@ -146,8 +143,9 @@ def test_bare_plan_object_is_accepted() -> None:
     assert req.steps[0].id == "a"
 
 
-def test_shared_example_request_is_valid() -> None:
-    doc = json.loads((SHARED_EXAMPLE / "request_restart_service.json").read_text())
+def test_example_request_is_valid() -> None:
+    """The design's full example envelope (a copy kept in tests/data) validates as sent."""
+    doc = json.loads((DATA / "request_restart_service.json").read_text())
     req = validate_request(doc)
     spec = build_spec(req, execution_id="e", workflow_id="w", idempotency_key="k")
     assert spec.assets == ["web-1"]

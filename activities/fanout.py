@@ -1,0 +1,134 @@
+"""Run a templated step: render it from earlier results and, when it iterates over the assets
+an asset-query returned, run one variant per asset and fold them into one step outcome.
+
+The pure parts (which placeholders, which variants, their ids `<step>#<n>` and targets) are
+`opsconductor.schema.templates`; this module only runs the variants, at most
+`max_concurrency` at a time, each through the caller's `run_variant` (the step activity
+passes a function that resolves the variant's asset and runs its executor, as for any step).
+
+`results` maps earlier step ids to their results as the workflow keeps them
+(`StepResult.model_dump(mode="json")`: `output`, `stdout`, `exit_code`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text
+from opsconductor.schema.errors import ErrorType
+from opsconductor.schema.spec import StepSpec
+from opsconductor.schema.templates import TemplateError, expand, powershell_quote, shell_quote
+
+RunVariant = Callable[[StepSpec], Awaitable[StepOutcome]]
+DEFAULT_CONCURRENCY = 4
+VARIANTS_BUDGET_BYTES = 256 * 1024  # all variants' kept stdout together
+
+
+class VariantOutcome(BaseModel):
+    id: str
+    target: str | None
+    ok: bool
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+def variant_specs(step: StepSpec, results: Mapping[str, Any]) -> list[StepSpec]:
+    """The concrete steps to run: one per returned asset (fan-out), or the step rendered."""
+    quote = powershell_quote if step.dialect == "powershell" else shell_quote
+    variants = expand(step.id, step.inputs, step.command, step.target, step.placeholders,
+                      results, quote)
+    return [step.model_copy(update={
+        "id": v.id, "inputs": v.inputs, "command": v.command, "target": v.target,
+        "placeholders": [], "fan_out_from": None, "variant_of": step.id, "item": v.item})
+        for v in variants]
+
+
+def aggregate(step: StepSpec, outcomes: list[VariantOutcome]) -> StepOutcome:
+    """One outcome for the step: ok when every variant is (zero assets: ok, nothing ran)."""
+    failed = [o for o in outcomes if not o.ok]
+    # One step result crosses Temporal: keep it far below the 2 MiB payload limit however
+    # many assets the query returned (each variant's streams capped, the summary too).
+    per_variant = max(1024, VARIANTS_BUDGET_BYTES // max(1, len(outcomes)))
+    kept = [o.model_copy(update={"stdout": cap_text(o.stdout, per_variant),
+                                 "stderr": cap_text(o.stderr, per_variant // 4)})
+            for o in outcomes]
+    output = {"fan_out": step.fan_out_from is not None, "count": len(outcomes),
+              "succeeded": len(outcomes) - len(failed), "failed": len(failed),
+              "variants": [o.model_dump() for o in kept]}
+    stdout = cap_text("\n".join(f"== {o.id} ({o.target or 'localhost'}) ==\n"
+                                f"{o.stdout.rstrip()}" for o in kept))
+    if not failed:
+        return StepOutcome(ok=True, exit_code=0, stdout=stdout, output=output)
+    first = failed[0]
+    return StepOutcome(ok=False, exit_code=first.exit_code, stdout=stdout, output=output,
+                       error=f"{len(failed)} of {len(outcomes)} variants failed; first: "
+                             f"{first.id} on {first.target}: {first.error}",
+                       error_type=first.error_type or ErrorType.STEP_FAILED,
+                       retryable=False)
+
+
+async def run_fanout(step: StepSpec, results: Mapping[str, Any], run_variant: RunVariant, *,
+                     max_concurrency: int = DEFAULT_CONCURRENCY) -> StepOutcome:
+    """Render, expand, run the variants (bounded) and aggregate them into one outcome."""
+    try:
+        variants = variant_specs(step, results)
+    except TemplateError as err:
+        return StepOutcome(ok=False, error=f"step {step.id}: {err}",
+                           error_type=ErrorType.INVALID_STEP, retryable=False)
+    gate = asyncio.Semaphore(max(1, max_concurrency))
+
+    async def one(variant: StepSpec) -> VariantOutcome:
+        async with gate:
+            try:
+                o = await run_variant(variant)
+            except Exception as err:  # one variant's bug must not hide the others' results
+                o = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
+                                error_type=ErrorType.EXECUTOR_ERROR)
+        return VariantOutcome(id=variant.id, target=variant.target, ok=o.ok,
+                              exit_code=o.exit_code, stdout=o.stdout, stderr=o.stderr,
+                              output=o.output, error=o.error, error_type=o.error_type)
+
+    outcomes = await asyncio.gather(*(one(v) for v in variants))
+    return aggregate(step, list(outcomes))
+
+
+Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]
+
+
+def executor_variant_runner(base: StepContext, *,
+                            authorize: Authorize | None = None) -> RunVariant:
+    """A `run_variant` that resolves the variant's asset and secrets and runs its executor,
+    with the rest of the context (execution, timeout, heartbeat) from `base`.
+
+    A variant's host is known only now, so RBAC must be decided per variant: `authorize`
+    (variant, asset) returns None to allow or the denial's reason; a denied variant does not
+    run and fails as RbacDenied. An unknown asset fails as UnknownAsset."""
+    from opsconductor.activities.assets import UnknownAsset, resolve_asset
+    from opsconductor.activities.executors.registry import executor_for
+    from opsconductor.safety.secrets import resolver_from_env
+
+    async def run(variant: StepSpec) -> StepOutcome:
+        try:
+            asset = await resolve_asset(variant.target, base.settings)
+        except UnknownAsset as err:
+            return StepOutcome(ok=False, error=str(err), error_type=ErrorType.UNKNOWN_ASSET,
+                               retryable=False)
+        if authorize is not None:
+            denied = await authorize(variant, asset)
+            if denied is not None:
+                return StepOutcome(ok=False, error=denied, error_type=ErrorType.RBAC_DENIED,
+                                   retryable=False)
+        inputs, _values = await (base.secrets or resolver_from_env()).resolve(variant.inputs)
+        ctx = dataclasses.replace(base, step=variant, inputs=inputs, asset=asset)
+        return await executor_for(variant.kind).run(ctx)
+
+    return run

@@ -1,0 +1,310 @@
+"""Signed operator decisions: SSH signatures (`ssh-keygen -Y`, the format git uses for signed
+commits) made with keys operators already have, and verified against `allowed_signers`.
+
+Signing: `sign_message` runs `ssh-keygen -Y sign -n opsconductor-decision` with a private key
+file, or with a public key file whose private half is in the ssh-agent (`SSH_AUTH_SOCK`).
+`signed_payload` turns a plain decision payload into a signed one.
+
+Verifying (`verify_decision`, run by the worker, never by workflow code): the signature must
+verify over the message the workflow rebuilt from its own facts (`check-novalidate`), its key
+must be registered for the claimed principal (`find-principals`, then `verify -I`), and the
+message must be fresh: issued no longer than `max_age_seconds` before the workflow handled it,
+and not more than `max_skew_seconds` after. Every refusal names its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import secrets
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from opsconductor.schema.decisions import (
+    SIGNATURE_NAMESPACE,
+    DecisionMessage,
+    SignatureCheck,
+    SignatureVerdict,
+    canonical_time,
+)
+
+KEY_TYPE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-\S+|sk-\S+@openssh\.com)$")
+FINGERPRINT = re.compile(r"(SHA256:[A-Za-z0-9+/=]+)")
+SSH_TIMEOUT_SECONDS = 10.0
+
+
+class SignatureError(RuntimeError):
+    """Signing is impossible (no key, no agent, ssh-keygen refused) or a signer line is
+    malformed; the message says which."""
+
+
+def ssh_keygen() -> str:
+    """The `ssh-keygen` binary (openssh-client)."""
+    found = shutil.which("ssh-keygen") or ("/usr/bin/ssh-keygen"
+                                           if Path("/usr/bin/ssh-keygen").exists() else None)
+    if found is None:
+        raise SignatureError("ssh-keygen not found: install openssh-client")
+    return found
+
+
+# ---------------------------------------------------------------------------- allowed signers
+
+@dataclass(frozen=True)
+class AllowedSigner:
+    """One `allowed_signers` line: principals, options, a public key (type + base64)."""
+
+    principals: tuple[str, ...]
+    key_type: str
+    key_data: str
+    options: str = ""
+    comment: str = ""
+
+    @property
+    def public_key(self) -> str:
+        return f"{self.key_type} {self.key_data}"
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.key_data)
+
+    def line(self) -> str:
+        parts = [",".join(self.principals)]
+        if self.options:
+            parts.append(self.options)
+        parts.append(self.public_key)
+        return " ".join(parts)
+
+
+def key_fingerprint(key_data: str) -> str:
+    """`SHA256:...` exactly as `ssh-keygen -l` prints it, from the key's base64 blob."""
+    digest = hashlib.sha256(base64.b64decode(key_data)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def parse_allowed_signer(line: str, where: str = "allowed_signers") -> AllowedSigner:
+    """Parse `principals [options] keytype base64 [comment]` (sshd's AUTHORIZED_KEYS-like
+    form that `ssh-keygen -Y verify` reads); options may be quoted."""
+    try:
+        tokens = shlex.split(line.strip(), posix=False)
+    except ValueError as err:
+        raise SignatureError(f"{where}: {err}") from None
+    if len(tokens) < 3:
+        raise SignatureError(f"{where}: expected 'principals [options] keytype key', "
+                             f"got {line.strip()!r}")
+    principals = tuple(p for p in tokens[0].split(",") if p)
+    i = 1
+    options = ""
+    if not KEY_TYPE.match(tokens[1]):
+        options, i = tokens[1], 2
+    if len(tokens) < i + 2 or not KEY_TYPE.match(tokens[i]):
+        raise SignatureError(f"{where}: no public key (ssh-ed25519, ssh-rsa, ecdsa-…) in "
+                             f"{line.strip()!r}")
+    key_type, key_data = tokens[i], tokens[i + 1]
+    try:
+        blob = base64.b64decode(key_data, validate=True)
+    except ValueError:
+        raise SignatureError(f"{where}: the key of {principals} is not base64") from None
+    if not blob:
+        raise SignatureError(f"{where}: the key of {principals} is empty")
+    return AllowedSigner(principals=principals, key_type=key_type, key_data=key_data,
+                         options=options, comment=" ".join(tokens[i + 2:]))
+
+
+def parse_allowed_signers(value: Any, where: str = "allowed_signers") -> list[AllowedSigner]:
+    """A policy's `allowed_signers`: a list of lines, or a mapping principal -> key(s)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [ln for ln in value.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if isinstance(value, Mapping):
+        lines = []
+        for principal, keys in value.items():
+            for key in [keys] if isinstance(keys, str) else list(keys or []):
+                lines.append(f"{principal} {key}")
+        value = lines
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SignatureError(f"{where}: expected a list of allowed_signers lines or a "
+                             "mapping principal -> public keys")
+    return [parse_allowed_signer(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+# ---------------------------------------------------------------------------- subprocesses
+
+async def _run(args: Sequence[str], stdin: bytes = b"",
+               env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=dict(env) if env is not None else None)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), SSH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SignatureError(f"{Path(args[0]).name} did not answer within "
+                             f"{SSH_TIMEOUT_SECONDS:g}s") from None
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def sign_message(message: DecisionMessage, key: str | Path | None = None, *,
+                       env: Mapping[str, str] | None = None,
+                       registered: Sequence[AllowedSigner] = ()) -> str:
+    """Sign the canonical message: `key` is a private key file, or a `.pub` file whose
+    private key is in the agent; None uses the agent's key registered for the message's
+    principal in `registered` (else the agent's first key)."""
+    env = dict(os.environ if env is None else env)
+    with tempfile.TemporaryDirectory(prefix="opsc-sign-") as tmp:
+        if key is None:
+            keys = await agent_keys(env)
+            if not keys:
+                raise SignatureError("no signing key: pass --key FILE (or set "
+                                     "OPSC_SIGNING_KEY), or add a key to the ssh-agent")
+            key = Path(tmp) / "agent_key.pub"
+            key.write_text(choose_agent_key(keys, message.principal, registered) + "\n")
+        path = _key_file(key)
+        code, out, err = await _run([ssh_keygen(), "-Y", "sign", "-f", str(path),
+                                     "-n", SIGNATURE_NAMESPACE], message.canonical_bytes(), env)
+    if code != 0 or "BEGIN SSH SIGNATURE" not in out:
+        detail = " ".join(ln for ln in err.splitlines()
+                          if "Signing data on standard input" not in ln).strip()
+        raise SignatureError(f"ssh-keygen could not sign with {path}: {detail or code}")
+    return out.strip()
+
+
+def _key_file(key: str | Path) -> Path:
+    path = Path(key).expanduser()
+    if not path.is_file():
+        raise SignatureError(f"signing key {path} not found")
+    return path
+
+
+async def agent_keys(env: Mapping[str, str] | None = None) -> list[str]:
+    """The public keys the ssh-agent holds (`ssh-add -L`), none without an agent."""
+    env = dict(os.environ if env is None else env)
+    if not env.get("SSH_AUTH_SOCK"):
+        return []
+    add = shutil.which("ssh-add") or str(Path(ssh_keygen()).with_name("ssh-add"))
+    code, out, _ = await _run([add, "-L"], env=env)
+    return [ln.strip() for ln in out.splitlines() if ln.strip()] if code == 0 else []
+
+
+def choose_agent_key(keys: Sequence[str], principal: str,
+                     registered: Sequence[AllowedSigner]) -> str:
+    """The first agent key registered for `principal`, else the agent's first key."""
+    mine = {s.public_key for s in registered if principal in s.principals}
+    for line in keys:
+        if " ".join(line.split()[:2]) in mine:
+            return line
+    return keys[0]
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+async def signed_payload(payload: Mapping[str, Any], *, kind: str, execution_id: str, gate: str,
+                         plan_hash: str, principal: str, comment: str = "",
+                         key: str | Path | None = None, issued_at: datetime | None = None,
+                         nonce: str | None = None, env: Mapping[str, str] | None = None,
+                         registered: Sequence[AllowedSigner] = ()) -> dict[str, Any]:
+    """`payload` with the signed fields added: what a `temporal workflow signal --input`,
+    the CLI and the library send. `kind` is approve, reject, cancel or resolve:<action>."""
+    message = DecisionMessage(
+        execution_id=execution_id, gate=gate, decision=kind, plan_hash=plan_hash,
+        principal=principal, issued_at=issued_at or datetime.now(UTC),
+        nonce=nonce or new_nonce(), comment=comment)
+    signature = await sign_message(message, key, env=env, registered=registered)
+    return {**payload, "execution_id": execution_id, "gate": gate, "plan_hash": plan_hash,
+            "issued_at": canonical_time(message.issued_at), "nonce": message.nonce,
+            "signature": signature}
+
+
+# ---------------------------------------------------------------------------- verifying
+
+@dataclass(frozen=True)
+class SigningRules:
+    """Where unsigned decisions are refused and how fresh a signed one must be."""
+
+    required: bool
+    max_age_seconds: float = 900.0
+    max_skew_seconds: float = 120.0
+
+
+async def verify_decision(check: SignatureCheck, signers: Sequence[AllowedSigner],
+                          rules: SigningRules) -> SignatureVerdict:
+    """Verify one decision; the verdict names the reason of any refusal."""
+    message = check.message
+    if check.signature is None:
+        if rules.required:
+            return SignatureVerdict(
+                accepted=False, signed=False,
+                reason="unsigned decision: this environment requires decisions signed with "
+                       "a registered SSH key")
+        return SignatureVerdict(accepted=True, signed=False,
+                                reason="unsigned decision (accepted: signatures are not "
+                                       "required in this environment)")
+    with tempfile.TemporaryDirectory(prefix="opsc-verify-") as tmp:
+        sig = Path(tmp) / "decision.sig"
+        sig.write_text(check.signature.strip() + "\n")
+        allowed = Path(tmp) / "allowed_signers"
+        allowed.write_text("".join(s.line() + "\n" for s in signers))
+        data = message.canonical_bytes()
+        keygen = ssh_keygen()
+        code, out, err = await _run([keygen, "-Y", "check-novalidate", "-n",
+                                     SIGNATURE_NAMESPACE, "-s", str(sig)], data)
+        found = FINGERPRINT.search(out + err)
+        fingerprint = found.group(1) if found else None
+        if code != 0:
+            return SignatureVerdict(
+                accepted=False, signed=True, key_fingerprint=fingerprint,
+                reason="signature does not verify over this decision: it was made for "
+                       "another execution, gate, decision, plan, principal, time, nonce or "
+                       "comment (or is not an opsconductor-decision signature)")
+        principals: list[str] = []
+        if signers:
+            code, out, _ = await _run([keygen, "-Y", "find-principals", "-f", str(allowed),
+                                       "-s", str(sig)])
+            principals = sorted({p for ln in out.splitlines() for p in ln.strip().split(",")
+                                 if p}) if code == 0 else []
+        if not principals:
+            return SignatureVerdict(
+                accepted=False, signed=True, key_fingerprint=fingerprint,
+                reason=f"unknown key {fingerprint}: it is not registered for any principal")
+        if message.principal not in principals:
+            return SignatureVerdict(
+                accepted=False, signed=True, key_fingerprint=fingerprint,
+                key_principals=principals,
+                reason=f"impersonation: key {fingerprint} belongs to "
+                       f"{', '.join(principals)}, not {message.principal}")
+        code, out, err = await _run([keygen, "-Y", "verify", "-f", str(allowed), "-I",
+                                     message.principal, "-n", SIGNATURE_NAMESPACE,
+                                     "-s", str(sig)], data)
+        if code != 0:
+            return SignatureVerdict(
+                accepted=False, signed=True, key_fingerprint=fingerprint,
+                key_principals=principals,
+                reason=f"signature of {message.principal} refused by its allowed_signers "
+                       f"entry: {(err or out).strip()[:300]}")
+    age = (check.received_at - message.issued_at).total_seconds()
+    if age > rules.max_age_seconds:
+        return SignatureVerdict(
+            accepted=False, signed=True, key_fingerprint=fingerprint, key_principals=principals,
+            reason=f"expired: issued at {canonical_time(message.issued_at)}, {age:.0f}s "
+                   f"before it was handled (limit {rules.max_age_seconds:g}s)")
+    if -age > rules.max_skew_seconds:
+        return SignatureVerdict(
+            accepted=False, signed=True, key_fingerprint=fingerprint, key_principals=principals,
+            reason=f"issued in the future: {canonical_time(message.issued_at)} is {-age:.0f}s "
+                   f"ahead of the execution's clock (allowed skew {rules.max_skew_seconds:g}s)")
+    return SignatureVerdict(
+        accepted=True, signed=True, key_fingerprint=fingerprint, key_principals=principals,
+        signature=check.signature.strip(),
+        reason=f"signed by {message.principal} with key {fingerprint}")

@@ -1,0 +1,210 @@
+"""Dry run: how a plan would run, with no side effect and no remote call.
+
+Validates the request (every problem with its field path), resolves targets from the
+inventory file (an Asset Service is not called: such targets are shown as resolved at run
+time), authorizes every step against the RBAC policy file (the database's rule tables are
+not read), and describes each step: tool -> executor, the command or request, target and
+connector, failure handling as interpreted beside the text as written, dependencies after
+wildcard expansion, approval gates and checkpoints. What only run time can know (an asset
+query's results, the steps that fan out over them) is shown as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from opsconductor.schema.spec import StepSpec, approval_points_for, build_spec
+from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
+
+EXECUTOR_OF_KIND = {"command": "command", "http": "http", "sql": "sql",
+                    "file_transfer": "file transfer", "validate": "checks", "noop": "noop",
+                    "asset_query": "Asset Service query"}
+
+
+class StepPlan(BaseModel):
+    id: str
+    tool: str
+    executor: str
+    action_class: str
+    runs: str  # the command line, the request, or what the step does
+    target: str
+    connector: str
+    failure_handling: str
+    failure_handling_text: str
+    failure_rule: str
+    depends_on: list[str]
+    depends_on_written: list[str] | None = None
+    gate: str | None = None
+    checkpoint: bool = False
+    execution_location: str | None = None
+    requires_credentials: Any = None
+    run_time: list[str] = Field(default_factory=list)  # what only run time can know
+    allowed: bool = True
+    rbac_reason: str = ""
+
+
+class DryRunReport(BaseModel):
+    would_run: bool
+    problems: list[Problem] = Field(default_factory=list)
+    tenant: str | None = None
+    environment: str | None = None
+    approval_level: int = 0
+    sla_class: str | None = None
+    mode: str | None = None
+    steps: list[StepPlan] = Field(default_factory=list)
+
+
+def _runs(step: StepSpec) -> str:
+    i = step.inputs
+    if step.kind.value == "command":
+        return step.command or ""
+    if step.kind.value == "http":
+        auth = f" ({i['auth']['type']} auth as {i['auth'].get('username')})" if i.get("auth") \
+            else ""
+        return f"{i.get('method', 'GET')} {i.get('url')}{auth}"
+    if step.kind.value == "sql":
+        return str(i.get("query"))
+    if step.kind.value == "asset_query":
+        q = {k: v for k, v in i.items() if v not in (None, [], {})}
+        return f"asset query {q}"
+    if step.kind.value == "validate":
+        return "checks: " + "; ".join(str(c) for c in i.get("checks", []))
+    if step.kind.value == "file_transfer":
+        return f"{i.get('direction')} {i.get('source')} -> {i.get('destination')}"
+    return step.kind.value
+
+
+async def _targets(specs: list[StepSpec]) -> tuple[dict[str, Any], list[str], str]:
+    """Targets resolved from the inventory file only (no remote call)."""
+    from opsconductor.activities.assets import is_local_target, load_inventory
+    from opsconductor.schema.config import load_settings
+
+    settings = load_settings()
+    path = settings.inventory_path()
+    inventory = load_inventory(path) if path is not None and path.exists() else None
+    found: dict[str, Any] = {}
+    unknown: list[str] = []
+    for s in specs:
+        t = s.target
+        if t is None or is_local_target(t) or t in found:
+            continue
+        asset = inventory.find(t) if inventory is not None else None
+        if asset is not None:
+            found[t] = asset
+        elif not settings.asset_service_url:
+            unknown.append(t)
+    return found, unknown, ("the Asset Service (at run time)" if settings.asset_service_url
+                            else f"inventory {path}")
+
+
+async def dry_run(raw: Any) -> DryRunReport:
+    """Everything `run` would check and decide, described, with nothing started or written."""
+    from opsconductor.activities.executors.command import connection_problems
+    from opsconductor.safety import rbac
+
+    try:
+        req = validate_request(raw)
+    except RequestValidationError as err:
+        return DryRunReport(would_run=False, problems=err.problems)
+    spec = build_spec(req, execution_id="dry-run", workflow_id="dry-run",
+                      idempotency_key="dry-run")
+    specs = spec.steps
+    assets, unknown, where = await _targets(specs)
+    problems: list[Problem] = []
+    index = {s.id: i for i, s in enumerate(req.steps)}
+    for s in specs:
+        if s.target in unknown:
+            problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",
+                                    message=f"unknown asset {s.target!r} (not in {where})"))
+    policy = await rbac.load_policy(None)
+    gates = {p.step_id: p for p in approval_points_for(req)}
+    steps: list[StepPlan] = []
+    for s in specs:
+        i = index[s.id]
+        asset = assets.get(s.target) if s.target else None
+        connector = s.connector or (asset.connector if asset is not None else
+                                    ("local" if s.target is None and not s.templated
+                                     else "resolved at run time"))
+        if s.kind.value == "asset_query":
+            connector = "asset-service"
+        elif s.kind.value == "command" and (asset is not None or
+                                            (s.target is None and not s.templated)):
+            for why in connection_problems(s.connection, asset, connector):
+                field, _, message = why.partition(": ")
+                problems.append(Problem(path=f"plan.plan.steps[{i}].{field}", message=message))
+        resource = (asset.id if asset is not None else s.target) or "localhost"
+        allowed, reason = True, "decided per asset at run time (the hosts are not known yet)"
+        if not s.fan_out_from:
+            decision = policy.evaluate(tenant=req.tenant, actor=req.actor, resource=resource,
+                                       tool=s.tool, action="execute",
+                                       environment=req.environment.value)
+            allowed, reason = decision.allowed, decision.reason
+        if not allowed:
+            problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
+                f"denied: {req.actor} may not execute {s.tool} on {resource} in "
+                f"{req.environment.value}: {reason}")))
+        run_time = []
+        if s.kind.value == "asset_query":
+            run_time.append("the assets it returns")
+        if s.fan_out_from:
+            run_time.append(f"runs once per asset returned by {s.fan_out_from} "
+                            f"(variants {s.id}#1..n; target = each asset's hostname)")
+        elif s.templated:
+            run_time.append("rendered from " + ", ".join(sorted({p.source for p in
+                                                                  s.placeholders})))
+        if s.placeholders:
+            run_time.append("placeholders: " + ", ".join(p.text for p in s.placeholders))
+        gate = gates.get(s.id)
+        steps.append(StepPlan(
+            id=s.id, tool=s.tool, executor=EXECUTOR_OF_KIND.get(s.kind.value, s.kind.value),
+            action_class=s.action_class.value, runs=_runs(s),
+            target=("each returned asset" if s.fan_out_from else
+                    (f"{s.target} (asset {asset.id})" if asset is not None else
+                     s.target or ("Asset Service" if s.kind.value == "asset_query"
+                                  else "localhost (this worker)"))),
+            connector=connector, failure_handling=s.failure_handling.value,
+            failure_handling_text=s.failure_handling_text, failure_rule=s.failure_rule,
+            depends_on=s.depends_on, depends_on_written=s.depends_on_written,
+            gate=(f"approval ({gate.risk_level}): {gate.reason}" if gate else None),
+            checkpoint=s.checkpoint, execution_location=s.execution_location,
+            requires_credentials=s.requires_credentials, run_time=run_time,
+            allowed=allowed, rbac_reason=reason))
+    return DryRunReport(would_run=not problems, problems=problems, tenant=req.tenant,
+                        environment=req.environment.value, approval_level=req.approval_level,
+                        sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps)
+
+
+def render_text(report: DryRunReport) -> str:
+    """The operator's view of a dry run."""
+    if not report.would_run and not report.steps:
+        return "\n".join([f"refused: {len(report.problems)} problem(s)",
+                          *(f"  - {p}" for p in report.problems)])
+    out = [f"dry run: {report.tenant} in {report.environment}, approval level "
+           f"{report.approval_level}, SLA {report.sla_class} ({report.mode})"]
+    for s in report.steps:
+        out.append(f"{s.id}  {s.tool} -> {s.executor} [{s.action_class}]")
+        out.append(f"    runs:      {s.runs}")
+        out.append(f"    target:    {s.target} via {s.connector}")
+        out.append(f"    on failure: {s.failure_handling}  (written: "
+                   f"{s.failure_handling_text!r}; {s.failure_rule})")
+        deps = ", ".join(s.depends_on) or "none"
+        if s.depends_on_written:
+            deps += f"  (written: {', '.join(s.depends_on_written)})"
+        out.append(f"    after:     {deps}")
+        if s.gate:
+            out.append(f"    gate:      {s.gate}")
+        if s.checkpoint:
+            out.append("    checkpoint")
+        if s.execution_location:
+            out.append(f"    planner's execution_location: {s.execution_location} "
+                       "(where it runs, not a host)")
+        for note in s.run_time:
+            out.append(f"    run time:  {note}")
+    if report.problems:
+        out.append(f"would NOT run: {len(report.problems)} problem(s)")
+        out += [f"  - {p}" for p in report.problems]
+    else:
+        out.append("would run")
+    return "\n".join(out)

@@ -1,0 +1,61 @@
+"""Fixtures for the upstream-plan tests: stand-ins of the Automation and Asset services, an
+HTTP digest camera, and a loopback sshd of this directory's own (the executors' and the
+integration tests' sshd fixtures serve only their directories)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.executors.conftest import SshServer, openssh_server, secret_env_name
+from tests.executors.servers import serve
+from tests.planner.standins import ASSET_SERVICE, AUTOMATION, AssetService, AutomationService
+
+SSH_KEY_SECRET = "planner/ssh/key"
+WINDOWS_SECRET = "planner/windows/admin"
+
+
+@pytest.fixture(scope="session")
+def planner_sshd(session_dir: Path) -> Iterator[SshServer]:
+    d = session_dir / "sshd-planner"
+    with openssh_server(d, password_auth=False) as (port, log):
+        env_name = secret_env_name(SSH_KEY_SECRET)
+        os.environ[env_name] = (d / "client_key").read_text()
+        try:
+            yield SshServer(host="127.0.0.1", port=port, dir=d,
+                            user=pwd.getpwuid(os.geteuid()).pw_name,
+                            client_key=(d / "client_key").read_text(),
+                            known_hosts=d / "known_hosts",
+                            empty_known_hosts=d / "empty_known_hosts",
+                            password_user=None, password=None, log=log)
+        finally:
+            os.environ.pop(env_name, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _close_planner_ssh_connections() -> AsyncIterator[None]:
+    yield
+    from opsconductor.activities.executors.ssh import close_connections
+
+    await close_connections()
+
+
+@pytest.fixture
+def automation_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serve(AutomationService) as url:
+        AUTOMATION.calls.clear()
+        monkeypatch.setenv(secret_env_name(WINDOWS_SECRET), "Win-Pass-1!")
+        yield url
+
+
+@pytest.fixture
+def asset_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serve(AssetService) as url:
+        ASSET_SERVICE.calls.clear()
+        ASSET_SERVICE.assets.clear()
+        monkeypatch.setenv("OPSC_ASSET_SERVICE_URL", url)
+        yield url

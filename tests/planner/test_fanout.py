@@ -1,0 +1,147 @@
+"""An asset query against a local stand-in of the Asset Service, then a templated step fanned
+out to the hosts it returned, each variant run for real on its (local-connector) asset."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from opsconductor.activities.executors.asset_query import AssetQueryExecutor
+from opsconductor.activities.executors.base import StepContext
+from opsconductor.activities.fanout import executor_variant_runner, run_fanout, variant_specs
+from opsconductor.schema.spec import build_spec
+from opsconductor.schema.validation import validate_request
+from tests.executors.servers import _Base, serve
+
+ASSETS = [
+    {"id": "a1", "hostname": "node-a", "connector": "local", "ip_address": "127.0.0.1",
+     "tags": ["win10"]},
+    {"id": "a2", "hostname": "node-b", "connector": "local", "ip_address": "127.0.0.2",
+     "tags": ["win10"]},
+    {"id": "a3", "hostname": "node-c", "connector": "local", "tags": ["other"]},
+]
+SEEN: list[dict[str, Any]] = []
+
+
+class AssetService(_Base):
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        SEEN.append({"path": url.path, "query": q})
+        if url.path == "/api/v1/assets":
+            found = [a for a in ASSETS
+                     if ("tags" not in q or q["tags"] in a["tags"])
+                     and ("hostname" not in q or q["hostname"] == a["hostname"])]
+            self._send(200, {"assets": found})
+            return
+        for a in ASSETS:
+            if url.path == f"/api/v1/assets/{a['id']}":
+                self._send(200, a)
+                return
+        self._send(404, {"detail": "not found"})
+
+
+@pytest.fixture
+def asset_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serve(AssetService) as url:
+        monkeypatch.setenv("OPSC_ASSET_SERVICE_URL", url)
+        SEEN.clear()
+        yield url
+
+
+PLAN = {"tenant": "t", "actor": "a", "environment": "dev", "plan": {"steps": [
+    {"step_number": 1, "tool": "asset-query", "parameters": {"filters": {"tags": ["win10"]},
+                                                            "fields": ["hostname"]}},
+    {"step_number": 2, "tool": "shell",
+     "parameters": {"command": "echo host={{item.hostname}} ip={{ip_address}}",
+                    "target": "{{hostname}}"}}]}}
+
+
+def _ctx(step: Any) -> StepContext:
+    return StepContext(execution_id="00000000-0000-0000-0000-000000000001", workflow_id="wf",
+                       tenant="t", environment="dev", step=step, inputs=step.inputs,
+                       timeout=30)
+
+
+async def test_asset_query_fans_out_to_returned_hosts(asset_service: str) -> None:
+    spec = build_spec(validate_request(PLAN), execution_id="e", workflow_id="w",
+                      idempotency_key="k")
+    query, step = spec.steps
+    assert step.fan_out_from == query.id and step.depends_on == [query.id]
+    outcome = await AssetQueryExecutor().run(_ctx(query))
+    assert outcome.ok and outcome.output["count"] == 2
+    assert SEEN[0] == {"path": "/api/v1/assets", "query": {"tags": "win10", "limit": "100"}}
+    results = {query.id: {"output": outcome.output, "stdout": outcome.stdout, "exit_code": 0}}
+    variants = variant_specs(step, results)
+    assert [(v.id, v.target) for v in variants] == [("step_002#1", "node-a"),
+                                                    ("step_002#2", "node-b")]
+    ran = await run_fanout(step, results, executor_variant_runner(_ctx(step)),
+                           max_concurrency=2)
+    assert ran.ok, ran.error
+    assert [v["stdout"].strip() for v in ran.output["variants"]] == [
+        "host=node-a ip=127.0.0.1", "host=node-b ip=127.0.0.2"]
+    assert ran.output["succeeded"] == 2
+
+
+async def test_values_are_shell_quoted_and_templated_step_never_runs_raw(
+        asset_service: str) -> None:
+    ASSETS.append({"id": "a4", "hostname": "x; touch /tmp/opsc-pwned", "connector": "local",
+                   "ip_address": "127.0.0.9", "tags": ["evil"]})
+    try:
+        plan = json.loads(json.dumps(PLAN))
+        plan["plan"]["steps"][0]["parameters"]["filters"]["tags"] = ["evil"]
+        plan["plan"]["steps"][1]["parameters"]["target"] = "localhost"
+        spec = build_spec(validate_request(plan), execution_id="e", workflow_id="w",
+                          idempotency_key="k")
+        query, step = spec.steps
+        from opsconductor.activities.executors.registry import executor_for
+
+        raw = await executor_for(step.kind).run(_ctx(step))
+        assert not raw.ok and "template variables" in (raw.error or "")
+        outcome = await AssetQueryExecutor().run(_ctx(query))
+        results = {query.id: {"output": outcome.output}}
+        (variant,) = variant_specs(step, results)
+        assert variant.command == "echo host='x; touch /tmp/opsc-pwned' ip=127.0.0.9"
+        assert variant.target == "localhost"
+    finally:
+        ASSETS.pop()
+
+
+async def test_each_variant_is_authorized_on_its_own_asset(asset_service: str) -> None:
+    spec = build_spec(validate_request(PLAN), execution_id="e", workflow_id="w",
+                      idempotency_key="k")
+    query, step = spec.steps
+    outcome = await AssetQueryExecutor().run(_ctx(query))
+    results = {query.id: {"output": outcome.output}}
+    asked: list[tuple[str, str]] = []
+
+    async def authorize(variant: Any, asset: Any) -> str | None:
+        asked.append((variant.id, asset.id))
+        return "denied: no rule for a2" if asset.id == "a2" else None
+
+    ran = await run_fanout(step, results, executor_variant_runner(_ctx(step),
+                                                                  authorize=authorize))
+    assert sorted(asked) == [("step_002#1", "a1"), ("step_002#2", "a2")]  # concurrent
+    assert not ran.ok and ran.error_type == "RbacDenied"
+    first, second = ran.output["variants"]
+    assert first["ok"] and first["stdout"].strip() == "host=node-a ip=127.0.0.1"
+    assert not second["ok"] and second["stdout"] == ""
+
+
+def test_many_variants_stay_small_enough_for_one_step_result() -> None:
+    from opsconductor.activities.executors.base import StepOutcome
+    from opsconductor.activities.fanout import VariantOutcome, aggregate
+
+    step = build_spec(validate_request(PLAN), execution_id="e", workflow_id="w",
+                      idempotency_key="k").steps[1]
+    outcomes = [VariantOutcome(id=f"step_002#{n}", target=f"h{n}", ok=True, stdout="x" * 60_000)
+                for n in range(1, 201)]
+    folded: StepOutcome = aggregate(step, outcomes)
+    size = len(json.dumps(folded.output)) + len(folded.stdout)
+    assert folded.ok and folded.output["count"] == 200
+    assert size < 600 * 1024
+    assert folded.output["variants"][0]["stdout"].endswith("bytes]")

@@ -1,0 +1,90 @@
+"""What the run tells the world: its event journal, mirror batches and search attributes.
+
+Events collect in the journal and leave in the next mirror batch (one local activity), so a
+status change costs no round trip of its own. Search attributes are upserted at most once per
+batch, and only when the status changed since the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
+
+from opsconductor.schema import search_attributes as sa
+from opsconductor.schema.enums import ApprovalState, ExecutionStatus
+from opsconductor.schema.messages import EventRecord, MirrorWrite, MirrorWriteResult
+from opsconductor.schema.spec import ExecutionSpec
+from opsconductor.workflows.options import MIRROR_RETRY, MIRROR_TIMEOUT
+
+if TYPE_CHECKING:
+    from opsconductor.workflows.state import RunState
+
+
+class Journal:
+    """The run's events since the last mirror batch; `key` makes each write idempotent."""
+
+    def __init__(self) -> None:
+        self.events: list[EventRecord] = []
+        self.seq = 0
+
+    def emit(self, type_: str, *, step_id: str | None = None, from_status: str | None = None,
+             to_status: str | None = None, actor: str | None = None,
+             message: str | None = None, data: dict[str, Any] | None = None) -> None:
+        self.seq += 1
+        self.events.append(EventRecord(
+            key=f"wf:{self.seq}", type=type_, step_id=step_id, from_status=from_status,
+            to_status=to_status, actor=actor, message=message, data=data or {},
+            at=workflow.now()))
+
+    def take(self) -> list[EventRecord]:
+        events, self.events = self.events, []
+        return events
+
+
+def search_attribute_updates(spec: ExecutionSpec, status: ExecutionStatus,
+                             approval_state: ApprovalState, *,
+                             identity: bool) -> list[SearchAttributeUpdate[Any]]:
+    """Status and approval state always; the identity attributes when asked for."""
+    updates: list[SearchAttributeUpdate[Any]] = [
+        sa.STATUS.value_set(status.value), sa.APPROVAL_STATE.value_set(approval_state.value)]
+    if identity:
+        updates += [sa.TENANT.value_set(spec.tenant),
+                    sa.ENVIRONMENT.value_set(spec.environment.value),
+                    sa.ACTOR.value_set(spec.actor),
+                    sa.SLA_CLASS.value_set(spec.sla_class.value),
+                    sa.ASSETS.value_set(spec.assets or ["localhost"])]
+    return updates
+
+
+class Recorder:
+    """Mirror batches, serialised: the mirror sees status events in the order they happened."""
+
+    def __init__(self, spec: ExecutionSpec, state: RunState) -> None:
+        self.spec = spec
+        self.state = state
+        self.lock = asyncio.Lock()
+
+    def upsert_search_attributes(self, initial: bool = False) -> None:
+        """Each upsert is a visibility write on the server; the identity attributes go only
+        when the starter did not set them already."""
+        self.state.search_attributes_stale = False
+        identity = initial and workflow.info().typed_search_attributes.get(sa.TENANT) is None
+        workflow.upsert_search_attributes(search_attribute_updates(
+            self.spec, self.state.status, self.state.approval_state, identity=identity))
+
+    async def flush(self, **fields: Any) -> MirrorWriteResult:
+        """One mirror batch with the journal's events and the current status."""
+        async with self.lock:
+            if self.state.search_attributes_stale:
+                self.upsert_search_attributes()
+            write = MirrorWrite(execution_id=self.spec.execution_id,
+                                workflow_id=self.spec.workflow_id, status=self.state.status,
+                                approval_state=self.state.approval_state,
+                                events=self.state.journal.take(), **fields)
+            return await workflow.execute_local_activity(
+                "mirror_write", write, result_type=MirrorWriteResult,
+                start_to_close_timeout=MIRROR_TIMEOUT, retry_policy=MIRROR_RETRY,
+                summary="mirror")
