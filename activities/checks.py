@@ -29,10 +29,13 @@ Dict forms: {"expr": "..."} (or "check"), {"command": "..."}, {"step": "step_001
 contains, matches, gt, gte, lt, lte).
 
 Anything else — free text such as "host reachable" or "Root filesystem has more than 10%
-free" — is *informational*: recorded with `informational=True` and `passed=True`, never
-evaluated, so a planner's prose can neither fail nor silently pass as a real check. A string
-that is an expression over an unknown field is informational too; one that names an earlier
-step which does not exist fails.
+free" — is *informational*: recorded with `informational=True`, never evaluated, and shown as
+"not checked" (it does not fail the step, and it is never reported as passed).
+
+Checks fail closed: an expression (a name followed by a symbolic operator, or a dotted or
+underscored name with any operator) over an unknown field, or naming a step it cannot read,
+is refused at submission (`expression_problems`, with its field path) and fails if it ever
+reaches evaluation — `exit_cod == 0` never passes on exit code 1.
 """
 
 from __future__ import annotations
@@ -41,13 +44,16 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.config import Settings
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
 from opsconductor.schema.request import SafetyCheck
 from opsconductor.schema.spec import StepSpec
+
+if TYPE_CHECKING:
+    from opsconductor.activities.authorization import ActionGate
 
 FIELDS = frozenset({"exit_code", "stdout", "stderr", "output", "status", "http_status", "rows",
                     "row_count", "body", "elapsed_ms", "bytes", "sha256", "truncated", "error",
@@ -80,6 +86,8 @@ def result_context(result: Any) -> dict[str, Any]:
     if "json" in result and "steps" in result:
         return dict(result)  # already a context
     output = result.get("output")
+    if isinstance(output, Mapping) and set(output) == {"result", "checks"}:
+        output = output["result"]  # a step with its own checks: read its result, not the wrapper
     ctx: dict[str, Any] = {
         "exit_code": result.get("exit_code"),
         "stdout": result.get("stdout"),
@@ -153,8 +161,17 @@ def json_path(doc: Any, path: str) -> Any:
 
 _OP = (r"(?P<op>==|!=|>=|<=|=~|>|<|not\s+matches|matches|not\s+contains|contains"
        r"|not\s+exists|exists)")
-_FIELD_EXPR = re.compile(r"^\s*(?P<lhs>[A-Za-z_][\w.:\-]*)\s*" + _OP + r"\s*(?P<value>.*?)\s*$",
-                         re.IGNORECASE | re.DOTALL)
+# A word operator stands apart from the field (`stdout matches x`), so a planner's token such
+# as `service_nginx_exists` is prose, not the field `service_nginx_` with `exists`.
+_FIELD_EXPR = re.compile(
+    r"^\s*(?P<lhs>[A-Za-z_][\w.:\-]*)(?:\s*(?P<sym>==|!=|>=|<=|=~|>|<)|\s+(?P<word>"
+    r"not\s+matches|matches|not\s+contains|contains|not\s+exists|exists)(?=\s|$))"
+    r"\s*(?P<value>.*?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def _op(m: re.Match[str]) -> str:
+    """The operator of a `_FIELD_EXPR` match (symbolic or word)."""
+    return m.group("sym") or m.group("word")
 _JSON_EXPR = re.compile(r"^\s*(?:(?P<step>[\w.:\-]+)\.)?json\s+(?P<path>\$\S*)\s*" + _OP
                         + r"\s*(?P<value>.*?)\s*$", re.IGNORECASE | re.DOTALL)
 _ALIASES = [
@@ -333,9 +350,11 @@ def evaluate(expr: str | Mapping[str, Any], context: Mapping[str, Any]) -> Check
             if step is None and "." in lhs and steps:
                 return CheckResult(False, text, f"no earlier step {lhs.split('.')[0]!r} "
                                    f"(known: {', '.join(steps) or 'none'})")
+            if _strict(lhs, _op(m)):
+                return CheckResult(False, text, _unknown_field(field))
             return CheckResult(True, text, f"informational: {field.split('.')[0]!r} is not a "
                                "check field; recorded, not evaluated", informational=True)
-        op, value = m.group("op"), m.group("value")
+        op, value = _op(m), m.group("value")
         if op.lower().strip().endswith("exists") and value:
             return CheckResult(True, text, "informational: not a check expression",
                                informational=True)
@@ -349,6 +368,110 @@ def evaluate(expr: str | Mapping[str, Any], context: Mapping[str, Any]) -> Check
                            f"{step}.{field}: {why}")
     return CheckResult(True, text, "informational: not a check expression; recorded, not "
                        "evaluated", informational=True)
+
+
+_SYMBOLIC = frozenset({"==", "!=", ">=", "<=", "=~", ">", "<"})
+
+
+def _strict(lhs: str, op: str) -> bool:
+    """Is this meant as an expression (so an unknown field is an error, not prose)?"""
+    return op.strip() in _SYMBOLIC or "." in lhs or "_" in lhs
+
+
+def _unknown_field(field: str) -> str:
+    return (f"unknown check field {field.split('.')[0]!r}; fields: "
+            + ", ".join(sorted(FIELDS)))
+
+
+def _string_problems(text: str, *, own: str | None, readable: set[str],
+                     known: set[str]) -> list[str]:
+    """Static problems of one expression string: unknown fields, unreadable steps."""
+    if _COMMAND.match(text) or any(p.match(text) for p, _ in _ALIASES):
+        return []
+    m = _JSON_EXPR.match(text)
+    if m:
+        step = m.group("step")
+        return [] if step is None else _step_problems(step, own, readable, known)
+    m = _FIELD_EXPR.match(text)
+    if not m:
+        return []  # prose: informational
+    lhs, op = m.group("lhs"), _op(m)
+    step, field = _split_step(lhs, dict.fromkeys(known))
+    if step is not None:
+        problems = _step_problems(step, own, readable, known)
+        if field.split(".")[0].lower() not in FIELDS:
+            problems.append(_unknown_field(field))
+        return problems
+    head = field.split(".")[0]
+    if head.lower() in FIELDS or not _strict(lhs, op):
+        return []
+    if "." in lhs:
+        return [f"{head!r} is neither a check field nor a step of this plan; fields: "
+                + ", ".join(sorted(FIELDS))]
+    return [_unknown_field(field)]
+
+
+def _step_problems(step: str, own: str | None, readable: set[str], known: set[str]) -> list[str]:
+    if step not in known:
+        return [f"no step {step!r} in this plan"]
+    if step == own:
+        return [f"a check of step {step!r} reads its own result without the step prefix"]
+    if step not in readable:
+        return [f"step {step!r} may not have run when this check runs: make it a dependency"]
+    return []
+
+
+def check_problems(check: str | Mapping[str, Any], *, own: str | None, readable: set[str],
+                   known: set[str]) -> list[str]:
+    """Why one check would be wrong at run time (empty: fine), without running anything."""
+    if isinstance(check, Mapping):
+        problems = []
+        step = check.get("step")
+        if step is not None:
+            problems += _step_problems(str(step), own, readable, known)
+        for key in ("expr", "check", "criteria"):
+            if isinstance(check.get(key), str):
+                problems += _string_problems(check[key], own=None, readable=readable | {
+                    str(step)} if step else readable, known=known)
+        return problems
+    return _string_problems(str(check), own=own, readable=readable, known=known)
+
+
+def expression_problems(spec: Any) -> list[tuple[str, str]]:
+    """Every check of a plan parsed before it runs: (field path, problem), in plan order.
+
+    A step's own checks read its own result and its dependencies'; a `validate` step reads
+    its dependencies; plan safety checks read the steps run before their stage."""
+    known = {s.id for s in spec.steps}
+    deps = {s.id: set(s.depends_on) for s in spec.steps}
+
+    def ancestors(step_id: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(deps.get(step_id, ()))
+        while todo:
+            d = todo.pop()
+            if d not in seen:
+                seen.add(d)
+                todo += deps.get(d, ())
+        return seen
+
+    out: list[tuple[str, str]] = []
+    for i, s in enumerate(spec.steps):
+        base = f"plan.plan.steps[{i}]"
+        readable = ancestors(s.id)
+        lists = [("preconditions", s.preconditions), ("success_criteria", s.success_criteria)]
+        if s.kind.value == "validate":
+            lists.append(("inputs.checks", list(s.inputs.get("checks") or [])))
+        for name, checks in lists:
+            own = None if name == "inputs.checks" else s.id
+            for j, c in enumerate(checks):
+                for why in check_problems(c, own=own, readable=readable, known=known):
+                    out.append((f"{base}.{name}[{j}]", why))
+    for k, sc in enumerate(spec.safety_checks):
+        readable = set() if sc.stage == "before" else known
+        for why in check_problems(sc.check, own=None, readable=readable, known=known):
+            out.append((f"plan.plan.safety_checks[{k}].check", why))
+    return out
 
 
 _ASSERT_OPS = {"equals": "==", "not_equals": "!=", "contains": "contains", "matches": "matches",
@@ -396,7 +519,8 @@ def _evaluate_dict(check: Mapping[str, Any], context: Mapping[str, Any]) -> Chec
 
 # ---------------------------------------------------------------- running checks
 
-def _command_of(check: str | Mapping[str, Any]) -> str | None:
+def command_of(check: str | Mapping[str, Any]) -> str | None:
+    """The command of a `command:` check, or None for an expression."""
     if isinstance(check, Mapping):
         cmd = check.get("command")
         return str(cmd) if cmd else None
@@ -404,14 +528,26 @@ def _command_of(check: str | Mapping[str, Any]) -> str | None:
     return m.group("cmd").strip() if m else None
 
 
-async def run_command_check(command: str, *, asset: Asset | None, timeout: float = 30.0,
+async def run_command_check(command: str, *, asset: Asset | None, gate: ActionGate | None,
+                            timeout: float = 30.0,
                             env: Mapping[str, str] | None = None) -> CheckResult:
-    """Run `command` on the asset's connector (local machine when None); pass on exit 0."""
+    """Run `command` on the asset's connector (local machine when None); pass on exit 0.
+
+    Authorized first by `gate`, like any command on a host (a check that does more than read
+    needs `shell`); without a gate nothing runs and the check fails: fail closed."""
+    from opsconductor.activities.authorization import CHECK_TOOL, ActionDenied
     from opsconductor.activities.executors.base import StepContext
     from opsconductor.activities.executors.local_command import LocalCommandRunner
     from opsconductor.activities.executors.registry import command_runner_for
 
     label = f"command: {command}"
+    if gate is None:
+        return CheckResult(False, label, "not run: a command check needs an authorization gate")
+    try:
+        await gate.require(tool=CHECK_TOOL, resource=asset.id if asset is not None else None,
+                           command=command, read_only_expected=True)
+    except ActionDenied as err:
+        return CheckResult(False, label, f"not run: {err}")
     spec = StepSpec(id="check", tool="shell", kind=StepKind.COMMAND,
                     action_class=ActionClass.READ, inputs={"command": command}, command=command,
                     order=0, failure_handling=FailureHandling.ABORT, idempotent=True)
@@ -428,12 +564,14 @@ async def run_command_check(command: str, *, asset: Asset | None, timeout: float
 
 
 async def run_check(check: str | Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
-                    asset: Asset | None = None, timeout: float = 30.0) -> CheckResult:
-    """Evaluate an expression, or run a command check on `asset`; never raises for a bad check."""
-    command = _command_of(check)
+                    asset: Asset | None = None, timeout: float = 30.0,
+                    gate: ActionGate | None = None) -> CheckResult:
+    """Evaluate an expression, or run a command check on `asset` (authorized by `gate`);
+    never raises for a bad check."""
+    command = command_of(check)
     if command is not None:
         try:
-            return await run_command_check(command, asset=asset, timeout=timeout)
+            return await run_command_check(command, asset=asset, gate=gate, timeout=timeout)
         except Exception as err:  # a connector failure is a failed check, not a crash
             return CheckResult(False, f"command: {command}", f"{type(err).__name__}: {err}")
     return evaluate(check, context or {})
@@ -441,8 +579,9 @@ async def run_check(check: str | Mapping[str, Any], *, context: Mapping[str, Any
 
 async def run_checks(checks: list[str | dict[str, Any]], *,
                      context: Mapping[str, Any] | None = None, asset: Asset | None = None,
-                     timeout: float = 30.0) -> list[CheckResult]:
-    return [await run_check(c, context=context, asset=asset, timeout=timeout) for c in checks]
+                     timeout: float = 30.0, gate: ActionGate | None = None) -> list[CheckResult]:
+    return [await run_check(c, context=context, asset=asset, timeout=timeout, gate=gate)
+            for c in checks]
 
 
 @dataclass
@@ -458,8 +597,8 @@ class SafetyCheckOutcome:
 
 async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
                             context: Mapping[str, Any] | None = None,
-                            timeout: float = 30.0,
-                            settings: Settings | None = None) -> list[SafetyCheckOutcome]:
+                            timeout: float = 30.0, settings: Settings | None = None,
+                            gate: ActionGate | None = None) -> list[SafetyCheckOutcome]:
     """The plan's safety checks of one stage (before / during / after).
 
     A failed check yields its `failure_action`: abort (stop before any further step acts),
@@ -473,14 +612,15 @@ async def run_safety_checks(checks: list[SafetyCheck], stage: str, *,
         if check.stage != stage:
             continue
         asset = None
-        if check.target and _command_of(check.check) is not None:
+        if check.target and command_of(check.check) is not None:
             try:
                 asset = await resolve_asset(check.target, settings)
             except UnknownAsset as err:
                 out.append(SafetyCheckOutcome(check, CheckResult(False, str(check.check),
                                                                  str(err)), check.failure_action))
                 continue
-        result = await run_check(check.check, context=context, asset=asset, timeout=timeout)
+        result = await run_check(check.check, context=context, asset=asset, timeout=timeout,
+                                 gate=gate)
         out.append(SafetyCheckOutcome(check, result, "ok" if result.passed
                                       else check.failure_action))
     return out

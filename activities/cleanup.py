@@ -9,14 +9,17 @@ masker.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import resolve_asset
+from opsconductor.activities.authorization import ActionDenied, ActionGate
 from opsconductor.activities.executors.base import StepContext
 from opsconductor.activities.executors.command import CommandExecutor
 from opsconductor.safety.masking import Masker
+from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretResolver
 from opsconductor.schema.config import Settings
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind, StepStatus
@@ -28,16 +31,32 @@ from opsconductor.schema.spec import StepSpec
 class CleanupActivities:
     """`run_cleanup`, with the dependencies the worker built once."""
 
-    def __init__(self, *, settings: Settings, secrets: SecretResolver, masker: Masker) -> None:
+    def __init__(self, *, settings: Settings, secrets: SecretResolver, masker: Masker,
+                 rbac: RbacEngine, pool: Any) -> None:
         self.settings = settings
         self.secrets = secrets
         self.masker = masker
+        self.rbac = rbac
+        self.pool = pool
 
     @activity.defn(name="run_cleanup")
     async def run_cleanup(self, inp: CleanupInput) -> StepResult:
         from opsconductor.activities.steps import _heartbeat_forever, _now
 
         asset = await resolve_asset(inp.target, self.settings)
+        # A rollback action is a shell command on the host: authorized like a shell step,
+        # for the plan's actor, before anything runs.
+        gate = ActionGate(engine=self.rbac, pool=self.pool, tenant=inp.tenant, actor=inp.actor,
+                          environment=inp.environment.value, execution_id=inp.execution_id,
+                          step_id=f"{inp.reason}:{inp.step_id}")
+        try:
+            if not inp.actor:
+                raise ActionDenied(f"{inp.reason} of {inp.step_id}: no actor to authorize")
+            await gate.require(tool="shell", resource=asset.id if asset else inp.target,
+                               command=inp.command)
+        except ActionDenied as err:
+            raise ApplicationError(f"{inp.reason} of {inp.step_id} not run: {err}",
+                                   type=ErrorType.RBAC_DENIED, non_retryable=True) from None
         step = StepSpec(id=f"{inp.reason}:{inp.step_id}",
                         description=f"{inp.reason} of {inp.step_id}", tool="shell",
                         kind=StepKind.COMMAND, action_class=ActionClass.MODIFY,

@@ -23,7 +23,7 @@ from temporalio.worker import (
 )
 
 MESSAGE_CHARS = 2000
-TRACE_FRAMES = 4
+TRACE_FRAMES = 8
 CAUSE_DEPTH = 3
 
 

@@ -13,6 +13,7 @@ passes a function that resolves the variant's asset and runs its executor, as fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -102,16 +103,18 @@ async def run_fanout(step: StepSpec, results: Mapping[str, Any], run_variant: Ru
 
 
 Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]
+Guard = Callable[[StepSpec, Any], contextlib.AbstractAsyncContextManager[None]]
 
 
-def executor_variant_runner(base: StepContext, *,
-                            authorize: Authorize | None = None) -> RunVariant:
+def executor_variant_runner(base: StepContext, *, authorize: Authorize,
+                            guard: Guard | None = None) -> RunVariant:
     """A `run_variant` that resolves the variant's asset and secrets and runs its executor,
     with the rest of the context (execution, timeout, heartbeat) from `base`.
 
     A variant's host is known only now, so RBAC must be decided per variant: `authorize`
     (variant, asset) returns None to allow or the denial's reason; a denied variant does not
-    run and fails as RbacDenied. An unknown asset fails as UnknownAsset."""
+    run and fails as RbacDenied. An unknown asset fails as UnknownAsset. `guard` (variant,
+    asset) is held while the variant acts: the step activity holds the asset's lease there."""
     from opsconductor.activities.assets import UnknownAsset, resolve_asset
     from opsconductor.activities.executors.registry import executor_for
     from opsconductor.safety.secrets import resolver_from_env
@@ -122,13 +125,14 @@ def executor_variant_runner(base: StepContext, *,
         except UnknownAsset as err:
             return StepOutcome(ok=False, error=str(err), error_type=ErrorType.UNKNOWN_ASSET,
                                retryable=False)
-        if authorize is not None:
-            denied = await authorize(variant, asset)
-            if denied is not None:
-                return StepOutcome(ok=False, error=denied, error_type=ErrorType.RBAC_DENIED,
-                                   retryable=False)
+        denied = await authorize(variant, asset)
+        if denied is not None:
+            return StepOutcome(ok=False, error=denied, error_type=ErrorType.RBAC_DENIED,
+                               retryable=False)
         inputs, _values = await (base.secrets or resolver_from_env()).resolve(variant.inputs)
         ctx = dataclasses.replace(base, step=variant, inputs=inputs, asset=asset)
-        return await executor_for(variant.kind).run(ctx)
+        async with (guard(variant, asset) if guard is not None
+                    else contextlib.nullcontext()):
+            return await executor_for(variant.kind).run(ctx)
 
     return run

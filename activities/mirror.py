@@ -24,6 +24,7 @@ from opsconductor.schema.messages import (
     MirrorWriteResult,
     StepRecord,
 )
+from opsconductor.schema.outputs import escape_text, safe_json_text
 from opsconductor.schema.spec import ExecutionSpec
 
 EVENT_COLUMNS = ("key text", "type text", "step_id text", "from_status text", "to_status text",
@@ -71,21 +72,26 @@ STEP_AND_EVENT = f"WITH step AS ({_step_update(2)})\n{_event_insert(2 + len(STEP
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str)
+    return None if value is None else safe_json_text(value)
+
+
+def _text(value: str | None) -> str | None:
+    """Text a PostgreSQL text column takes: NUL and lone surrogates escaped, never refused."""
+    return None if value is None else escape_text(value)
 
 
 def _event_arrays(events: list[EventRecord]) -> list[list[Any]]:
     return [[e.key for e in events], [e.type for e in events], [e.step_id for e in events],
             [e.from_status for e in events], [e.to_status for e in events],
-            [e.actor for e in events], [e.message for e in events],
-            [json.dumps(e.data, default=str) for e in events], [e.at for e in events]]
+            [_text(e.actor) for e in events], [_text(e.message) for e in events],
+            [safe_json_text(e.data) for e in events], [e.at for e in events]]
 
 
 def _step_arrays(steps: list[StepRecord]) -> list[list[Any]]:
     return [[s.step_id for s in steps], [s.status.value for s in steps],
             [s.attempts for s in steps], [s.started_at for s in steps],
             [s.completed_at for s in steps], [s.exit_code for s in steps],
-            [_json(s.output) for s in steps], [s.error for s in steps]]
+            [_json(s.output) for s in steps], [_text(s.error) for s in steps]]
 
 
 async def write_events(conn: asyncpg.Connection | asyncpg.Pool, execution_id: str,
@@ -239,6 +245,24 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
                  for d in w.dead_letters])
 
 
+# Errors about the data itself; connection trouble stays retryable (backoff, `health`).
+REFUSED_DATA = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                asyncpg.ProgramLimitExceededError)
+
+
+async def _record_refusal(conn: asyncpg.Connection, w: MirrorWrite, message: str) -> None:
+    """Best effort: an event saying which batch PostgreSQL refused (the execution's row may
+    itself be what could not be written)."""
+    event = EventRecord(key=f"mirror.refused:{len(w.events)}:{hash(message) & 0xffffffff:x}",
+                        type="mirror.write_refused", message=message,
+                        data={"events": [e.key for e in w.events][:20],
+                              "steps": [s.step_id for s in w.steps][:20]})
+    try:
+        await write_events(conn, w.execution_id, [event])
+    except (asyncpg.PostgresError, OSError):
+        pass
+
+
 class MirrorActivities:
     """`mirror_write`, on the worker's pool."""
 
@@ -256,6 +280,12 @@ class MirrorActivities:
                 await apply_mirror_write(conn, w)
             except IllegalTransition as err:  # a bug, never fixed by retrying: fail loudly
                 raise ApplicationError(str(err), type=ErrorType.ILLEGAL_TRANSITION,
+                                       non_retryable=True) from err
+            except REFUSED_DATA as err:  # retrying the same batch fails the same way
+                message = escape_text(f"mirror write refused by PostgreSQL "
+                                      f"({type(err).__name__}): {err}")
+                await _record_refusal(conn, w, message)
+                raise ApplicationError(message, type=ErrorType.MIRROR_WRITE_REFUSED,
                                        non_retryable=True) from err
             if not w.load_policies or w.spec is None:
                 return MirrorWriteResult()

@@ -26,22 +26,31 @@ from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
 from opsconductor.activities.attempts import StepAttempt
+from opsconductor.activities.authorization import ActionGate
 from opsconductor.activities.checks import result_context, run_checks
 from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
 from opsconductor.activities.executors.registry import executor_for
 from opsconductor.activities.mirror import write_step_and_event
+from opsconductor.activities.outputs import (
+    OutputTap,
+    StoredStream,
+    by_reference,
+    store_streams,
+)
 from opsconductor.safety.masking import LiveSecrets, Masker
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretError, SecretResolver
 from opsconductor.schema.config import Settings
-from opsconductor.schema.enums import StepStatus
+from opsconductor.schema.enums import StepKind, StepStatus
 from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
+from opsconductor.schema.spec import StepSpec
 
 log = logging.getLogger("opsconductor.step")
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 TIMEOUT_GRACE_SECONDS = 10.0  # the activity's own timeout exceeds the executor's by this much
 HOST = socket.gethostname()
+FANOUT_CONCURRENCY = 4  # variants of one templated step acting at once
 # What a database outage looks like from asyncpg: waited out, never turned into a failure.
 DB_OUTAGE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
              asyncpg.OperatorInterventionError)
@@ -85,23 +94,58 @@ def _fail(message: str, error_type: ErrorType, *, retryable: bool = False,
     raise ApplicationError(message, details or None, type=error_type, non_retryable=not retryable)
 
 
-async def _authorize(inp: StepRunInput, pool: Any, engine: RbacEngine) -> Any:
-    """Decide now, at the moment of action; the audit row is written with the start record
-    (a denial is audited at once)."""
+async def _run_templated(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool: Any,
+                         timeout: float) -> StepOutcome:
+    """Render the step from earlier results and run one variant per asset it names, each
+    authorized on its asset and holding that asset's lease while it acts."""
+    from opsconductor.activities.fanout import executor_variant_runner, run_fanout
+    from opsconductor.safety import mutex
+    from opsconductor.safety.rbac import audit_many
+
+    async def authorize(variant: StepSpec, asset: Any) -> str | None:
+        verdict = await gate.decide(
+            tool=variant.tool, resource=asset.id if asset is not None else variant.target,
+            command=variant.command if variant.kind is StepKind.COMMAND else None)
+        await audit_many(pool, verdict.entries)
+        return None if verdict.allowed else verdict.reason
+
+    @contextlib.asynccontextmanager
+    async def leased(variant: StepSpec, asset: Any) -> AsyncIterator[None]:
+        key = asset.id if asset is not None else None
+        if key is None or key in inp.fencing_tokens:
+            yield  # this machine, or an asset the execution already holds
+            return
+        await mutex.acquire(pool, inp.tenant, [key], inp.execution_id, f"{HOST}:{variant.id}",
+                            inp.lease_seconds, timeout=timeout)
+        try:
+            yield
+        finally:
+            await mutex.release(pool, inp.tenant, inp.execution_id, [key])
+
+    return await run_fanout(inp.step, inp.prior_outputs,
+                            executor_variant_runner(ctx, authorize=authorize, guard=leased),
+                            max_concurrency=FANOUT_CONCURRENCY)
+
+
+def _gate(inp: StepRunInput, pool: Any, engine: RbacEngine) -> ActionGate:
+    return ActionGate(engine=engine, pool=pool, tenant=inp.tenant, actor=inp.actor,
+                      environment=inp.environment.value, execution_id=inp.execution_id,
+                      step_id=inp.step.id)
+
+
+async def _authorize(inp: StepRunInput, gate: ActionGate) -> list[Any]:
+    """Decide now, at the moment of action, on what the step really runs (a command that can
+    run any program is authorized as `shell` too); the audit rows are written with the start
+    record (a denial is audited at once)."""
     from opsconductor.safety import rbac
 
-    target = inp.step.target or "localhost"
-    policy = await engine.policy(pool)
-    decision = policy.evaluate(tenant=inp.tenant, actor=inp.actor, action="execute",
-                               environment=inp.environment.value, resource=target,
-                               tool=inp.step.tool)
-    entry = rbac.AuditEntry(decision, inp.tenant, inp.actor, "execute", inp.environment.value,
-                            target, inp.step.tool, inp.execution_id, inp.step.id)
-    if not decision.allowed:
-        await rbac.audit_many(pool, [entry])
-        _fail(f"denied: {inp.actor} may not execute {inp.step.tool} on {target} in "
-              f"{inp.environment.value}: {decision.reason}", ErrorType.RBAC_DENIED)
-    return entry
+    step = inp.step
+    verdict = await gate.decide(tool=step.tool, resource=step.target,
+                                command=step.command if step.kind is StepKind.COMMAND else None)
+    if not verdict.allowed:
+        await rbac.audit_many(gate.pool, verdict.entries)
+        _fail(verdict.reason, ErrorType.RBAC_DENIED)
+    return verdict.entries
 
 
 def _recorded_result(inp: StepRunInput, attempt: int,
@@ -167,8 +211,7 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
             return recorded, []
         if not step.idempotent:
             if inp.override_unknown_outcome:
-                await resolve_unfinished(conn, inp.execution_id, step.id, "retry",
-                                         inp.resolved_by or inp.actor)
+                await resolve_unfinished(conn, inp.execution_id, step.id, "retry", inp.actor)
                 prior = await prior_attempts(conn, inp.execution_id, step.id,
                                              exclude_attempt=attempt)
             stale = next((a for a in prior if a.may_have_acted), None)
@@ -181,8 +224,8 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                       stale_started_at=stale.started_at.isoformat())
         await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID,
                                      target=step.target or "localhost")
-        if audit is not None:
-            await audit_many(conn, [audit])
+        if audit:
+            await audit_many(conn, audit)
         await write_step_and_event(
             conn, inp.execution_id,
             StepRecord(step_id=step.id, status=StepStatus.RUNNING, attempts=attempt,
@@ -241,9 +284,9 @@ async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepA
 
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
-                      pool: Any) -> None:
-    """The step row, its event and the attempt's outcome (with the result on success), in
-    one transaction."""
+                      pool: Any, streams: list[StoredStream] | None = None) -> None:
+    """The step row, its event, the attempt's outcome (with the result on success) and the
+    full output streams, in one transaction."""
     from opsconductor.activities.attempts import record_attempt_finished
 
     step = inp.step
@@ -267,11 +310,13 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
             conn, inp.execution_id, step.id, attempt, outcome,
             result=result.model_dump(mode="json") if outcome == "succeeded" else None)
         await write_step_and_event(conn, inp.execution_id, record, event)
+        await store_streams(conn, streams or [])
 
 
 def _mirror_output(result: StepResult) -> dict[str, Any]:
     return {"stdout": result.stdout, "stderr": result.stderr, "output": result.output,
-            "duration_ms": result.duration_ms}
+            "duration_ms": result.duration_ms,
+            "outputs": {k: v.model_dump(mode="json") for k, v in result.outputs.items()}}
 
 
 @contextlib.asynccontextmanager
@@ -331,7 +376,26 @@ class StepActivities:
         attempt = inp.attempt_offset + local_attempt
         step = inp.step
         pool = self.pool
-        audit = await _authorize(inp, pool, self.rbac) if inp.rbac_required else None
+        t0 = time.monotonic()
+        budget = activity.info().start_to_close_timeout
+        total = budget.total_seconds() if budget else \
+            inp.policy.step_timeout_seconds + TIMEOUT_GRACE_SECONDS
+        timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
+                      inp.policy.step_timeout_seconds)
+        # Nothing has acted until the start record: an outage before it is waited out for
+        # up to half the command's time (it then runs with what is left of the deadline).
+        start_deadline = t0 + max(2.0, total - timeout / 2 - 3.0)
+        gate = _gate(inp, pool, self.rbac)
+        audit = None
+        # A templated step's hosts are known only once its placeholders are rendered: each
+        # variant is authorized (and leased) on its own asset when it runs.
+        if inp.rbac_required and not step.templated:
+            try:
+                audit = await through_outage(f"step {step.id} permission check",
+                                             lambda: _authorize(inp, gate), start_deadline)
+            except DatabaseOutage as err:
+                _fail(f"{err}; step {step.id} did not act", ErrorType.DATABASE_UNAVAILABLE,
+                      retryable=True)
 
         try:
             asset = await resolve_asset(step.target, self.settings)
@@ -348,7 +412,7 @@ class StepActivities:
         checks: list[dict[str, Any]] = []
         if step.preconditions:
             results = await run_checks(step.preconditions, context={"steps": inp.prior_outputs},
-                                       asset=asset)
+                                       asset=asset, gate=gate)
             checks += [{"kind": "precondition", **r.to_dict()} for r in results]
             failed = [r for r in results if not r.passed]
             if failed:
@@ -357,17 +421,10 @@ class StepActivities:
                                        f"{failed[0].detail}"), ErrorType.PRECONDITION_FAILED)
 
         started = _now()
-        t0 = time.monotonic()
-        budget = activity.info().start_to_close_timeout
-        total = budget.total_seconds() if budget else \
-            inp.policy.step_timeout_seconds + TIMEOUT_GRACE_SECONDS
-        timeout = min(step.timeout_seconds or inp.policy.step_timeout_seconds,
-                      inp.policy.step_timeout_seconds)
         try:
             recorded, leftovers = await through_outage(
                 f"step {step.id} start record",
-                lambda: _record_start(inp, attempt, started, pool, audit),
-                t0 + max(2.0, total - timeout / 2 - 3.0))
+                lambda: _record_start(inp, attempt, started, pool, audit), start_deadline)
         except DatabaseOutage as err:
             self.live.forget(secret_values)
             _fail(f"{err}; step {step.id} did not act", ErrorType.DATABASE_UNAVAILABLE,
@@ -406,10 +463,15 @@ class StepActivities:
             environment=inp.environment.value, step=step, inputs=inputs, timeout=timeout,
             asset=asset, prior_outputs=inp.prior_outputs, attempt=attempt,
             heartbeat=activity.heartbeat, settings=self.settings, secrets=self.secrets,
-            on_process=on_process)
+            on_process=on_process, gate=gate)
+        tap = OutputTap(pool, inp.execution_id, step.id, attempt, masker.mask_text)
+        ctx.on_output = tap.feed  # live output for `opsconductor logs --follow`
         try:
             async with _leases_renewed(inp, pool) as lost:
-                outcome = await executor_for(step.kind).run(ctx)
+                if step.templated:
+                    outcome = await _run_templated(inp, ctx, gate, pool, timeout)
+                else:
+                    outcome = await executor_for(step.kind).run(ctx)
             if lost is not None and lost.is_set():
                 outcome = StepOutcome(ok=False, error="lock lost while the step ran: another "
                                       "execution may now hold the asset",
@@ -417,17 +479,27 @@ class StepActivities:
                                       exit_code=outcome.exit_code, stdout=outcome.stdout,
                                       stderr=outcome.stderr)
         except asyncio.CancelledError:
-            await _record_cancelled(inp, attempt, pool)
+            why = _interruption()
+            await _record_cancelled(inp, attempt, pool, interrupted=why)
+            if why is not None:
+                # Not the workflow's cancel: a failure Temporal retries, so the next attempt
+                # applies the guard (a non-idempotent step pauses; it may have acted).
+                raise ApplicationError(
+                    f"step {step.id} attempt {attempt} was interrupted ({why}); its command "
+                    f"was stopped midway", {"attempt": attempt},
+                    type=ErrorType.STEP_INTERRUPTED) from None
             raise
         except Exception as err:  # an executor bug must still produce an honest, masked failure
             outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
                                   error_type=ErrorType.EXECUTOR_ERROR)
         finally:
+            await tap.close()
             self.live.forget(secret_values)
 
         if outcome.ok and step.success_criteria:
             context = {**result_context(outcome), "steps": inp.prior_outputs}
-            results = await run_checks(step.success_criteria, context=context, asset=asset)
+            results = await run_checks(step.success_criteria, context=context, asset=asset,
+                                       gate=gate)
             checks += [{"kind": "success_criterion", **r.to_dict()} for r in results]
             failed = [r for r in results if not r.passed]
             if failed:
@@ -450,10 +522,14 @@ class StepActivities:
             error=masker.mask_text(outcome.error) if outcome.error else None,
             error_type=outcome.error_type, started_at=started, completed_at=completed,
             duration_ms=(completed - started).total_seconds() * 1000)
+        # Full output to Postgres, a bounded and escaped summary to Temporal and the mirror.
+        result, streams = by_reference(result, inp.execution_id,
+                                       excerpt_chars=self.settings.output_excerpt_chars)
         final = outcome.ok or not outcome.retryable or local_attempt >= inp.policy.max_attempts
         try:
             await through_outage(f"step {step.id} end record",
-                                 lambda: _record_end(inp, attempt, result, final, pool),
+                                 lambda: _record_end(inp, attempt, result, final, pool,
+                                                     streams),
                                  t0 + total - 1.0)
         except DatabaseOutage as err:
             # Temporal still gets the true result; the attempt stays open, so a retry that
@@ -468,20 +544,47 @@ class StepActivities:
         return result
 
 
-async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any) -> None:
-    """Best effort: the workflow writes the final state too, so a failure here is harmless."""
+def _interruption() -> str | None:
+    """Why this activity is cancelled when the workflow did not ask for it, else None."""
+    details = activity.cancellation_details()
+    if details is None or details.cancel_requested:
+        return None
+    if details.worker_shutdown:
+        return "its worker shut down"
+    if details.timed_out:
+        return "the server timed it out"
+    if details.not_found:
+        return "the server no longer knows it"
+    return "paused" if details.paused else "reset" if details.reset else None
+
+
+async def _record_cancelled(inp: StepRunInput, attempt: int, pool: Any, *,
+                            interrupted: str | None = None) -> None:
+    """Best effort: the workflow writes the final state too, so a failure here is harmless.
+
+    The attempt closes `cancelled` either way (its command was killed midway, so it may have
+    acted); an interrupted step stays running in the mirror, since Temporal retries it.
+    """
     from opsconductor.activities.attempts import record_attempt_finished
 
     now = _now()
+    step_id = inp.step.id
+    if interrupted is None:
+        record = StepRecord(step_id=step_id, status=StepStatus.CANCELLED, attempts=attempt,
+                            completed_at=now, error="cancelled")
+        event = EventRecord(key=f"step:{step_id}:cancelled:{attempt}", type="step.status",
+                            step_id=step_id, from_status="running", to_status="cancelled",
+                            at=now, message="step cancelled; its processes were stopped")
+    else:
+        record = StepRecord(step_id=step_id, status=StepStatus.RUNNING, attempts=attempt,
+                            error=f"attempt {attempt} interrupted: {interrupted}")
+        event = EventRecord(key=f"step:{step_id}:interrupted:{attempt}",
+                            type="step.attempt_failed", step_id=step_id, at=now,
+                            message=f"attempt {attempt} interrupted ({interrupted}); its "
+                                    "processes were stopped",
+                            data={"attempt": attempt})
     with contextlib.suppress(Exception):
         async with pool.acquire() as conn, conn.transaction():
-            if not inp.step.idempotent:
-                await record_attempt_finished(conn, inp.execution_id, inp.step.id, attempt,
-                                              "cancelled")
-            await write_step_and_event(
-                conn, inp.execution_id,
-                StepRecord(step_id=inp.step.id, status=StepStatus.CANCELLED, attempts=attempt,
-                           completed_at=now, error="cancelled"),
-                EventRecord(key=f"step:{inp.step.id}:cancelled:{attempt}", type="step.status",
-                            step_id=inp.step.id, from_status="running", to_status="cancelled",
-                            at=now, message="step cancelled; its processes were stopped"))
+            await record_attempt_finished(conn, inp.execution_id, step_id, attempt,
+                                          "cancelled", interrupted)
+            await write_step_and_event(conn, inp.execution_id, record, event)

@@ -148,6 +148,20 @@ class Settings(BaseSettings):
     sticky_queue_timeout_seconds: float = Field(2.0, gt=0, description=(
         "How long a workflow task waits on a worker's sticky queue before any worker may "
         "take it: how fast a new worker takes over from a dead one."))
+    output_excerpt_chars: int = Field(4096, ge=256, le=65536, description=(
+        "Per stream, how much of a step's output its result in Temporal history carries: the "
+        "whole stream below this, else an escaped head and tail. The full masked output (up to "
+        "10 MiB per stream, truncation marked) is stored in execution.step_outputs and shown "
+        "by `opsconductor logs`."))
+    # -- observability
+    metrics_address: str = Field("127.0.0.1:9464", description=(
+        "host:port where a worker serves its Prometheus `/metrics` (our `opsc_*` metrics and "
+        "the Temporal SDK's); empty disables it; a port in use falls back to a free one (the "
+        "worker logs the URL). Traces and OTLP metrics follow the standard `OTEL_*` "
+        "variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...); unset, tracing is off."))
+    metrics_refresh_seconds: float = Field(10.0, gt=0, description=(
+        "How often a worker reads the gauges that come from the mirror (executions in "
+        "flight, dead-letter queue depth)."))
     # -- safety
     rbac_policy: Path | None = Field(None, description=(
         "RBAC policy file (YAML/JSON, format in opsconductor.safety.rbac), re-read when it "

@@ -42,6 +42,7 @@ class ErrorType(StrEnum):
     LOCK_LOST = "LockLost"
     LOCK_TIMEOUT = "LockTimeout"
     UNKNOWN_OUTCOME = "UnknownOutcome"
+    STEP_INTERRUPTED = "StepInterrupted"  # its worker shut down or the server timed it out
     UNKNOWN_ASSET = "UnknownAsset"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_BACKEND_ERROR = "SecretBackendError"
@@ -49,7 +50,12 @@ class ErrorType(StrEnum):
     # bookkeeping
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
     ILLEGAL_TRANSITION = "IllegalTransition"
+    MIRROR_WRITE_REFUSED = "MirrorWriteRefused"  # PostgreSQL refused the data: no retry helps
     CLEANUP_FAILED = "CleanupFailed"
+    # how a run closes in Temporal (the failure's type names the ending)
+    EXECUTION_FAILED = "ExecutionFailed"
+    EXECUTION_TIMEOUT = "ExecutionTimeout"
+    EXECUTION_REJECTED = "ExecutionRejected"
     # operator messages
     INVALID_PAYLOAD = "InvalidPayload"
     NO_APPROVAL_PENDING = "NoApprovalPending"

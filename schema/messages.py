@@ -125,7 +125,23 @@ class StepRunInput(BaseModel):
     rbac_required: bool = True
     override_unknown_outcome: bool = False  # an operator resolved an unknown outcome: retry
     attempt_offset: int = 0  # attempts this step used in earlier activity invocations
-    resolved_by: str | None = None  # the operator whose `retry` set override_unknown_outcome
+
+
+class OutputRef(BaseModel):
+    """One stream of a step's output, stored in full in `execution.step_outputs`.
+
+    History and results carry this summary and a head/tail excerpt, never the whole stream:
+    `opsconductor logs` reads the stored bytes by `execution_id`, `step_id`, `attempt`.
+    """
+
+    stream: Literal["stdout", "stderr", "output"]
+    execution_id: str
+    step_id: str
+    attempt: int
+    size: int  # bytes stored (uncompressed), the truncation marker included
+    sha256: str
+    truncated: bool = False  # the stream outgrew the per-step cap; its end is marked
+    complete: bool = True  # the result's excerpt is the whole stream
 
 
 class StepResult(BaseModel):
@@ -133,9 +149,10 @@ class StepResult(BaseModel):
     status: StepStatus
     attempts: int = 1
     exit_code: int | None = None
-    stdout: str = ""
+    stdout: str = ""  # the whole stream when small, else a head/tail excerpt (see outputs)
     stderr: str = ""
     output: Any = None
+    outputs: dict[str, OutputRef] = Field(default_factory=dict)  # stream -> stored copy
     error: str | None = None
     error_type: str | None = None
     started_at: datetime | None = None
@@ -153,6 +170,7 @@ class CleanupInput(BaseModel):
     command: str
     timeout_seconds: float
     reason: Literal["rollback", "cleanup"] = "rollback"
+    actor: str = ""  # whose plan it undoes: RBAC decides for them (empty: nothing may run)
 
 
 # Signals and updates. Decisions are strict: unknown fields are refused, not ignored.
@@ -235,6 +253,20 @@ class ExecutionResult(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     steps: list[StepResult] = Field(default_factory=list)
+    # The result stays bounded whatever the plan: past a size budget, steps keep their
+    # status and output references but lose excerpts, and past a count they are left out
+    # (failed ones first kept); the mirror and `opsconductor logs` have everything.
+    steps_total: int = 0
+    steps_omitted: int = 0
+
+
+class OwnCancel(BaseModel):
+    """Ask Temporal to cancel this run, so that a run cancelled by a signal or an update
+    closes as Canceled there too (a workflow may not cancel itself directly)."""
+
+    workflow_id: str
+    run_id: str
+    reason: str
 
 
 class AuthorizeInput(BaseModel):
@@ -264,6 +296,10 @@ class SafetyChecksInput(BaseModel):
     stage: Literal["before", "during", "after"]
     checks: list[SafetyCheck]
     prior_outputs: dict[str, Any] = Field(default_factory=dict)
+    # who runs the plan: command checks are authorized for them (absent: no command runs)
+    tenant: str = ""
+    actor: str = ""
+    environment: Environment | None = None
 
 
 class CheckVerdict(BaseModel):

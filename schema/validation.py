@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from opsconductor.schema.dialect import WILDCARD_CHARS, expand_dependencies, normalize_step
+from opsconductor.schema.limits import limit_problems
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.templates import PLACEHOLDER, find_placeholders
 from opsconductor.schema.tools import TOOLS, ToolSpec, lookup
@@ -263,6 +264,9 @@ def validate_request(raw: Any) -> ExecutionRequest:
     if not isinstance(raw, dict):
         raise RequestValidationError([Problem(path="(request)",
                                               message="the request must be a JSON object")])
+    # Sizes, depth and bytes first: what breaks them is never parsed further.
+    if limits := limit_problems(raw):
+        raise RequestValidationError([Problem(path=p.path, message=p.message) for p in limits])
     problems: list[Problem] = []
     req: ExecutionRequest | None = None
     try:

@@ -45,6 +45,7 @@ def _err(args: argparse.Namespace, message: str, code: int) -> int:
 async def _with_client(args: argparse.Namespace,
                        fn: Callable[[Any], Awaitable[int]]) -> int:
     from opsconductor.activities.db import DatabaseUnavailable
+    from opsconductor.safety.signatures import SignatureError
     from opsconductor.schema.validation import RequestValidationError
     from opsconductor.starter.client import ExecutionClient, ExecutionNotFound, SubmissionRefused
 
@@ -69,6 +70,8 @@ async def _with_client(args: argparse.Namespace,
         return _err(args, str(err), EXIT_FAILED)
     except ExecutionNotFound as err:
         return _err(args, str(err), EXIT_NOT_FOUND)
+    except SignatureError as err:
+        return _err(args, f"cannot sign: {err}", EXIT_FAILED)
     finally:
         await client.close()
 
@@ -81,13 +84,25 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- commands
 
 def _load_request(args: argparse.Namespace) -> dict[str, Any]:
+    from opsconductor.schema.limits import MAX_REQUEST_CHARS
+
     path = Path(args.file)
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise SystemExit(_err(args, f"no such file: {path}", EXIT_INPUT)) from err
+        size = path.stat().st_size
+        if size > 4 * MAX_REQUEST_CHARS:  # refused unread: even all-ASCII it is too big
+            raise SystemExit(_err(args, f"{path} holds {size:,} bytes; a request may hold at "
+                                        f"most {MAX_REQUEST_CHARS:,} characters", EXIT_INPUT))
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        raise SystemExit(_err(args, f"cannot read {path}: {err.strerror}", EXIT_INPUT)) from err
+    except UnicodeDecodeError as err:
+        raise SystemExit(_err(args, f"{path} is not UTF-8 text (byte {err.start}: "
+                                    f"{err.reason})", EXIT_INPUT)) from err
     except json.JSONDecodeError as err:
         raise SystemExit(_err(args, f"{path} is not valid JSON: {err}", EXIT_INPUT)) from err
+    except RecursionError as err:
+        raise SystemExit(_err(args, f"{path} is nested too deeply to be a request",
+                              EXIT_INPUT)) from err
     if not isinstance(doc, dict):
         raise SystemExit(_err(args, f"{path} must hold a JSON object", EXIT_INPUT))
     if "tenant" not in doc and "actor" not in doc:  # a bare PlanV1 or its plan object
@@ -152,6 +167,14 @@ def _status_text(view: dict[str, Any]) -> str:
                     f" by {view.get('actor')}]")
     if view.get("waiting_on"):
         rows.append(f"waiting on {view['waiting_on']}")
+    for gate in view.get("approvals", []):
+        rows.append(f"gate {gate['gate']}: {gate['state']}")
+        for d in gate["decisions"]:
+            proof = (f"signed {d['key_fingerprint']}" if d.get("signed")
+                     else "UNSIGNED" if d.get("signed") is False else "proof not checked")
+            rows.append(f"  {d['decision']:<8} {d['approver'] or '?':<16} "
+                        f"{'accepted' if d['accepted'] else 'refused':<9} {proof}"
+                        + (f"  {_first_line(d['reason'])[:100]}" if d.get("reason") else ""))
     for s in view["steps"]:
         rows.append(f"  {s['id']:<28} {s['status']:<10} attempts={s['attempts']}"
                     + (f" exit={s['exit_code']}" if s["exit_code"] is not None else "")
@@ -186,13 +209,16 @@ async def cmd_list(args: argparse.Namespace) -> int:
 def _decision_cmd(kind: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
     async def cmd(args: argparse.Namespace) -> int:
         async def go(client: Any) -> int:
+            proof = {"key": args.key, "sign": False if args.unsigned else None}
             if kind == "cancel":
-                outcome = await client.cancel(args.id, args.actor, args.reason)
+                outcome = await client.cancel(args.id, args.actor, args.reason, **proof)
             elif kind == "resolve":
-                outcome = await client.resolve(args.id, args.actor, args.action, args.step)
+                outcome = await client.resolve(args.id, args.actor, args.action, args.step,
+                                               comment=args.comment, **proof)
             else:
                 method = client.approve if kind == "approve" else client.reject
-                outcome = await method(args.id, args.approver, args.comment, args.plan_hash)
+                outcome = await method(args.id, args.approver, args.comment, args.plan_hash,
+                                       **proof)
             verdict = ("sent: " if getattr(outcome, "via_signal", False)
                        else "accepted: " if outcome.accepted else "refused: ")
             _out(args, outcome, verdict + sanitize(outcome.reason))
@@ -203,13 +229,82 @@ def _decision_cmd(kind: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
     return cmd
 
 
+def _read_key_file(path: str) -> str | None:
+    try:
+        return Path(path).expanduser().read_text()
+    except OSError:
+        return None
+
+
+async def cmd_keys_add(args: argparse.Namespace) -> int:
+    """Register a principal's SSH public key (table `rbac_signers`)."""
+    from opsconductor.safety import rbac
+
+    text = _read_key_file(args.file)
+    if text is None:
+        return _err(args, f"cannot read {args.file}", EXIT_INPUT)
+
+    async def go(client: Any) -> int:
+        try:
+            signer = await rbac.register_signer(client.pool, args.principal, text)
+        except rbac.PolicyError as err:
+            return _err(args, str(err), EXIT_INPUT)
+        view = {"principal": args.principal, "key_fingerprint": signer.fingerprint,
+                "key_type": signer.key_type, "comment": signer.comment}
+        _out(args, view, f"registered {signer.fingerprint} ({signer.key_type}) for "
+                         f"{args.principal}")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_keys_list(args: argparse.Namespace) -> int:
+    """The public keys decisions are verified against (policy file and table)."""
+    async def go(client: Any) -> int:
+        policy = await client.policy()
+        rows = [{"principal": p, "key_fingerprint": s.fingerprint, "key_type": s.key_type,
+                 "comment": s.comment, "options": s.options}
+                for s in policy.signers for p in s.principals]
+        _out(args, rows, lambda: lines(
+            f"{r['principal']:<16} {r['key_fingerprint']}  {r['key_type']}  {r['comment']}"
+            for r in rows) or "no keys registered")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_keys_remove(args: argparse.Namespace) -> int:
+    from opsconductor.safety import rbac
+
+    async def go(client: Any) -> int:
+        removed = await rbac.remove_signer(client.pool, args.principal, args.fingerprint)
+        _out(args, {"removed": removed}, f"removed {removed} key(s) of {args.principal}")
+        return EXIT_OK if removed else EXIT_NOT_FOUND
+
+    return await _with_client(args, go)
+
+
+async def cmd_sign(args: argparse.Namespace) -> int:
+    """Print a signed decision payload, for `temporal workflow signal --input`."""
+    async def go(client: Any) -> int:
+        payload = await client.sign_decision(
+            args.id, args.kind, args.principal, comment=args.comment,
+            plan_hash=args.plan_hash, action=args.action, step_id=args.step, key=args.key)
+        print(json.dumps(payload))
+        return EXIT_OK
+
+    if args.kind == "resolve" and not args.action:
+        return _err(args, "resolve needs --action retry|skip|fail", EXIT_INPUT)
+    return await _with_client(args, go)
+
+
 async def cmd_pending(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         rows = await client.pending(args.approver)
         _out(args, rows, lambda: lines(
-            f"{r['execution_id']}  gate={r['gate']:<20} needs {r['required_approvals']} x "
-            f"{r['required_role']}  requested by {r['actor']}  expires {r['expires_at']}  "
-            f"{r['title']}" for r in rows) or "nothing waiting")
+            f"{r['execution_id']}  gate={r['gate']:<20} needs {r['missing']}  "
+            f"requested by {r['actor']}  expires {r['expires_at']}  {r['title']}"
+            for r in rows) or "nothing waiting")
         return EXIT_OK
 
     return await _with_client(args, go)
@@ -221,6 +316,53 @@ async def cmd_watch(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         view = await watch(client, args.id, json_lines=args.json)
         return EXIT_OK if view["status"] in SUCCESS_STATUSES else EXIT_FAILED
+
+    return await _with_client(args, go)
+
+
+def _event_text(ev: dict[str, Any]) -> str:
+    moved = f" {ev['from_status'] or ''}->{ev['to_status']}" if ev["to_status"] else ""
+    step = f" [{ev['step_id']}]" if ev["step_id"] else ""
+    actor = f" by {ev['actor']}" if ev["actor"] else ""
+    message = f": {_first_line(ev['message'])}" if ev["message"] else ""
+    return sanitize(f"#{ev['id']} {ev['at']} {ev['type']}{step}{moved}{actor}{message}")
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    from opsconductor.starter.events import EventHub
+
+    async def go(client: Any) -> int:
+        execution_id, _ = await client.resolve_ids(args.id)
+        hub = EventHub(client.pool)
+        try:
+            stream = (hub.follow(execution_id, args.after) if args.follow
+                      else _listed(await hub.read(execution_id, args.after, limit=1_000_000)))
+            async for ev in stream:
+                print(json.dumps(ev, default=str) if args.json else _event_text(ev),
+                      flush=True)
+        finally:
+            await hub.close()
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def _listed(items: list[dict[str, Any]]) -> Any:
+    for item in items:
+        yield item
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    from opsconductor.starter.logs import StepNotFound, print_logs
+
+    async def go(client: Any) -> int:
+        execution_id, _ = await client.resolve_ids(args.id)
+        try:
+            await print_logs(client.pool, execution_id, args.step, follow=args.follow,
+                             as_json=args.json)
+        except StepNotFound as err:
+            return _err(args, str(err), EXIT_NOT_FOUND)
+        return EXIT_OK
 
     return await _with_client(args, go)
 
@@ -361,21 +503,60 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--comment", required=(kind == "reject"))
         sp.add_argument("--plan-hash", help="the plan hash you reviewed (refused on mismatch)")
         _add_update_wait(sp)
+        _add_signing(sp)
     ca = add("cancel", _decision_cmd("cancel"), "cancel an execution (cleanup and rollback run)")
     ca.add_argument("id")
     ca.add_argument("--reason", required=True)
     ca.add_argument("--actor", default=_default_actor())
     _add_update_wait(ca)
+    _add_signing(ca)
     rs = add("resolve", _decision_cmd("resolve"), "resolve a step whose outcome is unknown")
     rs.add_argument("id")
     rs.add_argument("--action", required=True, choices=["retry", "skip", "fail"])
     rs.add_argument("--actor", default=_default_actor())
     rs.add_argument("--step")
+    rs.add_argument("--comment")
     _add_update_wait(rs)
+    _add_signing(rs)
+    sg = add("sign", cmd_sign, "print a signed decision payload (for `temporal workflow signal`)")
+    sg.add_argument("kind", choices=["approve", "reject", "cancel", "resolve"])
+    sg.add_argument("id")
+    sg.add_argument("--as", dest="principal", required=True, help="who decides")
+    sg.add_argument("--comment", help="the comment (the reason, for cancel)")
+    sg.add_argument("--plan-hash", help="the plan hash you reviewed (default: the execution's)")
+    sg.add_argument("--action", choices=["retry", "skip", "fail"], help="for resolve")
+    sg.add_argument("--step", help="for resolve: the step (default: the one waiting)")
+    sg.add_argument("--key", help="SSH private key, or a .pub whose key is in the ssh-agent")
     pe = add("pending", cmd_pending, "executions waiting for a decision")
     pe.add_argument("--approver", help="only those this approver may decide")
     wa = add("watch", cmd_watch, "follow an execution until it ends")
     wa.add_argument("id")
+    ev = add("events", cmd_events, "an execution's events (one JSON object a line with --json)")
+    ev.add_argument("id", help="execution id or workflow id")
+    ev.add_argument("--follow", "-f", action="store_true",
+                    help="print events as they are committed until the execution has ended")
+    ev.add_argument("--after", type=int, default=0, metavar="N",
+                    help="only events after event id N (resume where a stream stopped)")
+    lg = add("logs", cmd_logs, "a step's full output (all steps without STEP)")
+    lg.add_argument("id", help="execution id or workflow id")
+    lg.add_argument("step", nargs="?", help="step id")
+    lg.add_argument("--follow", "-f", action="store_true",
+                    help="print output as it arrives until the step or execution ends")
+
+    keys = sub.add_parser("keys", help="operators' SSH public keys for signed decisions")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    ka = ksub.add_parser("add", help="register a public key for a principal")
+    ka.add_argument("principal")
+    ka.add_argument("file", help="the public key file, e.g. ~/.ssh/id_ed25519.pub")
+    ka.set_defaults(fn=cmd_keys_add)
+    kl = ksub.add_parser("list", help="the keys decisions are verified against")
+    kl.set_defaults(fn=cmd_keys_list)
+    kr = ksub.add_parser("remove", help="remove a principal's keys (or one of them)")
+    kr.add_argument("principal")
+    kr.add_argument("--fingerprint", help="only the key with this SHA256:... fingerprint")
+    kr.set_defaults(fn=cmd_keys_remove)
+    for kp in (ka, kl, kr):
+        kp.add_argument("--json", action="store_true")
 
     dlq = sub.add_parser("dlq", help="dead-letter queue of failed executions")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -394,6 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="require a worker of THIS host to poll the task queue (a container's "
                          "health check)")
     return p
+
+
+def _add_signing(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--key", help="sign with this SSH private key (or a .pub whose private key "
+                                  "is in the ssh-agent); default OPSC_SIGNING_KEY, else the "
+                                  "agent's key registered for you")
+    sp.add_argument("--unsigned", action="store_true",
+                    help="send the decision unsigned (refused where signatures are required)")
 
 
 def _add_update_wait(sp: argparse.ArgumentParser) -> None:
@@ -418,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _drop_stdout()
         return EXIT_OK
+    except Exception as err:  # no input may end in a traceback: say what broke, in one line
+        return _err(args, f"internal error: {type(err).__name__}: {err}", EXIT_FAILED)
 
 
 def _drop_stdout() -> None:

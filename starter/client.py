@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import BaseModel, ValidationError
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -29,21 +34,28 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from opsconductor.activities import db
 from opsconductor.activities.assets import resolve_targets
+from opsconductor.activities.authorization import ActionGate, planned_actions
+from opsconductor.activities.checks import expression_problems
 from opsconductor.activities.mirror import write_events
+from opsconductor.activities.telemetry import SCOPE
 from opsconductor.safety import idempotency, rbac
+from opsconductor.safety.signatures import SignatureError, agent_keys, signed_payload
 from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.decisions import CANCEL_GATE
 from opsconductor.schema.enums import ExecutionMode, ExecutionStatus
 from opsconductor.schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.spec import ExecutionSpec, build_spec
 from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
+from opsconductor.starter.telemetry import configured_tracer_provider, tracing_interceptors
 from opsconductor.starter.worker import connect
+from opsconductor.workflows.approvals import EXECUTION_GATE, GateRule, missing_text
 from opsconductor.workflows.execution import ExecutionWorkflow
 
 
@@ -87,6 +99,13 @@ class ExecutionClient:
     # How long a decision waits for a worker to answer its Update before it is sent as the
     # plain signal instead (which needs no worker).
     update_wait_seconds: float = DEFAULT_UPDATE_WAIT_SECONDS
+    # Spans of submissions (default: the global provider's, a no-op unless OTEL_* sets one).
+    tracer: trace.Tracer | None = None
+    # One engine per client: the policy is re-read only when its file or tables change.
+    rbac_engine: rbac.RbacEngine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rbac_engine = rbac.RbacEngine.from_settings(self.settings)
 
     @classmethod
     async def connect(cls, settings: Settings | None = None, *,
@@ -98,7 +117,8 @@ class ExecutionClient:
                                          "start `opsconductor dev`")
         pool = await db.create_pool(settings.database_url, min_size=1, max_size=10)
         try:
-            temporal = await connect(settings)
+            temporal = await connect(settings, interceptors=tracing_interceptors(
+                configured_tracer_provider()))
         except Exception:
             await pool.close()
             raise
@@ -122,37 +142,50 @@ class ExecutionClient:
         request = validate_request(raw)
         targets = sorted({t for s in request.steps
                           if isinstance(t := s.target, str) and t})
-        asset_ids, unknown = await resolve_targets(targets)
-        if unknown:
-            raise RequestValidationError([
-                Problem(path=f"plan.plan.steps[{i}].inputs.target",
-                        message=f"unknown asset {s.target!r}")
-                for i, s in enumerate(request.steps) if s.target in unknown])
+        asset_ids, unknown = await resolve_targets(targets, self.settings)
+        problems = [Problem(path=f"plan.plan.steps[{i}].inputs.target",
+                            message=f"unknown asset {s.target!r}")
+                    for i, s in enumerate(request.steps) if s.target in unknown]
+        draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="")
+        problems += [Problem(path=path, message=why) for path, why in expression_problems(draft)]
+        if problems:
+            raise RequestValidationError(problems)
         return request, asset_ids
 
     async def _authorize_submission(self, request: ExecutionRequest,
                                     asset_ids: dict[str, str | None]) -> None:
-        """Every step's permission, decided and audited before anything is written."""
-        policy = await rbac.load_policy(self.pool)
-        entries = []
-        for step in request.steps:
-            given = step.target
-            target = (asset_ids.get(given) if given else None) or "localhost"
-            decision = policy.evaluate(tenant=request.tenant, actor=request.actor,
-                                       resource=target, tool=step.tool, action="execute",
-                                       environment=request.environment.value)
-            entries.append(rbac.AuditEntry(decision, request.tenant, request.actor, "execute",
-                                           request.environment.value, target, step.tool,
-                                           step_id=step.id))
+        """Everything the plan can run on a host (steps, `command:` checks wherever they
+        stand, rollback actions), judged as the worker will judge it and audited, before
+        anything is written."""
+        draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="",
+                           asset_ids=asset_ids)
+        entries: list[rbac.AuditEntry] = []
+        refusal: str | None = None
+        for action in planned_actions(draft):
+            gate = ActionGate(engine=self.rbac_engine, pool=self.pool, tenant=request.tenant,
+                              actor=request.actor, environment=request.environment.value,
+                              step_id=action.step_id)
+            verdict = await gate.decide(tool=action.tool, resource=action.resource,
+                                        command=action.command,
+                                        read_only_expected=action.read_only_expected)
+            entries += verdict.entries
+            if not verdict.allowed and refusal is None:
+                refusal = f"{verdict.reason} ({action.what} of step {action.step_id})"
         await rbac.audit_many(self.pool, entries)
-        denied = next((e for e in entries if not e.decision.allowed), None)
-        if denied is not None:
-            raise SubmissionRefused(
-                f"denied: {request.actor} may not execute {denied.tool} on {denied.resource} "
-                f"in {request.environment.value} (step {denied.step_id}): "
-                f"{denied.decision.reason}")
+        if refusal is not None:
+            raise SubmissionRefused(refusal)
 
     async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
+        """Validate, authorize, claim and start (see the module's docstring); the submission
+        is one span, a child of the request's `trace_id` (a W3C traceparent or trace id)."""
+        tracer = self.tracer or trace.get_tracer(SCOPE)
+        parent = trace_parent(raw.get("trace_id") if isinstance(raw, dict) else None)
+        with tracer.start_as_current_span("opsc.execution", context=parent) as span:
+            response = await self._execute(raw, wait, span)
+            span.set_attribute("opsc.status", response.status.value)
+            return response
+
+    async def _execute(self, raw: Any, wait: bool | None, span: trace.Span) -> ExecutionResponse:
         request, asset_ids = await self.prepare(raw)
         await self._authorize_submission(request, asset_ids)
         fingerprint = idempotency.request_fingerprint(
@@ -171,6 +204,11 @@ class ExecutionClient:
                           previous_execution_id=claim.previous_execution_id,
                           asset_ids=asset_ids,
                           submitted_at=claim.created_at or datetime.now(UTC))
+        span.set_attributes({"opsc.execution_id": spec.execution_id,
+                             "opsc.workflow_id": spec.workflow_id, "opsc.tenant": spec.tenant,
+                             "opsc.environment": spec.environment.value,
+                             "opsc.actor": spec.actor, "opsc.sla_class": spec.sla_class.value,
+                             "opsc.duplicate": not claim.is_new})
         handle = await self._ensure_started(spec)
         response = ExecutionResponse(
             execution_id=spec.execution_id, workflow_id=spec.workflow_id,
@@ -193,9 +231,7 @@ class ExecutionClient:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=search_attributes(spec),
-                static_summary=f"{spec.tenant}: {spec.title} ({len(spec.steps)} steps)"[:400],
-                static_details=(f"execution {spec.execution_id}, requested by {spec.actor} in "
-                                f"{spec.environment.value}, SLA {spec.sla_class.value}"))
+                static_summary=static_summary(spec), static_details=static_details(spec))
         except WorkflowAlreadyStartedError:
             return self.temporal.get_workflow_handle(spec.workflow_id,
                                                      result_type=ExecutionResult)
@@ -203,9 +239,9 @@ class ExecutionClient:
     async def _wait_result(self, handle: WorkflowHandle[Any, Any]) -> ExecutionResult:
         try:
             return await handle.result()  # type: ignore[no-any-return]
-        except WorkflowFailureError:
-            # Cancelled through Temporal (or failed): the mirror has the final word.
-            return await self.result(handle.id)
+        except WorkflowFailureError as err:
+            # Failed runs carry the result in the failure; cancelled ones: the mirror has it.
+            return result_from_failure(err) or await self.result(handle.id)
 
     async def _current_status(self, execution_id: str,
                               handle: WorkflowHandle[Any, Any]) -> ExecutionStatus:
@@ -282,6 +318,7 @@ class ExecutionClient:
                        "error": s["error"], "tool": s["tool"], "target": s["target"],
                        "description": s["description"]} for s in steps],
         }
+        view["approvals"] = await self._approvals_view(execution_id)
         if temporal_status == WorkflowExecutionStatus.RUNNING.name:
             progress = await self.progress(workflow_id)
             if progress is not None:
@@ -292,13 +329,26 @@ class ExecutionClient:
                 view["approval_state"] = progress.approval_state.value
         return view
 
+    async def _approvals_view(self, execution_id: str) -> list[dict[str, Any]]:
+        """Each gate and its decisions, each marked signed (with its key) or unsigned."""
+        rows = await self.pool.fetch(
+            "SELECT gate, state::text AS state, decisions FROM execution.approvals "
+            "WHERE execution_id = $1 ORDER BY id", uuid.UUID(execution_id))
+        return [{"gate": r["gate"], "state": r["state"], "decisions": [
+            {"approver": d.get("approver"), "decision": d.get("decision"),
+             "accepted": d.get("accepted"), "signed": d.get("signed"),
+             "key_fingerprint": d.get("key_fingerprint"), "reason": d.get("reason"),
+             "at": d.get("at")} for d in _json_loads(r["decisions"])]} for r in rows]
+
     async def result(self, ident: str) -> ExecutionResult:
         execution_id, workflow_id = await self.resolve_ids(ident)
         handle = self.temporal.get_workflow_handle(workflow_id, result_type=ExecutionResult)
         try:
             return await handle.result()  # type: ignore[no-any-return]
-        except WorkflowFailureError:
-            pass
+        except WorkflowFailureError as err:
+            carried = result_from_failure(err)
+            if carried is not None:
+                return carried
         row = await self.pool.fetchval(
             "SELECT result FROM execution.executions WHERE execution_id = $1",
             uuid.UUID(execution_id))
@@ -373,28 +423,98 @@ class ExecutionClient:
                     data={"payload": payload, "via": "update validator"},
                     at=datetime.now(UTC))])
 
+    # Decisions are signed with the operator's SSH key (`key`: a private key file, or a .pub
+    # whose private key is in the ssh-agent; default: the settings' `signing_key`, else the
+    # agent's key registered for the principal). `sign=False` sends unsigned, `sign=True`
+    # refuses to send unsigned; None signs whenever a key is at hand.
+
     async def approve(self, ident: str, approver: str, comment: str | None = None,
-                      plan_hash: str | None = None) -> DecisionOutcome:
-        payload = {"approver": approver, "comment": comment, "plan_hash": plan_hash}
-        return await self._decide(ident, "approve_update", "approve",
-                                  {k: v for k, v in payload.items() if v is not None})
+                      plan_hash: str | None = None, *, key: str | Path | None = None,
+                      sign: bool | None = None) -> DecisionOutcome:
+        return await self._send("approve", ident, approver, comment=comment,
+                                plan_hash=plan_hash, key=key, sign=sign)
 
     async def reject(self, ident: str, approver: str, comment: str | None = None,
-                     plan_hash: str | None = None) -> DecisionOutcome:
-        payload = {"approver": approver, "comment": comment, "plan_hash": plan_hash}
-        return await self._decide(ident, "reject_update", "reject",
-                                  {k: v for k, v in payload.items() if v is not None})
+                     plan_hash: str | None = None, *, key: str | Path | None = None,
+                     sign: bool | None = None) -> DecisionOutcome:
+        return await self._send("reject", ident, approver, comment=comment,
+                                plan_hash=plan_hash, key=key, sign=sign)
 
-    async def cancel(self, ident: str, actor: str, reason: str) -> DecisionOutcome:
-        return await self._decide(ident, "cancel_update", "cancel",
-                                  {"actor": actor, "reason": reason})
+    async def cancel(self, ident: str, actor: str, reason: str, *,
+                     key: str | Path | None = None, sign: bool | None = None) -> DecisionOutcome:
+        return await self._send("cancel", ident, actor, comment=reason, key=key, sign=sign)
 
     async def resolve(self, ident: str, actor: str, action: str,
-                      step_id: str | None = None) -> DecisionOutcome:
-        payload: dict[str, Any] = {"actor": actor, "action": action}
-        if step_id:
-            payload["step_id"] = step_id
-        return await self._decide(ident, "resolve_update", "resolve", payload)
+                      step_id: str | None = None, *, comment: str | None = None,
+                      key: str | Path | None = None, sign: bool | None = None,
+                      ) -> DecisionOutcome:
+        return await self._send("resolve", ident, actor, comment=comment, action=action,
+                                step_id=step_id, key=key, sign=sign)
+
+    async def _send(self, kind: str, ident: str, principal: str, *, comment: str | None,
+                    plan_hash: str | None = None, action: str | None = None,
+                    step_id: str | None = None, key: str | Path | None = None,
+                    sign: bool | None = None) -> DecisionOutcome:
+        payload = _decision_payload(kind, principal, comment, plan_hash, action, step_id)
+        key = key or self.settings.signing_key
+        if sign is not False and (key is not None or sign
+                                  or await self._agent_can_sign(principal)):
+            payload = await self.sign_decision(ident, kind, principal, comment=comment,
+                                               plan_hash=plan_hash, action=action,
+                                               step_id=step_id, key=key)
+        return await self._decide(ident, f"{kind}_update", kind, payload)
+
+    async def policy(self) -> rbac.Policy:
+        """The RBAC policy these settings name (file and tables), with its public keys."""
+        return await self.rbac_engine.policy(self.pool)
+
+    async def _agent_can_sign(self, principal: str) -> bool:
+        """The ssh-agent holds a key the policy registers for `principal`."""
+        held = {" ".join(k.split()[:2]) for k in await agent_keys()}
+        return bool(held) and any(principal in s.principals and s.public_key in held
+                                  for s in (await self.policy()).signers)
+
+    async def _decision_facts(self, ident: str, kind: str,
+                              step_id: str | None) -> tuple[str, str, str]:
+        """What a decision on `ident` is bound to: execution id, gate and plan hash."""
+        execution_id, _ = await self.resolve_ids(ident)
+        key = uuid.UUID(execution_id)
+        plan_hash = await self.pool.fetchval(
+            "SELECT plan_hash FROM execution.executions WHERE execution_id = $1", key)
+        if plan_hash is None:
+            raise ExecutionNotFound(f"execution {ident!r} is not recorded yet: nothing to sign")
+        if kind in ("approve", "reject"):
+            gate = await self.pool.fetchval(
+                "SELECT gate FROM execution.approvals WHERE execution_id = $1 "
+                "AND state = 'pending' ORDER BY id DESC LIMIT 1", key) or EXECUTION_GATE
+        elif kind == "cancel":
+            gate = CANCEL_GATE
+        else:
+            gate = step_id or await self.pool.fetchval(
+                "SELECT step_id FROM execution.execution_steps WHERE execution_id = $1 "
+                "AND status = 'waiting' ORDER BY position LIMIT 1", key)
+            if gate is None:
+                raise SignatureError("no step of this execution waits for a resolution: "
+                                     "name the step")
+        return execution_id, gate, plan_hash
+
+    async def sign_decision(self, ident: str, kind: str, principal: str, *,
+                            comment: str | None = None, plan_hash: str | None = None,
+                            action: str | None = None, step_id: str | None = None,
+                            key: str | Path | None = None) -> dict[str, Any]:
+        """The signed payload of a decision (`kind`: approve, reject, cancel, resolve) on
+        `ident`, as the signal of that name takes it, from here or through `temporal
+        workflow signal --input`. `plan_hash`: the plan you reviewed (default: the
+        execution's)."""
+        execution_id, gate, current_plan = await self._decision_facts(ident, kind, step_id)
+        if kind == "resolve":
+            step_id = gate
+        payload = _decision_payload(kind, principal, comment, plan_hash, action, step_id)
+        return await signed_payload(
+            payload, kind=f"resolve:{action}" if kind == "resolve" else kind,
+            execution_id=execution_id, gate=gate, plan_hash=plan_hash or current_plan,
+            principal=principal, comment=comment or "",
+            key=key or self.settings.signing_key, registered=(await self.policy()).signers)
 
     async def pending(self, approver: str | None = None) -> list[dict[str, Any]]:
         """Executions waiting for a decision that `approver` may make."""
@@ -407,17 +527,23 @@ class ExecutionClient:
             WHERE a.state = 'pending' AND e.status = 'pending_approval'
             ORDER BY a.requested_at
             """)
-        policy = await rbac.load_policy(self.pool) if approver else None
+        policy = await self.rbac_engine.policy(self.pool) if approver else None
         out = []
         for r in rows:
             item = {k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()}
             decisions = _json_loads(item.pop("decisions"))
-            item["approved_by"] = [d["approver"] for d in decisions
-                                   if d.get("accepted") and d.get("decision") == "approve"]
+            accepted = [d for d in decisions
+                        if d.get("accepted") and d.get("decision") == "approve"]
+            item["approved_by"] = [d["approver"] for d in accepted]
+            item["missing"] = missing_text(
+                GateRule(r["required_approvals"], r["required_role"], r["senior_role"]),
+                [set(d.get("roles") or ()) for d in accepted])
             if approver and policy is not None:
                 roles = policy.roles_of(r["tenant"], approver, r["environment"])
+                eligible = {r["required_role"], *([r["senior_role"]] if r["senior_role"]
+                                                  else [])}
                 if (approver == r["actor"] or approver in item["approved_by"]
-                        or r["required_role"] not in roles):
+                        or not roles & eligible):
                     continue
             out.append(item)
         return out
@@ -434,6 +560,69 @@ def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:
                             "pending" if spec.approval_level else "not_required"),
         SearchAttributePair(sa.ASSETS, spec.assets or ["localhost"]),
     ])
+
+
+def trace_parent(trace_id: str | None) -> Context | None:
+    """The context a request's `trace_id` names: a W3C `traceparent` header value, or a bare
+    32-hex trace id (then a remote parent span id is made up so the trace id carries over)."""
+    if not trace_id:
+        return None
+    text = trace_id.strip().lower()
+    if text.count("-") == 3:
+        ctx = TraceContextTextMapPropagator().extract({"traceparent": text})
+        return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
+    try:
+        tid = int(text, 16) if len(text) == 32 else 0
+    except ValueError:
+        return None
+    if not tid:
+        return None
+    parent = SpanContext(trace_id=tid, span_id=uuid.uuid4().int & ((1 << 64) - 1) or 1,
+                         is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def static_summary(spec: ExecutionSpec) -> str:
+    """The one line the Web UI shows for the run: title, tenant, environment and actor."""
+    return (f"{spec.title} · {spec.tenant}/{spec.environment.value} · by {spec.actor}"
+            f" · {len(spec.steps)} step(s)")[:400]
+
+
+def static_details(spec: ExecutionSpec, limit: int = 20_000) -> str:
+    """The plan as the Web UI shows it (markdown): ids, SLA, and each step with its tool and
+    target; cut at `limit` characters so a huge plan cannot bloat the start event."""
+    lines = [f"execution `{spec.execution_id}` · SLA {spec.sla_class.value} · mode "
+             f"{spec.mode.value} · approval level {spec.approval_level}", ""]
+    for i, step in enumerate(spec.steps, 1):
+        where = f" on `{step.target}`" if step.target else ""
+        what = f" — {step.description}" if step.description else ""
+        lines.append(f"{i}. `{step.id}` ({step.tool}){where}{what}")
+    text = "\n".join(lines)
+    return text if len(text) <= limit else text[:limit] + "\n…"
+
+
+def result_from_failure(err: WorkflowFailureError) -> ExecutionResult | None:
+    """The result a failed, timed-out or rejected run closed with (its failure's details);
+    None for a failure that carries none (a cancelled run, a workflow bug)."""
+    cause = err.cause
+    if not isinstance(cause, ApplicationError) or not cause.details:
+        return None
+    try:
+        return ExecutionResult.model_validate(cause.details[0])
+    except ValidationError:
+        return None
+
+
+def _decision_payload(kind: str, principal: str, comment: str | None, plan_hash: str | None,
+                      action: str | None, step_id: str | None) -> dict[str, Any]:
+    """The plain payload of the signal named `kind`."""
+    if kind == "cancel":
+        return {"actor": principal, "reason": comment or ""}
+    if kind == "resolve":
+        payload = {"actor": principal, "action": action, "step_id": step_id, "comment": comment}
+    else:
+        payload = {"approver": principal, "comment": comment, "plan_hash": plan_hash}
+    return {k: v for k, v in payload.items() if v is not None}
 
 
 def _iso(value: Any) -> Any:

@@ -99,8 +99,29 @@ async def _targets(specs: list[StepSpec]) -> tuple[dict[str, Any], list[str], st
                             else f"inventory {path}")
 
 
+def _judge(policy: Any, req: Any, tool: str, resource: str, command: str | None,
+           read_only_expected: bool) -> tuple[bool, str]:
+    """The worker's decision for one action: every tool it must be allowed as (`shell` too for
+    a command that can run any program)."""
+    from opsconductor.activities.authorization import tools_to_authorize
+
+    tools, why = tools_to_authorize(tool, command, read_only_expected=read_only_expected)
+    reason = ""
+    for name in tools:
+        decision = policy.evaluate(tenant=req.tenant, actor=req.actor, resource=resource,
+                                   tool=name, action="execute",
+                                   environment=req.environment.value)
+        reason = decision.reason if name == tool or not why else f"as {name} ({why}): " \
+            f"{decision.reason}"
+        if not decision.allowed:
+            return False, reason
+    return True, reason
+
+
 async def dry_run(raw: Any) -> DryRunReport:
     """Everything `run` would check and decide, described, with nothing started or written."""
+    from opsconductor.activities.authorization import planned_actions
+    from opsconductor.activities.checks import expression_problems
     from opsconductor.activities.executors.command import connection_problems
     from opsconductor.safety import rbac
 
@@ -118,7 +139,19 @@ async def dry_run(raw: Any) -> DryRunReport:
         if s.target in unknown:
             problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",
                                     message=f"unknown asset {s.target!r} (not in {where})"))
+    problems += [Problem(path=path, message=why) for path, why in expression_problems(spec)]
     policy = await rbac.load_policy(None)
+    for action in planned_actions(spec):
+        if action.what == "step":
+            continue  # judged with its step below
+        resource = (assets[action.resource].id if action.resource in assets
+                    and assets[action.resource] is not None else action.resource)
+        ok, why = _judge(policy, req, action.tool, resource or "localhost", action.command,
+                         action.read_only_expected)
+        if not ok:
+            path = (f"plan.plan.{action.step_id}" if action.step_id not in index
+                    else f"plan.plan.steps[{index[action.step_id]}]")
+            problems.append(Problem(path=path, message=f"{action.what}: {why}"))
     gates = {p.step_id: p for p in approval_points_for(req)}
     steps: list[StepPlan] = []
     for s in specs:
@@ -137,10 +170,8 @@ async def dry_run(raw: Any) -> DryRunReport:
         resource = (asset.id if asset is not None else s.target) or "localhost"
         allowed, reason = True, "decided per asset at run time (the hosts are not known yet)"
         if not s.fan_out_from:
-            decision = policy.evaluate(tenant=req.tenant, actor=req.actor, resource=resource,
-                                       tool=s.tool, action="execute",
-                                       environment=req.environment.value)
-            allowed, reason = decision.allowed, decision.reason
+            allowed, reason = _judge(policy, req, s.tool, resource,
+                                     s.command if s.kind.value == "command" else None, False)
         if not allowed:
             problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
                 f"denied: {req.actor} may not execute {s.tool} on {resource} in "

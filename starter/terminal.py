@@ -20,7 +20,7 @@ def _escape(ch: str) -> str:
         return _NAMED[ch]
     if code < 0x20 or 0x7F <= code <= 0x9F:
         return f"\\x{code:02x}"
-    if code in _BIDI:
+    if code in _BIDI or 0xD800 <= code <= 0xDFFF:  # lone surrogates cannot even be printed
         return f"\\u{code:04x}"
     return ch
 

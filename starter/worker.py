@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -28,16 +30,20 @@ from opsconductor.activities.failures import TrimFailures
 from opsconductor.activities.locks import LockActivities
 from opsconductor.activities.mirror import MirrorActivities
 from opsconductor.activities.plan_checks import CheckActivities
+from opsconductor.activities.run_control import RunControlActivities
 from opsconductor.activities.steps import StepActivities
+from opsconductor.activities.telemetry import SCOPE, MirrorGauges
 from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretResolver
 from opsconductor.schema.config import Settings, load_settings
+from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
 from opsconductor.workflows.execution import ExecutionWorkflow
 
 log = logging.getLogger("opsconductor.worker")
 
-PASSTHROUGH = ("opsconductor.schema", "pydantic", "pydantic_core", "annotated_types")
+PASSTHROUGH = ("opsconductor.schema", "pydantic", "pydantic_core", "annotated_types",
+               "opentelemetry")
 
 
 def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
@@ -57,12 +63,16 @@ def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
         restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, runtime: Runtime | None = None,
+                  interceptors: Sequence[ClientInterceptor] = ()) -> Client:
+    """A client of the configured server; `runtime` carries a worker's metric buffer,
+    `interceptors` the client's tracing."""
     if not settings.temporal_address:
         raise RuntimeError("no Temporal server configured: set OPSC_TEMPORAL_ADDRESS or start "
                            "`opsconductor dev`")
     return await Client.connect(settings.temporal_address, namespace=settings.namespace,
-                                data_converter=pydantic_data_converter)
+                                data_converter=pydantic_data_converter, runtime=runtime,
+                                interceptors=interceptors)
 
 
 def build_activities(settings: Settings, pool: asyncpg.Pool, *,
@@ -79,31 +89,55 @@ def build_activities(settings: Settings, pool: asyncpg.Pool, *,
                            masker=masker, live=live)
     mirror = MirrorActivities(pool=pool)
     rbac = RbacActivities(pool=pool, rbac=engine)
-    cleanup = CleanupActivities(settings=settings, secrets=secrets, masker=masker)
-    checks = CheckActivities(settings=settings, masker=masker)
+    cleanup = CleanupActivities(settings=settings, secrets=secrets, masker=masker, rbac=engine,
+                                pool=pool)
+    checks = CheckActivities(settings=settings, masker=masker, rbac=engine, pool=pool)
     locks = LockActivities(pool=pool)
     return [steps.run_step, mirror.mirror_write, rbac.authorize, cleanup.run_cleanup,
             checks.run_plan_safety_checks, locks.acquire_locks, locks.renew_locks,
-            locks.release_locks]
+            locks.release_locks, RunControlActivities().cancel_own_run]
 
 
 def build_worker(client: Client, task_queue: str, *, pool: asyncpg.Pool,
                  settings: Settings | None = None, max_concurrent_activities: int = 200,
-                 **kwargs: Any) -> Worker:
+                 telemetry: Telemetry | None = None, **kwargs: Any) -> Worker:
     """The worker, draining on shutdown: it stops polling, lets running steps finish for up
     to `graceful_shutdown_seconds` (heartbeating), then cancels what is left; a short sticky
-    queue timeout lets another worker take a dead one's workflows in seconds."""
+    queue timeout lets another worker take a dead one's workflows in seconds. `telemetry`
+    adds step metrics and spans; Temporal's tracing and the workflow's own metrics come with
+    the client (its interceptors and runtime)."""
     settings = settings or load_settings()
     kwargs.setdefault("graceful_shutdown_timeout",
                       timedelta(seconds=settings.graceful_shutdown_seconds))
     kwargs.setdefault("sticky_queue_schedule_to_start_timeout",
                       timedelta(seconds=settings.sticky_queue_timeout_seconds))
-    interceptors = [*kwargs.pop("interceptors", ()), TrimFailures()]
+    interceptors = [*kwargs.pop("interceptors", ()),
+                    *(telemetry.interceptors if telemetry is not None else ()), TrimFailures()]
     return Worker(client, task_queue=task_queue, workflows=[ExecutionWorkflow],
                   activities=build_activities(settings, pool),
                   workflow_runner=workflow_runner(settings.workflow_sandbox == "strict"),
                   max_concurrent_activities=max_concurrent_activities,
                   interceptors=interceptors, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def refreshing(gauges: MirrorGauges, settings: Settings) -> AsyncIterator[None]:
+    """Re-read the mirror's gauges every `metrics_refresh_seconds` while the block runs."""
+    async def loop() -> None:
+        while True:
+            try:
+                await gauges.refresh()
+            except (OSError, asyncpg.PostgresError) as err:
+                log.warning("mirror gauges not refreshed: %s", err)
+            await asyncio.sleep(settings.metrics_refresh_seconds)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -120,19 +154,26 @@ async def run_worker(settings: Settings | None = None,
     masking and the pool are set up first and closed last, after the drain."""
     settings = settings or load_settings()
     install_log_masking(masker=Masker.from_settings(settings))
+    telemetry = Telemetry.create()
     pool = await db.open_pool(settings)
     try:
-        client = await connect(settings)
+        client = await connect(settings, runtime=telemetry.runtime,
+                               interceptors=tracing_interceptors(telemetry.tracer_provider))
     except BaseException:
         await pool.close()
         raise
-    worker = build_worker(client, settings.task_queue, pool=pool, settings=settings)
+    worker = build_worker(client, settings.task_queue, pool=pool, settings=settings,
+                          telemetry=telemetry)
+    url = telemetry.serve_metrics(settings.metrics_address)
+    if url:
+        log.info("worker metrics at %s", url)
+    gauges = MirrorGauges(pool, telemetry.meter_provider.get_meter(SCOPE))
     if stop is None:  # a caller that passes `stop` owns the signals (CLI, dev stack)
         stop = asyncio.Event()
         _stop_on_signals(stop)
     log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
     try:
-        async with worker:
+        async with telemetry.running(), worker, refreshing(gauges, settings):
             await stop.wait()
             log.info("worker draining: running steps get up to %gs to finish",
                      settings.graceful_shutdown_seconds)

@@ -3,7 +3,8 @@
 Quorum per level (the request's `approval_level` gates the whole execution):
   level 1: one approval from a holder of `approver`;
   level 2: two distinct approvers holding `approver`;
-  level 3: two distinct approvers holding `approver`, one of whom also holds `senior_approver`.
+  level 3: two distinct approvers, each holding `approver` or `senior_approver`, at least one
+           of them holding `senior_approver` (a senior needs no second role).
 An approval point gates just before its step: one approval (two when its risk is critical)
 from a holder of its `approver_role` (default `approver`). The requester never approves their
 own execution, an approver counts once, and one valid rejection rejects.
@@ -43,6 +44,21 @@ def rule_for_point(point: ApprovalPoint) -> GateRule:
                     point.approver_role or APPROVER_ROLE)
 
 
+def missing_text(rule: GateRule, approver_roles: list[set[str]]) -> str:
+    """What a gate still needs, in words an approver can act on, given the roles of the
+    approvals it has."""
+    short = max(0, rule.required_approvals - len(approver_roles))
+    senior = rule.senior_role
+    if senior and not any(senior in roles for roles in approver_roles):
+        if short <= 1:
+            return f"1 more approval, from a holder of {senior!r}"
+        return (f"{short} more approvals from distinct holders of {rule.required_role!r} or "
+                f"{senior!r}, at least one of them {senior!r}")
+    if short:
+        return f"{short} more approval(s) with role {rule.required_role!r}"
+    return "nothing"
+
+
 @dataclass
 class Gate:
     name: str
@@ -70,9 +86,16 @@ class Gate:
             return f"{decision.approver} already approved; each approver counts once"
         return None
 
+    def eligible_roles(self) -> set[str]:
+        """Roles that may move this gate: the required one, and the senior one where a senior
+        is needed (a senior approver counts as an approver there)."""
+        return {self.rule.required_role} | ({self.rule.senior_role} if self.rule.senior_role
+                                            else set())
+
     def role_refusal(self, roles: set[str]) -> str | None:
-        if self.rule.required_role not in roles:
-            return f"approver lacks the required role {self.rule.required_role!r}"
+        if not roles & self.eligible_roles():
+            wanted = " or ".join(repr(r) for r in sorted(self.eligible_roles()))
+            return f"approver lacks the required role {wanted}"
         return None
 
     def has_senior(self) -> bool:
@@ -87,13 +110,7 @@ class Gate:
         return self.rule.senior_role is None or self.has_senior()
 
     def missing(self) -> str:
-        parts = []
-        short = self.rule.required_approvals - self.counted()
-        if short > 0:
-            parts.append(f"{short} more approval(s) with role {self.rule.required_role!r}")
-        if self.rule.senior_role and not self.has_senior():
-            parts.append(f"one approver with role {self.rule.senior_role!r}")
-        return " and ".join(parts) or "nothing"
+        return missing_text(self.rule, [set(d.roles) for d in self.approvals.values()])
 
     def record(self) -> ApprovalRecord:
         return ApprovalRecord(

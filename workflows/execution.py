@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from opsconductor.schema.decisions import CANCEL_GATE
     from opsconductor.schema.enums import ApprovalState, ExecutionStatus, StepStatus
     from opsconductor.schema.errors import ErrorType
     from opsconductor.schema.messages import (
@@ -34,9 +35,11 @@ with workflow.unsafe.imports_passed_through():
     from opsconductor.schema.spec import ExecutionSpec
 
 from opsconductor.workflows.approvals import EXECUTION_GATE, rule_for_level
+from opsconductor.workflows.ending import TRUTHFUL_ENDING, close
 from opsconductor.workflows.gates import Gates
 from opsconductor.workflows.leases import Leases
-from opsconductor.workflows.operators import authorize, describe_invalid, validate_payload
+from opsconductor.workflows.metrics import Waits, record_ending, seconds_between
+from opsconductor.workflows.operators import describe_invalid, validate_payload
 from opsconductor.workflows.options import lock_wait_seconds
 from opsconductor.workflows.recording import Recorder
 from opsconductor.workflows.rollback import rollback
@@ -73,6 +76,7 @@ class ExecutionWorkflow:
                                 self.policies)
         self.cancel: CancelRequest | None = None
         self.native_cancel = False
+        self.waits = Waits()
 
     # ------------------------------------------------------------------ run
 
@@ -110,9 +114,12 @@ class ExecutionWorkflow:
         state.end(ExecutionStatus.FAILED, "the run ended without an outcome")  # if undecided
         await self.leases.release()
         await self._finish()
+        self._record_metrics()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self.native_cancel:
             raise asyncio.CancelledError(self.cancel.reason if self.cancel else "cancelled")
+        if workflow.patched(TRUTHFUL_ENDING):
+            return await close(self._result())
         return self._result()
 
     def _policy_max(self, field: str) -> float:
@@ -121,14 +128,20 @@ class ExecutionWorkflow:
     async def _body(self) -> None:
         """Gate, locks, checks, steps, rollback: everything up to the run's ending."""
         spec, state = self.spec, self.state
-        if spec.approval_level > 0 and not await self.gates.wait(
+        if spec.approval_level > 0:
+            asked = workflow.now()
+            approved = await self.gates.wait(
                 EXECUTION_GATE, rule_for_level(spec.approval_level),
                 f"approval level {spec.approval_level}",
-                self._policy_max("approval_timeout_seconds")):
-            return
+                self._policy_max("approval_timeout_seconds"))
+            self.waits.approval_seconds = seconds_between(asked, workflow.now())
+            if not approved:
+                return
         if spec.assets:
+            asked = workflow.now()
             error = await self.leases.acquire(
                 lock_wait_seconds(self._policy_max("step_timeout_seconds")))
+            self.waits.lock_seconds = seconds_between(asked, workflow.now())
             if error is not None:
                 state.end(ExecutionStatus.FAILED, error)
                 return
@@ -214,6 +227,13 @@ class ExecutionWorkflow:
             cancel_actor=self.cancel.actor if self.cancel else None,
             cancel_reason=self.cancel.reason if self.cancel else None)
 
+    def _record_metrics(self) -> None:
+        state = self.state
+        starts = [s.started_at for s in state.steps.values() if s.started_at is not None]
+        record_ending(self.spec, state.status, started_at=state.started_at,
+                      completed_at=state.completed_at, first_step_at=min(starts, default=None),
+                      deadline=state.deadline, waits=self.waits)
+
     def _result(self) -> ExecutionResult:
         return self.state.result(self.cancel.actor if self.cancel else None,
                                  self.cancel.reason if self.cancel else None)
@@ -253,13 +273,25 @@ class ExecutionWorkflow:
             return await self.gates.refuse("cancel", raw, describe_invalid("cancel", err))
         if self.cancel is not None or self.state.ending:
             return DecisionOutcome(accepted=False, reason="the execution is already ending")
-        auth = await authorize(self.spec, req.actor, "cancel")
+        proofs = self.gates.proofs
+        replayed = proofs.replayed(req)
+        if replayed:
+            return await self.gates.refuse("cancel", raw, replayed, req.actor)
+        judged = await proofs.judge(req, action="cancel", decision="cancel", gate=CANCEL_GATE,
+                                    principal=req.actor, comment=req.reason)
+        auth = judged.auth
+        if judged.refusal is not None or auth is None:
+            return await self.gates.refuse("cancel", raw,
+                                           judged.refusal or "the proof was not checked",
+                                           req.actor, judged.verdict)
         if not auth.allowed and req.actor != self.spec.actor:
             return await self.gates.refuse("cancel", raw,
-                                           f"not permitted to cancel: {auth.reason}", req.actor)
+                                           f"not permitted to cancel: {auth.reason}", req.actor,
+                                           judged.verdict)
         if self.cancel is None:
             self.cancel = req
-            self.state.journal.emit("cancel.requested", actor=req.actor, message=req.reason)
+            self.state.journal.emit("cancel.requested", actor=req.actor, message=req.reason,
+                                    data=judged.marks(with_signature=True))
         return DecisionOutcome(accepted=True, reason="cancel accepted")
 
     @workflow.signal(name="cancel")
@@ -289,11 +321,27 @@ class ExecutionWorkflow:
         if step_id is None or step_id not in waiting:
             return await self.gates.refuse("resolve", raw, "no step is waiting for a resolution",
                                            req.actor)
-        auth = await authorize(self.spec, req.actor, "resolve", step_id)
+        proofs = self.gates.proofs
+        replayed = proofs.replayed(req)
+        if replayed:
+            return await self.gates.refuse("resolve", raw, replayed, req.actor)
+        judged = await proofs.judge(req, action="resolve", decision=f"resolve:{req.action}",
+                                    gate=step_id, principal=req.actor, comment=req.comment,
+                                    step_id=step_id)
+        auth = judged.auth
+        if judged.refusal is not None or auth is None:
+            return await self.gates.refuse("resolve", raw,
+                                           judged.refusal or "the proof was not checked",
+                                           req.actor, judged.verdict)
         if not auth.allowed:
             return await self.gates.refuse("resolve", raw,
-                                           f"not permitted to resolve: {auth.reason}", req.actor)
+                                           f"not permitted to resolve: {auth.reason}", req.actor,
+                                           judged.verdict)
+        if step_id not in self.steps.waiting_for_resolution():  # answered meanwhile
+            return await self.gates.refuse("resolve", raw, f"{step_id} was resolved meanwhile",
+                                           req.actor, judged.verdict)
         self.steps.resolutions[step_id] = req
+        self.steps.resolution_proofs[step_id] = judged.marks(with_signature=True)
         return DecisionOutcome(accepted=True, reason=f"{req.action} accepted for {step_id}")
 
     @workflow.signal(name="resolve")

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from opsconductor.schema.decisions import SignatureVerdict
 from opsconductor.schema.enums import ApprovalState, ExecutionStatus
 from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import (
@@ -27,11 +28,11 @@ from opsconductor.schema.spec import ExecutionSpec
 from opsconductor.workflows.approvals import EXECUTION_GATE, Gate, GateRule
 from opsconductor.workflows.leases import Leases
 from opsconductor.workflows.operators import (
-    authorize,
     describe_invalid,
     payload_for_event,
     validate_payload,
 )
+from opsconductor.workflows.proofs import Proofs
 from opsconductor.workflows.recording import Recorder
 from opsconductor.workflows.state import RunState, Wait
 
@@ -51,6 +52,7 @@ class Gates:
         self.gate: Gate | None = None
         self.gates: list[Gate] = []
         self.lock = asyncio.Lock()
+        self.proofs = Proofs(spec)  # who made each decision: every operator message's check
 
     def _waiting(self, gate: Gate) -> Wait:
         return Wait(WaitKind.APPROVAL, f"approval of {gate.name}: {gate.missing()}")
@@ -111,22 +113,30 @@ class Gates:
         gate = self.gate
         if gate is None:
             return await self.refuse(kind, raw, "no approval is pending", decision.approver)
-        refusal = gate.precheck(decision, kind)
+        refusal = self.proofs.replayed(decision) or gate.precheck(decision, kind)
         if refusal:
             return await self.refuse(kind, raw, refusal, decision.approver)
-        auth = await authorize(self.spec, decision.approver, "approve",
-                               None if gate.name == EXECUTION_GATE else gate.name)
+        judged = await self.proofs.judge(
+            decision, action="approve", decision=kind, gate=gate.name,
+            principal=decision.approver, comment=decision.comment,
+            step_id=None if gate.name == EXECUTION_GATE else gate.name)
+        auth = judged.auth
+        if judged.refusal is not None or auth is None:
+            return await self.refuse(kind, raw, judged.refusal or "the proof was not checked",
+                                     decision.approver, judged.verdict)
         if self.gate is not gate:
-            return await self.refuse(kind, raw, "the approval window closed", decision.approver)
+            return await self.refuse(kind, raw, "the approval window closed", decision.approver,
+                                     judged.verdict)
         refusal = gate.precheck(decision, kind)  # re-check: other decisions may have landed
         if refusal is None and not auth.allowed:
             refusal = f"not permitted to approve: {auth.reason}"
         if refusal is None:
             refusal = gate.role_refusal(set(auth.roles))
         if refusal:
-            return await self.refuse(kind, raw, refusal, decision.approver)
+            return await self.refuse(kind, raw, refusal, decision.approver, judged.verdict)
         entry = GateDecision(approver=decision.approver, decision=kind, accepted=True,
-                             comment=decision.comment, roles=auth.roles, at=workflow.now())
+                             comment=decision.comment, roles=auth.roles, at=workflow.now(),
+                             **judged.proof())
         gate.decisions.append(entry)
         if kind == "reject":
             gate.state = ApprovalState.REJECTED
@@ -141,7 +151,7 @@ class Gates:
             f"approval.{kind}", actor=decision.approver,
             message=decision.comment or f"{kind} accepted",
             data={"gate": gate.name, "accepted": True, "counted": gate.counted(),
-                  "required": gate.rule.required_approvals})
+                  "required": gate.rule.required_approvals, **judged.marks()})
         await self.recorder.flush(approvals=[gate.record()])
         return DecisionOutcome(accepted=True, reason=f"{kind} recorded" + (
             f"; still needs {gate.missing()}" if gate.state is ApprovalState.PENDING else
@@ -149,14 +159,19 @@ class Gates:
             approvals_counted=gate.counted(), approvals_required=gate.rule.required_approvals)
 
     async def refuse(self, kind: MessageKind, raw: Any, reason: str,
-                     actor: str | None = None) -> DecisionOutcome:
-        """Record a refused operator message (on the open gate too) and say why."""
+                     actor: str | None = None,
+                     verdict: SignatureVerdict | None = None) -> DecisionOutcome:
+        """Record a refused operator message (on the open gate too) and say why; `verdict`:
+        what the proof check found, when it got that far."""
         gate = self.gate
+        marks = {k: v for k, v in verdict.marks().items() if k != "signature"} if verdict else {}
         if gate is not None:
-            gate.decisions.append(GateDecision(approver=actor, decision=kind, accepted=False,
-                                               reason=reason, at=workflow.now()))
+            gate.decisions.append(GateDecision(
+                approver=actor, decision=kind, accepted=False, reason=reason, at=workflow.now(),
+                signed=verdict.signed if verdict else None,
+                key_fingerprint=verdict.key_fingerprint if verdict else None))
         self.state.journal.emit(f"{kind}.refused", actor=actor, message=reason,
-                                data={"payload": payload_for_event(raw)})
+                                data={"payload": payload_for_event(raw), **marks})
         await self.recorder.flush(approvals=[gate.record()] if gate else [])
         return DecisionOutcome(accepted=False, reason=reason,
                                approval_state=self.state.approval_state,

@@ -30,7 +30,9 @@ LOCK_RETRY = RetryPolicy(maximum_attempts=3,
 RENEW_TIMEOUT = timedelta(seconds=20)
 RENEW_RETRY = RetryPolicy(maximum_attempts=3, non_retryable_error_types=names(ErrorType.LOCK_LOST))
 RELEASE_TIMEOUT = timedelta(seconds=30)
-RELEASE_RETRY = RetryPolicy(maximum_attempts=5)
+# Released until it succeeds: a PostgreSQL outage never leaves an asset locked until its
+# lease runs out.
+RELEASE_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 CLEANUP_RETRY = RetryPolicy(maximum_attempts=2,
                             non_retryable_error_types=names(ErrorType.CLEANUP_FAILED))
 AUTHZ_TIMEOUT = timedelta(seconds=30)

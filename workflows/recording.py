@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 
 from opsconductor.schema import search_attributes as sa
-from opsconductor.schema.enums import ApprovalState, ExecutionStatus
+from opsconductor.schema.enums import ApprovalState, ExecutionStatus, StepStatus
 from opsconductor.schema.messages import EventRecord, MirrorWrite, MirrorWriteResult
 from opsconductor.schema.spec import ExecutionSpec
 from opsconductor.workflows.options import MIRROR_RETRY, MIRROR_TIMEOUT
@@ -59,6 +59,29 @@ def search_attribute_updates(spec: ExecutionSpec, status: ExecutionStatus,
     return updates
 
 
+def current_details(state: RunState) -> str:
+    """Status, steps done, the running steps or what the run waits on, and the error
+    (markdown, as the Web UI renders it); counted without building the progress view."""
+    counts: dict[StepStatus, int] = {}
+    running: list[str] = []
+    for step in state.steps.values():
+        counts[step.status] = counts.get(step.status, 0) + 1
+        if step.status is StepStatus.RUNNING and len(running) < 10:
+            running.append(step.spec.id)
+    lines = [f"**{state.status.value}** · {counts.get(StepStatus.COMPLETED, 0)}/"
+             f"{len(state.steps)} steps completed"]
+    failed = sum(counts.get(s, 0) for s in (StepStatus.FAILED, StepStatus.TIMEOUT))
+    if failed:
+        lines.append(f"failed steps: {failed}")
+    if running:
+        lines.append("running: " + ", ".join(running))
+    if state.wait is not None:
+        lines.append(f"waiting: {state.wait.text}")
+    if state.error:
+        lines.append(f"error: {state.error[:500]}")
+    return "\n\n".join(lines)
+
+
 class Recorder:
     """Mirror batches, serialised: the mirror sees status events in the order they happened."""
 
@@ -75,9 +98,14 @@ class Recorder:
         workflow.upsert_search_attributes(search_attribute_updates(
             self.spec, self.state.status, self.state.approval_state, identity=identity))
 
+    def show_where(self) -> None:
+        """The Web UI's "current details": where the run is now (no history event)."""
+        workflow.set_current_details(current_details(self.state))
+
     async def flush(self, **fields: Any) -> MirrorWriteResult:
         """One mirror batch with the journal's events and the current status."""
         async with self.lock:
+            self.show_where()
             if self.state.search_attributes_stale:
                 self.upsert_search_attributes()
             write = MirrorWrite(execution_id=self.spec.execution_id,

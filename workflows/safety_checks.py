@@ -28,7 +28,8 @@ async def run_safety_checks(spec: ExecutionSpec, state: RunState, recorder: Reco
     res = await workflow.execute_activity(
         "run_safety_checks",
         SafetyChecksInput(execution_id=spec.execution_id, stage=stage, checks=checks,
-                          prior_outputs=state.prior_outputs()),
+                          prior_outputs=state.prior_outputs(), tenant=spec.tenant,
+                          actor=spec.actor, environment=spec.environment),
         result_type=SafetyChecksResult, start_to_close_timeout=SAFETY_CHECKS_TIMEOUT,
         retry_policy=SAFETY_CHECKS_RETRY, summary=f"{stage} safety checks")
     for outcome in res.outcomes:

@@ -23,6 +23,7 @@ from opsconductor.schema.messages import (
     StepResult,
     WaitKind,
 )
+from opsconductor.schema.outputs import bound_results
 from opsconductor.schema.spec import ExecutionSpec, StepSpec
 from opsconductor.workflows.recording import Journal
 
@@ -70,13 +71,13 @@ class StepState:
                             error=self.error)
 
     def record(self) -> StepRecord:
+        """The step's row without its output: the step's activity wrote that with its end
+        record, and carrying every step's excerpts here would make the final mirror batch
+        grow with the plan (the mirror keeps the output it has when this one is empty)."""
         r = self.result
         return StepRecord(step_id=self.spec.id, status=self.status, attempts=self.attempts,
                           started_at=self.started_at, completed_at=self.completed_at,
-                          exit_code=r.exit_code if r else None,
-                          output=({"stdout": r.stdout, "stderr": r.stderr, "output": r.output,
-                                   "duration_ms": r.duration_ms} if r else None),
-                          error=self.error)
+                          exit_code=r.exit_code if r else None, error=self.error)
 
     def final_result(self) -> StepResult:
         if self.result is not None:
@@ -173,12 +174,14 @@ class RunState:
                 if s.result is not None and s.status is StepStatus.COMPLETED}
 
     def result(self, cancel_actor: str | None, cancel_reason: str | None) -> ExecutionResult:
+        """The run's result, bounded whatever the plan (see `schema.outputs.bound_results`)."""
+        steps, omitted = bound_results([s.final_result() for s in self.steps.values()])
         return ExecutionResult(
             execution_id=self.spec.execution_id, workflow_id=self.spec.workflow_id,
             status=self.status, approval_state=self.approval_state, error=self.error,
             cancel_actor=cancel_actor, cancel_reason=cancel_reason,
             started_at=self.started_at, completed_at=self.completed_at,
-            steps=[s.final_result() for s in self.steps.values()])
+            steps=steps, steps_total=len(self.steps), steps_omitted=omitted)
 
     def progress(self) -> Progress:
         states = list(self.steps.values())

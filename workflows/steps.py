@@ -45,6 +45,8 @@ from opsconductor.workflows.scheduling import (
 )
 from opsconductor.workflows.state import FAILED_STEP, RunState, StepState, Wait
 
+# Histories started before an operator's retry was recorded by the workflow replay as before.
+RETRY_RECORDED_PATCH = "retry-resolution-recorded-first"
 
 class StepEnd(StrEnum):
     COMPLETED = "completed"
@@ -75,6 +77,8 @@ class StepRunner:
         self.gates = gates
         self.policies = policies
         self.resolutions: dict[str, ResolveRequest] = {}
+        self.retry_recorded = False  # the last retry's resolution reached the mirror first
+        self.resolution_proofs: dict[str, dict[str, object]] = {}  # signed?, key, signature
         self.stop_launching = False
         self.rollback_requested = False
         self.abort_error: str | None = None  # a `during` safety check said abort
@@ -138,7 +142,9 @@ class StepRunner:
         while await self.execute(step, override) is StepEnd.UNKNOWN:
             action = await self.await_resolution(step)
             if action == "retry":
-                override = True
+                # Recorded by the workflow: each later attempt applies the guard again, so a
+                # retry that crashes too pauses again instead of running a third time.
+                override = not self.retry_recorded
                 state.attempt_offset = state.attempts
                 continue
             if action == "skip":
@@ -153,9 +159,11 @@ class StepRunner:
         policy = self.policies[step.action_class.value]
         state.move(StepStatus.RUNNING)  # the activity writes this transition and its event
         state.started_at = state.started_at or workflow.now()
+        self.recorder.show_where()
         prior = self.state.prior_outputs() if (step.kind is StepKind.VALIDATE
                                                or step.preconditions
-                                               or step.success_criteria) else {}
+                                               or step.success_criteria
+                                               or step.templated) else {}
         try:
             result = await workflow.execute_activity(
                 "run_step",
@@ -234,11 +242,20 @@ class StepRunner:
         res = self.resolutions[step.id]
         self.state.journal.emit("step.resolved", step_id=step.id, actor=res.actor,
                                 message=f"{res.actor} chose {res.action}" + (
-                                    f": {res.comment}" if res.comment else ""))
+                                    f": {res.comment}" if res.comment else ""),
+                                data=self.resolution_proofs.get(step.id, {}))
         if res.action != "retry":  # a retry closes the crashed attempt as it starts
             await self.recorder.flush(resolutions=[res.model_copy(update={"step_id": step.id})])
         else:
             self.state.set_step_status(state, StepStatus.RUNNING, "retry requested by operator")
+            self.retry_recorded = workflow.patched(RETRY_RECORDED_PATCH)
+            if self.retry_recorded:
+                # The mirror closes the crashed attempts in the operator's name before the
+                # retry writes anything (events stay in order), and a later pause of this step
+                # waits for a new answer instead of reusing this one.
+                await self.recorder.flush(
+                    resolutions=[res.model_copy(update={"step_id": step.id})])
+                del self.resolutions[step.id]
         return res.action
 
     def waiting_for_resolution(self) -> list[str]:

@@ -7,6 +7,7 @@ task is cancelled) stops what it started before re-raising: nothing it launched 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from opsconductor.safety.secrets import SecretResolver
     from opsconductor.schema.config import Settings
 
-OUTPUT_CAP_BYTES = 64 * 1024  # per stream; larger output is truncated with a marker
+# Per stream and step: more is dropped and the end marked `...[truncated N bytes]`. The full
+# (masked) stream is stored in Postgres; Temporal history only ever sees an excerpt.
+OUTPUT_CAP_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class StepContext:
     secrets: SecretResolver | None = None  # the worker's resolver, for asset credentials
     # Awaited by a runner once its command's process group exists (the attempt records it).
     on_process: Callable[[ProcessRef], Awaitable[None]] | None = None
+    # Called by a runner with each chunk of output as it reads it ("stdout"/"stderr", bytes),
+    # so `opsconductor logs --follow` can show a command's output while it runs.
+    on_output: Callable[[str, bytes], None] | None = None
+    # Authorizes whatever else the step runs on a host (command checks): None runs nothing.
+    gate: Any = None  # activities.authorization.ActionGate
 
 
 @dataclass
@@ -101,8 +109,11 @@ def require_asset(ctx: StepContext, runner: str) -> Any:
                        error_type=ErrorType.INVALID_STEP, retryable=False)
 
 
+_ALREADY_CAPPED = re.compile(rb"\n\.\.\.\[truncated \d+ bytes\]\Z")
+
+
 def cap_text(data: bytes | str, cap: int = OUTPUT_CAP_BYTES) -> str:
     raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
-    if len(raw) <= cap:
-        return raw.decode("utf-8", "replace")
+    if len(raw) <= cap or (len(raw) <= cap + 64 and _ALREADY_CAPPED.search(raw[-64:])):
+        return raw.decode("utf-8", "replace")  # a runner capped it already: keep its count
     return raw[:cap].decode("utf-8", "ignore") + f"\n...[truncated {len(raw) - cap} bytes]"

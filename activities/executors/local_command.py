@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from opsconductor.activities.executors.base import (
@@ -31,12 +32,16 @@ SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
 KILL_GRACE_SECONDS = 2.0
 
 
-async def _read_capped(stream: asyncio.StreamReader, cap: int) -> bytes:
-    """Keep reading (so the child never blocks on a full pipe) but keep only `cap` bytes."""
+async def _read_capped(stream: asyncio.StreamReader, cap: int,
+                       tap: Callable[[bytes], None] | None = None) -> bytes:
+    """Keep reading (so the child never blocks on a full pipe) but keep only `cap` bytes;
+    `tap` sees each kept chunk as it arrives (live output)."""
     kept = bytearray()
     dropped = 0
     while chunk := await stream.read(65536):
         room = cap - len(kept)
+        if tap is not None and room > 0:
+            tap(chunk[:room])
         if room > 0:
             kept += chunk[:room]
         dropped += max(0, len(chunk) - max(room, 0))
@@ -140,8 +145,12 @@ class LocalCommandRunner:
                                error_type=ErrorType.COMMAND_START_ERROR, retryable=False)
         proc = sup.proc
         assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(_read_capped(proc.stdout, OUTPUT_CAP_BYTES),
-                                 _read_capped(proc.stderr, OUTPUT_CAP_BYTES))
+        feed = ctx.on_output
+        readers = asyncio.gather(
+            _read_capped(proc.stdout, OUTPUT_CAP_BYTES,
+                         (lambda b: feed("stdout", b)) if feed else None),
+            _read_capped(proc.stderr, OUTPUT_CAP_BYTES,
+                         (lambda b: feed("stderr", b)) if feed else None))
         try:
             if not await sup.started():
                 await sup.finished()

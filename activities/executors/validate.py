@@ -25,13 +25,15 @@ class ValidateExecutor:
         steps = dict(ctx.prior_outputs)
         last = next(reversed(steps.values())) if steps else None
         context = {**result_context(last), "steps": steps}
-        results = [await run_check(c, context=context, asset=ctx.asset, timeout=ctx.timeout)
-                   for c in checks]
+        results = [await run_check(c, context=context, asset=ctx.asset, timeout=ctx.timeout,
+                                   gate=ctx.gate) for c in checks]
         failed = [r for r in results if not r.passed]
-        summary = {"checks": [r.to_dict() for r in results], "passed": len(results) - len(failed),
-                   "failed": len(failed),
-                   "informational": sum(1 for r in results if r.informational)}
-        lines = [f"{'PASS' if r.passed else 'FAIL'}{' (info)' if r.informational else ''}: "
+        not_checked = sum(1 for r in results if r.informational)
+        summary = {"checks": [r.to_dict() for r in results],
+                   "passed": len(results) - len(failed) - not_checked, "failed": len(failed),
+                   "not_checked": not_checked, "informational": not_checked}
+        # prose is recorded, never evaluated: it is shown as not checked, never as passed
+        lines = [f"{'NOT CHECKED' if r.informational else 'PASS' if r.passed else 'FAIL'}: "
                  f"{r.expr} -- {r.detail}" for r in results]
         if failed:
             return StepOutcome(ok=False, output=summary, stdout="\n".join(lines),

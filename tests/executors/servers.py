@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from opsconductor.activities.executors.base import OUTPUT_CAP_BYTES
 
 
 @contextmanager
@@ -61,7 +62,7 @@ class ApiHandler(_Base):
         elif url.path == "/text":
             self._send(200, "plain words", "text/plain; charset=utf-8")
         elif url.path == "/big":
-            self._send(200, b"y" * 200_000, "text/plain")
+            self._send(200, b"y" * (OUTPUT_CAP_BYTES + 1000), "text/plain")
         elif url.path.startswith("/status/"):
             self._send(int(url.path.rsplit("/", 1)[1]), {"code": url.path})
         elif url.path == "/query":

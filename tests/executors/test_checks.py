@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from opsconductor.activities.authorization import ActionGate
 from opsconductor.activities.checks import (
     evaluate,
     json_path,
@@ -14,6 +17,7 @@ from opsconductor.activities.checks import (
 )
 from opsconductor.activities.executors.base import StepOutcome
 from opsconductor.activities.executors.validate import ValidateExecutor
+from opsconductor.safety.rbac import RbacEngine
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.enums import StepKind
 from opsconductor.schema.request import SafetyCheck
@@ -63,10 +67,17 @@ def test_expressions(expr: str, ctx: dict, passed: bool) -> None:
 
 
 @pytest.mark.parametrize("text", ["host reachable", "Root filesystem has more than 10% free",
-                                  "service is healthy", "uptime > 1 day", "cpu < 90"])
+                                  "service is healthy", "nginx contains no errors"])
 def test_free_text_is_informational(text: str) -> None:
     r = evaluate(text, CMD)
     assert r.passed and r.informational and "informational" in r.detail
+
+
+@pytest.mark.parametrize("text", ["uptime > 1 day", "cpu < 90", "exit_cod == 0",
+                                  "service_state contains running"])
+def test_expressions_over_unknown_fields_fail_closed(text: str) -> None:
+    r = evaluate(text, CMD)
+    assert not r.passed and not r.informational and "unknown check field" in r.detail
 
 
 def test_bad_regex_and_path_fail_cleanly() -> None:
@@ -78,32 +89,45 @@ def test_bad_regex_and_path_fail_cleanly() -> None:
         json_path({"a": [1]}, "$.a[3]")
 
 
-async def test_command_checks_local_and_over_ssh(sshd: SshServer) -> None:
-    r = await run_check("command: test -d /tmp")
+@pytest.fixture
+def gate(db_pool: Any) -> ActionGate:
+    """The built-in policy: anyone may execute in dev (every decision still audited)."""
+    return ActionGate(engine=RbacEngine(None), pool=db_pool, tenant="checks", actor="alice",
+                      environment="dev", execution_id="checks-exec")
+
+
+async def test_command_checks_local_and_over_ssh(sshd: SshServer, gate: ActionGate) -> None:
+    r = await run_check("command: test -d /tmp", gate=gate)
     assert r.passed and r.detail.startswith("exit 0")
-    r = await run_check({"command": "echo nope; exit 2"})
+    r = await run_check({"command": "echo nope; exit 2"}, gate=gate)
     assert not r.passed and "exit 2" in r.detail and "nope" in r.detail
     asset = Asset.model_validate(sshd.asset(id="ssh-check"))
-    r = await run_check("command: test -f /etc/hostname && hostname", asset=asset)
+    r = await run_check("command: test -f /etc/hostname && hostname", asset=asset, gate=gate)
     assert r.passed, r
     bad = Asset.model_validate(sshd.asset(id="ssh-check-bad",
                                           known_hosts=str(sshd.empty_known_hosts)))
-    r = await run_check("command: true", asset=bad)
+    r = await run_check("command: true", asset=bad, gate=gate)
     assert not r.passed and "host key" in r.detail
 
 
-async def test_safety_checks_by_stage() -> None:
+async def test_command_checks_fail_closed_without_a_gate(tmp_path: Any) -> None:
+    marker = tmp_path / "ran"
+    r = await run_check(f"command: touch {marker}")
+    assert not r.passed and "authorization gate" in r.detail and not marker.exists()
+
+
+async def test_safety_checks_by_stage(gate: ActionGate) -> None:
     checks = [SafetyCheck(check="command: true", stage="before"),
               SafetyCheck(check="Root filesystem has more than 10% free", stage="before"),
               SafetyCheck(check="command: exit 1", stage="before", failure_action="warn"),
               SafetyCheck(check="command: exit 1", stage="after", failure_action="abort")]
-    before = await run_safety_checks(checks, "before")
+    before = await run_safety_checks(checks, "before", gate=gate)
     assert [o.action for o in before] == ["ok", "ok", "warn"]
     assert before[1].result.informational and not should_abort(before)
-    after = await run_safety_checks(checks, "after")
+    after = await run_safety_checks(checks, "after", gate=gate)
     assert should_abort(after) and after[0].to_dict()["action"] == "abort"
     unknown = await run_safety_checks([SafetyCheck(check="command: true", target="ghost-host")],
-                                      "before")
+                                      "before", gate=gate)
     assert unknown[0].action == "abort" and "ghost-host" in unknown[0].result.detail
 
 
@@ -121,8 +145,8 @@ async def test_validate_executor() -> None:
     ctx = make_ctx(StepKind.VALIDATE, {"checks": checks}, prior_outputs=prior)
     out = await ValidateExecutor().run(ctx)
     assert out.ok, out.error
-    assert out.output["passed"] == 7 and out.output["failed"] == 0
-    assert out.output["informational"] == 1
+    assert out.output["passed"] == 6 and out.output["failed"] == 0
+    assert out.output["not_checked"] == 1 and "NOT CHECKED: service looks fine" in out.stdout
     ctx = make_ctx(StepKind.VALIDATE, {"checks": ["step_001.exit_code == 1",
                                                   "step_999.exit_code == 0",
                                                   {"step": "nope", "expr": "exit_code == 0"}]},

@@ -64,11 +64,13 @@ async def test_env_values_not_on_remote_command_line(sshd: SshServer) -> None:
 
 async def test_output_is_capped(sshd: SshServer) -> None:
     asset = Asset.model_validate(sshd.asset())
-    out = await SshCommandRunner().run(step_ctx(asset), "head -c 300000 /dev/zero | tr '\\0' x",
-                                       env={}, cwd=None, timeout=20)
+    out = await SshCommandRunner().run(
+        step_ctx(asset), f"head -c {OUTPUT_CAP_BYTES + 1000} /dev/zero | tr '\\0' x", env={},
+        cwd=None, timeout=20)
     assert out.ok
     assert out.stdout.startswith("x" * 1000)
-    assert "[truncated" in out.stdout and len(out.stdout) < 70_000
+    assert out.stdout.endswith("\n...[truncated 1000 bytes]")
+    assert len(out.stdout) < OUTPUT_CAP_BYTES + 100
 
 
 async def test_timeout_kills_remote_group(sshd: SshServer) -> None:

@@ -44,10 +44,10 @@ from tests.integration.helpers import opsc_env, start_worker, stop_process, wait
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session")]
 
 T = TypeVar("T")
-DEFAULT_COUNTS = {"kill9": 3, "sigterm": 2, "temporal": 2, "postgres": 2}
+DEFAULT_COUNTS = {"kill9": 6, "sigterm": 3, "temporal": 4, "postgres": 3}
 DRAIN_SECONDS = 3.0
 TIMEOUTS = {"heartbeat_timeout_seconds": 2, "step_timeout_seconds": 30, "max_attempts": 3}
-ASSET = "fault-host"
+ASSETS = ("fault-host-a", "fault-host-b")  # locked per execution: two run side by side
 OPERATOR = "bob"
 
 
@@ -77,6 +77,7 @@ class Tally:
     pauses: int = 0
     operator_retries: int = 0
     operator_skips: int = 0
+    recovered_results: int = 0
     repeated_without_retry: int = 0
     leftovers_at_next_attempt: int = 0
     alive_after_run: int = 0
@@ -87,6 +88,7 @@ class Tally:
         return (f"[faults] {self.name}: {self.faults} faults, {self.executions} executions, "
                 f"{self.completed} completed, {self.pauses} paused for an operator "
                 f"({self.operator_retries} retry, {self.operator_skips} skip), "
+                f"{self.recovered_results} recorded results returned instead of a re-run, "
                 f"{self.repeated_without_retry} effects repeated without an operator's retry, "
                 f"{self.leftovers_at_next_attempt} dead-attempt processes alive at the next "
                 f"attempt, {self.alive_after_run} alive after the run, "
@@ -155,7 +157,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         pool = await create_pool(url, min_size=1, max_size=5)
         inventory = d / "inventory.json"
         inventory.write_text(json.dumps({"assets": [
-            {"id": ASSET, "hostname": ASSET, "connector": "local"}]}))
+            {"id": a, "hostname": a, "connector": "local"} for a in ASSETS]}))
         queue = f"opsc-faults-{uuid.uuid4().hex[:8]}"
         home = d / "home"
         home.mkdir()
@@ -217,12 +219,13 @@ def new_run(rig: Rig, name: str) -> Run:
     return Run(d)
 
 
-async def submit(rig: Rig, run: Run, steps: list[tuple[str, float, bool]]) -> Run:
-    """Steps (id, seconds, idempotent) in a chain, all on the locked asset."""
+async def submit(rig: Rig, run: Run, steps: list[tuple[str, float, bool]],
+                 asset: str = ASSETS[0]) -> Run:
+    """Steps (id, seconds, idempotent) in a chain, all on `asset` (locked by the run)."""
     plan = []
     for i, (sid, seconds, idempotent) in enumerate(steps):
         plan.append(shell(sid, run.command(sid, seconds), deps=[steps[i - 1][0]] if i else None,
-                          target=ASSET, idempotent=idempotent))
+                          target=asset, idempotent=idempotent))
     run.resp = await rig.client.execute(request(plan, timeouts=TIMEOUTS), wait=False)
     return run
 
@@ -288,6 +291,11 @@ async def audit(rig: Rig, run: Run, tally: Tally) -> None:
         "SELECT count(*) FROM execution.execution_locks WHERE execution_id = $1",
         run.resp.execution_id if run.resp else ""))
     tally.locks_after_run += int(locks or 0)
+    recovered = await rig.db(lambda pool: pool.fetchval(
+        "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1 "
+        "AND event_type = 'step.recovered'", uuid.UUID(run.resp.execution_id) if run.resp
+        else None))
+    tally.recovered_results += int(recovered or 0)
 
 
 def report(tally: Tally, capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,7 +324,8 @@ async def test_worker_kill_9_mid_step(rig: Rig, capsys: pytest.CaptureFixture[st
     for _ in range(COUNTS["kill9"]):
         worker = await one_worker(rig)
         runs = [await submit(rig, new_run(rig, "k9-n"), [("act", 2, False), ("after", 0, True)]),
-                await submit(rig, new_run(rig, "k9-i"), [("act", 2, True), ("after", 0, True)])]
+                await submit(rig, new_run(rig, "k9-i"), [("act", 2, True), ("after", 0, True)],
+                             ASSETS[1])]
         await wait_for(lambda rs=runs: all(r.started("act") for r in rs), timeout=60,
                        what="both steps to start on the worker")
         replacement = rig.worker()
@@ -342,7 +351,7 @@ async def test_worker_sigterm_drains(rig: Rig, capsys: pytest.CaptureFixture[str
         worker = await one_worker(rig)
         short = await submit(rig, new_run(rig, "term-short"), [("act", 1, False)])
         long = await submit(rig, new_run(rig, "term-long"),
-                            [("act", DRAIN_SECONDS + 4, False)])
+                            [("act", DRAIN_SECONDS + 4, False)], ASSETS[1])
         await wait_for(lambda rs=(short, long): all(r.started("act") for r in rs), timeout=60,
                        what="both steps to start on the worker")
         replacement = rig.worker()

@@ -19,6 +19,11 @@ from opsconductor.schema.spec import ExecutionSpec, build_spec
 from opsconductor.schema.validation import validate_request
 
 
+async def allow_all(variant: Any, asset: Any) -> str | None:
+    """Executor-level runs judge no policy: every variant is allowed."""
+    return None
+
+
 def spec_of(doc: dict[str, Any]) -> ExecutionSpec:
     return build_spec(validate_request(doc), execution_id="00000000-0000-0000-0000-0000000000aa",
                       workflow_id="wf-planner", idempotency_key="k")
@@ -35,7 +40,8 @@ async def run_plan(doc: dict[str, Any]) -> dict[str, StepOutcome]:
                            tenant=spec.tenant, environment=spec.environment.value, step=step,
                            inputs=step.inputs, timeout=30, prior_outputs=dict(results))
         if step.templated:
-            outcome = await run_fanout(step, results, executor_variant_runner(base))
+            outcome = await run_fanout(step, results,
+                                       executor_variant_runner(base, authorize=allow_all))
         else:
             asset = await resolve_asset(step.target)
             inputs, _ = await resolver_from_env().resolve(step.inputs)

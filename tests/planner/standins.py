@@ -112,3 +112,41 @@ class DigestCamera(_Base):
             return
         self._send(200, {"ok": True, "query": {k: v[0] for k, v in
                                                parse_qs(urlsplit(self.path).query).items()}})
+
+
+# ---------------------------------------------------------- an Asset Service for fan-out
+
+ASSETS = [
+    {"id": "a1", "hostname": "node-a", "connector": "local", "ip_address": "127.0.0.1",
+     "tags": ["win10"]},
+    {"id": "a2", "hostname": "node-b", "connector": "local", "ip_address": "127.0.0.2",
+     "tags": ["win10"]},
+    {"id": "a3", "hostname": "node-c", "connector": "local", "tags": ["other"]},
+]
+SEEN: list[dict[str, Any]] = []
+
+
+class TagAssetService(_Base):
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        SEEN.append({"path": url.path, "query": q})
+        if url.path == "/api/v1/assets":
+            found = [a for a in ASSETS
+                     if ("tags" not in q or q["tags"] in a["tags"])
+                     and ("hostname" not in q or q["hostname"] == a["hostname"])]
+            self._send(200, {"assets": found})
+            return
+        for a in ASSETS:
+            if url.path == f"/api/v1/assets/{a['id']}":
+                self._send(200, a)
+                return
+        self._send(404, {"detail": "not found"})
+
+
+PLAN = {"tenant": "t", "actor": "a", "environment": "dev", "plan": {"steps": [
+    {"step_number": 1, "tool": "asset-query", "parameters": {"filters": {"tags": ["win10"]},
+                                                            "fields": ["hostname"]}},
+    {"step_number": 2, "tool": "shell",
+     "parameters": {"command": "echo host={{item.hostname}} ip={{ip_address}}",
+                    "target": "{{hostname}}"}}]}}

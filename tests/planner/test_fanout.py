@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -15,34 +14,10 @@ from opsconductor.activities.executors.base import StepContext
 from opsconductor.activities.fanout import executor_variant_runner, run_fanout, variant_specs
 from opsconductor.schema.spec import build_spec
 from opsconductor.schema.validation import validate_request
-from tests.executors.servers import _Base, serve
-
-ASSETS = [
-    {"id": "a1", "hostname": "node-a", "connector": "local", "ip_address": "127.0.0.1",
-     "tags": ["win10"]},
-    {"id": "a2", "hostname": "node-b", "connector": "local", "ip_address": "127.0.0.2",
-     "tags": ["win10"]},
-    {"id": "a3", "hostname": "node-c", "connector": "local", "tags": ["other"]},
-]
-SEEN: list[dict[str, Any]] = []
-
-
-class AssetService(_Base):
-    def do_GET(self) -> None:
-        url = urlsplit(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        SEEN.append({"path": url.path, "query": q})
-        if url.path == "/api/v1/assets":
-            found = [a for a in ASSETS
-                     if ("tags" not in q or q["tags"] in a["tags"])
-                     and ("hostname" not in q or q["hostname"] == a["hostname"])]
-            self._send(200, {"assets": found})
-            return
-        for a in ASSETS:
-            if url.path == f"/api/v1/assets/{a['id']}":
-                self._send(200, a)
-                return
-        self._send(404, {"detail": "not found"})
+from tests.executors.servers import serve
+from tests.planner.helpers import allow_all
+from tests.planner.standins import ASSETS, PLAN, SEEN
+from tests.planner.standins import TagAssetService as AssetService
 
 
 @pytest.fixture
@@ -51,14 +26,6 @@ def asset_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.setenv("OPSC_ASSET_SERVICE_URL", url)
         SEEN.clear()
         yield url
-
-
-PLAN = {"tenant": "t", "actor": "a", "environment": "dev", "plan": {"steps": [
-    {"step_number": 1, "tool": "asset-query", "parameters": {"filters": {"tags": ["win10"]},
-                                                            "fields": ["hostname"]}},
-    {"step_number": 2, "tool": "shell",
-     "parameters": {"command": "echo host={{item.hostname}} ip={{ip_address}}",
-                    "target": "{{hostname}}"}}]}}
 
 
 def _ctx(step: Any) -> StepContext:
@@ -79,7 +46,8 @@ async def test_asset_query_fans_out_to_returned_hosts(asset_service: str) -> Non
     variants = variant_specs(step, results)
     assert [(v.id, v.target) for v in variants] == [("step_002#1", "node-a"),
                                                     ("step_002#2", "node-b")]
-    ran = await run_fanout(step, results, executor_variant_runner(_ctx(step)),
+    ran = await run_fanout(step, results, executor_variant_runner(_ctx(step),
+                                                                  authorize=allow_all),
                            max_concurrency=2)
     assert ran.ok, ran.error
     assert [v["stdout"].strip() for v in ran.output["variants"]] == [

@@ -115,7 +115,7 @@ async def test_conditional_check_reads_the_asset_count(asset_service: str,
                                 for r in _windows_records(automation_service)[:2])
     outcomes = await run_plan(load("multistep_conditional.json"))
     _query, check, fan = outcomes.values()
-    assert check.ok and check.output["passed"] == 1 and check.output["informational"] == 0
+    assert check.ok and check.output["passed"] == 1 and check.output["not_checked"] == 0
     assert fan.ok and fan.output["count"] == 2
     ASSET_SERVICE.assets.clear()
     AUTOMATION.calls.clear()
