@@ -21,6 +21,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_workflow.py
+	$(PY) bench/bench_recovery.py
 
 clean:
 	rm -rf .opsconductor

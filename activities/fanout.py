@@ -53,8 +53,10 @@ def variant_specs(step: StepSpec, results: Mapping[str, Any]) -> list[StepSpec]:
         for v in variants]
 
 
-def aggregate(step: StepSpec, outcomes: list[VariantOutcome]) -> StepOutcome:
-    """One outcome for the step: ok when every variant is (zero assets: ok, nothing ran)."""
+def aggregate(step: StepSpec, outcomes: list[VariantOutcome], *,
+              errors_allowed: int = 0, skipped: int = 0) -> StepOutcome:
+    """One outcome for the step: ok while at most `errors_allowed` variants failed (a fan-out
+    allows none; a fleet its `max_errors`); zero assets: ok, nothing ran."""
     failed = [o for o in outcomes if not o.ok]
     # One step result crosses Temporal: keep it far below the 2 MiB payload limit however
     # many assets the query returned (each variant's streams capped, the summary too).
@@ -65,14 +67,21 @@ def aggregate(step: StepSpec, outcomes: list[VariantOutcome]) -> StepOutcome:
     output = {"fan_out": step.fan_out_from is not None, "count": len(outcomes),
               "succeeded": len(outcomes) - len(failed), "failed": len(failed),
               "variants": [o.model_dump() for o in kept]}
+    if step.fleet is not None:  # each target's output is stored on its own: keep verdicts
+        output.update(fan_out=False, fleet=True, skipped=skipped,
+                      errors_allowed=errors_allowed, count=len(outcomes) + skipped,
+                      variants=[{"id": o.id, "target": o.target, "ok": o.ok,
+                                 "exit_code": o.exit_code, "error": (o.error or "")[:200]}
+                                for o in outcomes])
     stdout = cap_text("\n".join(f"== {o.id} ({o.target or 'localhost'}) ==\n"
                                 f"{o.stdout.rstrip()}" for o in kept))
-    if not failed:
+    if len(failed) <= errors_allowed:
         return StepOutcome(ok=True, exit_code=0, stdout=stdout, output=output)
     first = failed[0]
+    more = f", {skipped} not started (max_errors {errors_allowed} exceeded)" if skipped else ""
     return StepOutcome(ok=False, exit_code=first.exit_code, stdout=stdout, output=output,
-                       error=f"{len(failed)} of {len(outcomes)} variants failed; first: "
-                             f"{first.id} on {first.target}: {first.error}",
+                       error=f"{len(failed)} of {len(outcomes) + skipped} variants failed{more}; "
+                             f"first: {first.id} on {first.target}: {first.error}",
                        error_type=first.error_type or ErrorType.STEP_FAILED,
                        retryable=False)
 
@@ -85,21 +94,50 @@ async def run_fanout(step: StepSpec, results: Mapping[str, Any], run_variant: Ru
     except TemplateError as err:
         return StepOutcome(ok=False, error=f"step {step.id}: {err}",
                            error_type=ErrorType.INVALID_STEP, retryable=False)
-    gate = asyncio.Semaphore(max(1, max_concurrency))
+    outcomes, _ = await run_variants(variants, run_variant, max_concurrency=max_concurrency)
+    return aggregate(step, outcomes)
 
-    async def one(variant: StepSpec) -> VariantOutcome:
+
+OnVariant = Callable[[StepSpec, VariantOutcome | None], Awaitable[None]]
+
+
+async def run_variants(variants: list[StepSpec], run_variant: RunVariant, *,
+                       max_concurrency: int, errors_allowed: int | None = None,
+                       on_start: Callable[[StepSpec], Awaitable[None]] | None = None,
+                       on_end: OnVariant | None = None,
+                       ) -> tuple[list[VariantOutcome], list[StepSpec]]:
+    """Run variants, at most `max_concurrency` at once, in order. With `errors_allowed`, once
+    more variants failed than that none starts any more (SSM's MaxErrors): the ones running
+    finish. Returns the outcomes of those that ran and the variants never started.
+    `on_start` / `on_end` see each variant begin and end (per-target rows, stored output);
+    cancelling the caller cancels every running variant, which stops what it started."""
+    gate = asyncio.Semaphore(max(1, max_concurrency))
+    failed = 0
+    not_started: list[StepSpec] = []
+
+    async def one(variant: StepSpec) -> VariantOutcome | None:
+        nonlocal failed
         async with gate:
+            if errors_allowed is not None and failed > errors_allowed:
+                not_started.append(variant)
+                return None
+            if on_start is not None:
+                await on_start(variant)
             try:
                 o = await run_variant(variant)
             except Exception as err:  # one variant's bug must not hide the others' results
                 o = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
                                 error_type=ErrorType.EXECUTOR_ERROR)
-        return VariantOutcome(id=variant.id, target=variant.target, ok=o.ok,
-                              exit_code=o.exit_code, stdout=o.stdout, stderr=o.stderr,
-                              output=o.output, error=o.error, error_type=o.error_type)
+            failed += not o.ok
+            done = VariantOutcome(id=variant.id, target=variant.target, ok=o.ok,
+                                  exit_code=o.exit_code, stdout=o.stdout, stderr=o.stderr,
+                                  output=o.output, error=o.error, error_type=o.error_type)
+            if on_end is not None:
+                await on_end(variant, done)
+        return done
 
-    outcomes = await asyncio.gather(*(one(v) for v in variants))
-    return aggregate(step, list(outcomes))
+    ran = await asyncio.gather(*(one(v) for v in variants))
+    return [o for o in ran if o is not None], not_started
 
 
 Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]

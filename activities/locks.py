@@ -82,6 +82,27 @@ async def _record_waiting(pool: Any, execution_id: str, attempt: mutex.AcquireAt
             json.dumps(attempt.describe()))
 
 
+async def _stop_local_commands(pool: Any, execution_id: str) -> None:
+    """Stop the process groups of this execution's unfinished attempts that run here."""
+    from opsconductor.activities.attempts import mark_stopped
+    from opsconductor.activities.executors.local_command import stop_leftover_group
+
+    try:
+        eid = uuid.UUID(execution_id)
+    except ValueError:  # not an execution's id: it has no attempts
+        return
+    rows = await pool.fetch(
+        "SELECT step_id, attempt, pgid, proc_start FROM execution.step_attempts "
+        "WHERE execution_id = $1 AND finished_at IS NULL AND stopped_at IS NULL "
+        "AND pgid IS NOT NULL AND process_host = $2",
+        eid, f"local:{socket.gethostname()}")
+    for r in rows:
+        killed = stop_leftover_group(r["pgid"], r["proc_start"])
+        await mark_stopped(pool, execution_id, r["step_id"], r["attempt"],
+                           f"process group {r['pgid']} "
+                           + ("stopped" if killed else "already gone") + " before lock release")
+
+
 class LockActivities:
     """`acquire_locks`, `renew_locks` and `release_locks`, on the worker's pool."""
 
@@ -140,9 +161,15 @@ class LockActivities:
 
     @activity.defn(name="release_locks")
     async def release_locks(self, inp: ReleaseLocksInput) -> ReleaseLocksResult:
-        """Release on completion, failure or cancel; idempotent, never touches others' leases."""
+        """Release on completion, failure or cancel; idempotent, never touches others' leases.
+
+        A command of this execution still alive on this machine (an attempt the server gave
+        up on while its worker ran on) is stopped first: the asset is never handed on while
+        its holder's command may still act.
+        """
         pool = self.pool
         assets = inp.assets if inp.assets is not None else (list(inp.tokens) or None)
+        await _until_reachable(lambda: _stop_local_commands(pool, inp.execution_id))
         released = await _until_reachable(
             lambda: mutex.release(pool, inp.tenant, inp.execution_id, assets))
         return ReleaseLocksResult(released=released)

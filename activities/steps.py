@@ -98,7 +98,63 @@ async def _run_templated(inp: StepRunInput, ctx: StepContext, gate: ActionGate, 
                          timeout: float) -> StepOutcome:
     """Render the step from earlier results and run one variant per asset it names, each
     authorized on its asset and holding that asset's lease while it acts."""
-    from opsconductor.activities.fanout import executor_variant_runner, run_fanout
+    from opsconductor.activities.fanout import run_fanout
+
+    return await run_fanout(inp.step, inp.prior_outputs,
+                            _variant_runner(inp, ctx, gate, pool, timeout),
+                            max_concurrency=FANOUT_CONCURRENCY)
+
+
+async def _run_fleet(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool: Any,
+                     timeout: float, attempt: int, mask: Callable[[str], str],
+                     settings: Settings) -> StepOutcome:
+    """A fleet step: one variant per target through the fan-out's runner (authorized and
+    leased per target), `max_concurrency` at once, stopped past `max_errors`; a row and the
+    full output per target as each ends."""
+    from opsconductor.activities.fanout import aggregate, run_variants
+    from opsconductor.activities.fleet import (
+        FleetTargetsError,
+        TargetRows,
+        fleet_targets,
+        fleet_variants,
+    )
+
+    step = inp.step
+    assert step.fleet is not None
+    try:
+        targets = fleet_targets(step.fleet, settings)
+    except (FleetTargetsError, OSError, ValueError) as err:
+        return StepOutcome(ok=False, error=f"step {step.id}: {err}",
+                           error_type=ErrorType.INVALID_STEP, retryable=False)
+    total = len(targets)
+    allowed = step.fleet.errors_allowed(total)
+    rows = TargetRows(pool, inp.execution_id, step.id, attempt, mask)
+    done = {"completed": 0, "failed": 0}
+
+    async def ended(variant: StepSpec, outcome: Any) -> None:
+        await rows.end(variant, outcome)
+        if outcome is not None:
+            done["completed" if outcome.ok else "failed"] += 1
+            ctx.heartbeat({"fleet": {"total": total, **done}})
+
+    try:
+        outcomes, not_started = await run_variants(
+            fleet_variants(step, targets), _variant_runner(inp, ctx, gate, pool, timeout),
+            max_concurrency=step.fleet.concurrency(total), errors_allowed=allowed,
+            on_start=rows.start, on_end=ended)
+    except asyncio.CancelledError:  # every running target was stopped with the activity
+        with contextlib.suppress(Exception):
+            await asyncio.shield(rows.cancelled())
+        raise
+    await rows.skipped(not_started, f"not started: more than {allowed} target(s) failed")
+    return aggregate(step, outcomes, errors_allowed=allowed, skipped=len(not_started))
+
+
+def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool: Any,
+                    timeout: float) -> Any:
+    """Runs one variant (a fan-out's asset or a fleet's target): authorized on its asset and
+    holding that asset's lease while it acts."""
+    from opsconductor.activities.fanout import executor_variant_runner
     from opsconductor.safety import mutex
     from opsconductor.safety.rbac import audit_many
 
@@ -122,9 +178,7 @@ async def _run_templated(inp: StepRunInput, ctx: StepContext, gate: ActionGate, 
         finally:
             await mutex.release(pool, inp.tenant, inp.execution_id, [key])
 
-    return await run_fanout(inp.step, inp.prior_outputs,
-                            executor_variant_runner(ctx, authorize=authorize, guard=leased),
-                            max_concurrency=FANOUT_CONCURRENCY)
+    return executor_variant_runner(ctx, authorize=authorize, guard=leased)
 
 
 def _gate(inp: StepRunInput, pool: Any, engine: RbacEngine) -> ActionGate:
@@ -387,9 +441,9 @@ class StepActivities:
         start_deadline = t0 + max(2.0, total - timeout / 2 - 3.0)
         gate = _gate(inp, pool, self.rbac)
         audit = None
-        # A templated step's hosts are known only once its placeholders are rendered: each
-        # variant is authorized (and leased) on its own asset when it runs.
-        if inp.rbac_required and not step.templated:
+        # A templated step's hosts are known only once its placeholders are rendered, and a
+        # fleet's are many: each variant is authorized (and leased) on its own asset.
+        if inp.rbac_required and not step.templated and step.fleet is None:
             try:
                 audit = await through_outage(f"step {step.id} permission check",
                                              lambda: _authorize(inp, gate), start_deadline)
@@ -470,6 +524,9 @@ class StepActivities:
             async with _leases_renewed(inp, pool) as lost:
                 if step.templated:
                     outcome = await _run_templated(inp, ctx, gate, pool, timeout)
+                elif step.fleet is not None:
+                    outcome = await _run_fleet(inp, ctx, gate, pool, timeout, attempt,
+                                               masker.mask_text, self.settings)
                 else:
                     outcome = await executor_for(step.kind).run(ctx)
             if lost is not None and lost.is_set():

@@ -445,11 +445,12 @@ async def _load_table(db: asyncpg.Pool | asyncpg.Connection,
 
 async def _load_signers(db: asyncpg.Pool | asyncpg.Connection) -> list[AllowedSigner]:
     """`execution.rbac_signers`: one enabled row per principal and public key."""
-    rows = await db.fetch("SELECT principal, options, public_key FROM execution.rbac_signers"
-                          " WHERE enabled ORDER BY principal, public_key")
+    rows = await db.fetch("SELECT principal, options, public_key, comment"
+                          " FROM execution.rbac_signers WHERE enabled"
+                          " ORDER BY principal, public_key")
     try:
         return [parse_allowed_signer(" ".join(p for p in (r["principal"], r["options"],
-                                                          r["public_key"]) if p),
+                                                          r["public_key"], r["comment"]) if p),
                                      f"rbac_signers[{r['principal']}]") for r in rows]
     except SignatureError as err:
         raise PolicyError(str(err)) from None

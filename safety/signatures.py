@@ -5,6 +5,10 @@ Signing: `sign_message` runs `ssh-keygen -Y sign -n opsconductor-decision` with 
 file, or with a public key file whose private half is in the ssh-agent (`SSH_AUTH_SOCK`).
 `signed_payload` turns a plain decision payload into a signed one.
 
+Unsigned decisions are refused where the policy requires signatures, and everywhere in the
+name of a principal who has a registered key (so a key-holder cannot be impersonated even in
+dev); the rest are accepted and marked unsigned.
+
 Verifying (`verify_decision`, run by the worker, never by workflow code): the signature must
 verify over the message the workflow rebuilt from its own facts (`check-novalidate`), its key
 must be registered for the claimed principal (`find-principals`, then `verify -I`), and the
@@ -101,6 +105,9 @@ def parse_allowed_signer(line: str, where: str = "allowed_signers") -> AllowedSi
         raise SignatureError(f"{where}: expected 'principals [options] keytype key', "
                              f"got {line.strip()!r}")
     principals = tuple(p for p in tokens[0].split(",") if p)
+    if any(set(p) & set("*?!") for p in principals):
+        raise SignatureError(f"{where}: principal patterns ({tokens[0]!r}) are not accepted: "
+                             "name each principal")
     i = 1
     options = ""
     if not KEY_TYPE.match(tokens[1]):
@@ -248,6 +255,11 @@ async def verify_decision(check: SignatureCheck, signers: Sequence[AllowedSigner
                 accepted=False, signed=False,
                 reason="unsigned decision: this environment requires decisions signed with "
                        "a registered SSH key")
+        if any(message.principal in s.principals for s in signers):
+            return SignatureVerdict(
+                accepted=False, signed=False,
+                reason=f"unsigned decision in the name of {message.principal}, who has a "
+                       "registered key: their decisions must be signed")
         return SignatureVerdict(accepted=True, signed=False,
                                 reason="unsigned decision (accepted: signatures are not "
                                        "required in this environment)")

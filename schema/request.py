@@ -20,6 +20,7 @@ from opsconductor.schema.dialect import (
 )
 from opsconductor.schema.enums import Environment, ExecutionMode, SlaClass
 from opsconductor.schema.failure import FailureReading, interpret_failure_handling
+from opsconductor.schema.fleet import Fleet, fleet_from
 
 
 class PlanStep(BaseModel):
@@ -41,6 +42,26 @@ class PlanStep(BaseModel):
     requires_credentials: bool | list[str] | None = None
     execution_location: str | None = None
     tool_metadata: dict[str, Any] | None = None
+    # A fleet step (see schema/fleet.py): many targets, bounded concurrency and errors.
+    targets: list[Any] | dict[str, Any] | None = None
+    max_concurrency: int | str | None = None
+    max_errors: int | str | None = None
+
+    @model_validator(mode="after")
+    def _fleet(self) -> PlanStep:
+        if self.targets is None:
+            if self.max_concurrency is not None or self.max_errors is not None:
+                raise ValueError("max_concurrency and max_errors need `targets`")
+            return self
+        if self.target is not None:
+            raise ValueError("a step names either one target (inputs.target) or `targets`")
+        fleet_from(self.targets, self.max_concurrency, self.max_errors)
+        return self
+
+    @property
+    def fleet(self) -> Fleet | None:
+        return None if self.targets is None else fleet_from(
+            self.targets, self.max_concurrency, self.max_errors)
 
     @field_validator("failure_handling", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from opsconductor.schema.enums import (
     SlaClass,
     StepKind,
 )
+from opsconductor.schema.fleet import Fleet
 from opsconductor.schema.request import (
     ApprovalPoint,
     ExecutionRequest,
@@ -67,6 +68,7 @@ class StepSpec(BaseModel):
     fan_out_from: str | None = None  # the asset-query step this step iterates over
     variant_of: str | None = None  # a fan-out variant: the step it was expanded from
     item: dict[str, Any] | None = None  # a fan-out variant: the asset it runs for
+    fleet: Fleet | None = None  # many targets: run one variant per target (schema/fleet.py)
 
     @property
     def templated(self) -> bool:
@@ -201,6 +203,7 @@ def step_specs(req: ExecutionRequest,
             depends_on_written=step.depends_on_written,
             placeholders=placeholders,
             fan_out_from=fans_out(placeholders),
+            fleet=step.fleet,
         ))
     return out
 

@@ -93,7 +93,9 @@ def _load_request(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(_err(args, f"{path} holds {size:,} bytes; a request may hold at "
                                         f"most {MAX_REQUEST_CHARS:,} characters", EXIT_INPUT))
         doc = json.loads(path.read_bytes().decode("utf-8"))
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+    except FileNotFoundError as err:
+        raise SystemExit(_err(args, f"no such file: {path}", EXIT_INPUT)) from err
+    except (IsADirectoryError, PermissionError) as err:
         raise SystemExit(_err(args, f"cannot read {path}: {err.strerror}", EXIT_INPUT)) from err
     except UnicodeDecodeError as err:
         raise SystemExit(_err(args, f"{path} is not UTF-8 text (byte {err.start}: "
@@ -170,8 +172,10 @@ def _status_text(view: dict[str, Any]) -> str:
     for gate in view.get("approvals", []):
         rows.append(f"gate {gate['gate']}: {gate['state']}")
         for d in gate["decisions"]:
-            proof = (f"signed {d['key_fingerprint']}" if d.get("signed")
-                     else "UNSIGNED" if d.get("signed") is False else "proof not checked")
+            proof = ("UNSIGNED" if d.get("signed") is False
+                     else "proof not checked" if d.get("signed") is None
+                     else f"signed {d['key_fingerprint']}" if d["accepted"]
+                     else f"key {d['key_fingerprint']}")
             rows.append(f"  {d['decision']:<8} {d['approver'] or '?':<16} "
                         f"{'accepted' if d['accepted'] else 'refused':<9} {proof}"
                         + (f"  {_first_line(d['reason'])[:100]}" if d.get("reason") else ""))

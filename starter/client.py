@@ -48,8 +48,14 @@ from opsconductor.safety.signatures import SignatureError, agent_keys, signed_pa
 from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.decisions import CANCEL_GATE
-from opsconductor.schema.enums import ExecutionMode, ExecutionStatus
-from opsconductor.schema.messages import DecisionOutcome, EventRecord, ExecutionResult, Progress
+from opsconductor.schema.enums import ExecutionMode, ExecutionStatus, StepStatus
+from opsconductor.schema.messages import (
+    DecisionOutcome,
+    EventRecord,
+    ExecutionResult,
+    Progress,
+    WaitKind,
+)
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.spec import ExecutionSpec, build_spec
 from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
@@ -146,6 +152,7 @@ class ExecutionClient:
         problems = [Problem(path=f"plan.plan.steps[{i}].inputs.target",
                             message=f"unknown asset {s.target!r}")
                     for i, s in enumerate(request.steps) if s.target in unknown]
+        problems += await fleet_problems(request, self.settings)
         draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="")
         problems += [Problem(path=path, message=why) for path, why in expression_problems(draft)]
         if problems:
@@ -490,13 +497,18 @@ class ExecutionClient:
         elif kind == "cancel":
             gate = CANCEL_GATE
         else:
-            gate = step_id or await self.pool.fetchval(
-                "SELECT step_id FROM execution.execution_steps WHERE execution_id = $1 "
-                "AND status = 'waiting' ORDER BY position LIMIT 1", key)
+            gate = step_id or await self._step_awaiting_resolution(ident)
             if gate is None:
                 raise SignatureError("no step of this execution waits for a resolution: "
                                      "name the step")
         return execution_id, gate, plan_hash
+
+    async def _step_awaiting_resolution(self, ident: str) -> str | None:
+        """The step whose unknown outcome waits for an operator, as the workflow sees it."""
+        progress = await self.progress(ident)
+        if progress is None or progress.waiting_kind is not WaitKind.RESOLUTION:
+            return None
+        return next((s.id for s in progress.steps if s.status is StepStatus.WAITING), None)
 
     async def sign_decision(self, ident: str, kind: str, principal: str, *,
                             comment: str | None = None, plan_hash: str | None = None,
@@ -547,6 +559,28 @@ class ExecutionClient:
                     continue
             out.append(item)
         return out
+
+
+async def fleet_problems(request: ExecutionRequest, settings: Settings) -> list[Problem]:
+    """A fleet step's targets must exist now: listed ones resolve, a selector matches."""
+    from opsconductor.activities.fleet import FleetTargetsError, fleet_targets
+
+    problems: list[Problem] = []
+    for i, step in enumerate(request.steps):
+        fleet = step.fleet
+        if fleet is None:
+            continue
+        path = f"plan.plan.steps[{i}].targets"
+        if fleet.targets is None:
+            try:
+                fleet_targets(fleet, settings)
+            except (FleetTargetsError, OSError, ValueError) as err:
+                problems.append(Problem(path=path, message=str(err)))
+            continue
+        _, unknown = await resolve_targets(fleet.targets, settings)
+        problems += [Problem(path=f"{path}[{j}]", message=f"unknown asset {t!r}")
+                     for j, t in enumerate(fleet.targets) if t in unknown]
+    return problems
 
 
 def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:

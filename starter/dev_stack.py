@@ -170,7 +170,7 @@ class DevStack:
             # what the worker decides with, so every client shell decides the same way
             "rbac_policy": _path_or_none(self.settings.rbac_policy),
             "rbac_strict": self.settings.rbac_strict,
-            "inventory": _path_or_none(self.settings.inventory_path),
+            "inventory": _path_or_none(self.settings.inventory_path()),
             "asset_service_url": self.settings.asset_service_url,
             "pid": os.getpid(),
             "pids": self.child_pids(),

@@ -187,11 +187,19 @@ async def dry_run(raw: Any) -> DryRunReport:
                                                                   s.placeholders})))
         if s.placeholders:
             run_time.append("placeholders: " + ", ".join(p.text for p in s.placeholders))
+        if s.fleet is not None:
+            f = s.fleet
+            which = (f"{len(f.targets)} listed target(s)" if f.targets is not None else
+                     f"the assets selected by {f.selector.model_dump() if f.selector else {}}")
+            run_time.append(f"fleet: runs on {which}, max_concurrency {f.max_concurrency}, "
+                            f"max_errors {f.max_errors}; each target authorized and leased "
+                            "on its own (variants <step>@<target>)")
         gate = gates.get(s.id)
         steps.append(StepPlan(
             id=s.id, tool=s.tool, executor=EXECUTOR_OF_KIND.get(s.kind.value, s.kind.value),
             action_class=s.action_class.value, runs=_runs(s),
             target=("each returned asset" if s.fan_out_from else
+                    "each fleet target" if s.fleet is not None else
                     (f"{s.target} (asset {asset.id})" if asset is not None else
                      s.target or ("Asset Service" if s.kind.value == "asset_query"
                                   else "localhost (this worker)"))),

@@ -2,7 +2,8 @@
 
 A worker of its own reads a policy with the principals' public keys (made by `ssh-keygen` in a
 temporary directory): alice, bob and carol approve, rita requests, mallory's key is known to
-nobody. Prod requires signed decisions (the default); dev accepts unsigned ones, marked.
+nobody, dave approves without any key. Prod requires signed decisions (the default); dev
+accepts unsigned ones, marked, from principals who have no registered key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import yaml
 from temporalio.client import Client
 
+from opsconductor.activities.attempts import record_attempt_started
 from opsconductor.safety.signatures import signed_payload, ssh_keygen
 from opsconductor.schema.config import Settings
 from opsconductor.schema.messages import DecisionOutcome
@@ -32,6 +34,7 @@ from tests.helpers import (
     execution_row,
     pending,
     request,
+    shell,
     step,
     unique_queue,
     until,
@@ -62,7 +65,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def policy_file(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     policy = {
         "version": "signed-decisions",
-        "roles": [{"actor": a, "roles": ["approver"]} for a in ("alice", "bob", "carol")]
+        "roles": [{"actor": a, "roles": ["approver"]} for a in ("alice", "bob", "carol", "dave")]
         + [{"actor": "rita", "roles": ["sre"]}],
         "rules": [
             {"id": "sre-execute", "effect": "allow", "subjects": ["role:sre"],
@@ -221,18 +224,22 @@ async def test_unsigned_decisions_are_refused_in_prod_and_marked_in_dev(
     assert (await signed.progress(prod.workflow_id)).status.value == "pending_approval"
 
     dev = await submit(signed, "dev")
-    accepted = await signed.approve(dev.execution_id, "alice", "fine", sign=False)
+    holder = await signed.approve(dev.execution_id, "alice", "as alice", sign=False)
+    assert not holder.accepted  # alice has a key: nobody decides unsigned in her name
+    assert holder.reason == ("unsigned decision in the name of alice, who has a registered "
+                             "key: their decisions must be signed")
+    accepted = await signed.approve(dev.execution_id, "dave", "fine", sign=False)
     assert accepted.accepted, accepted
     assert (await signed.result(dev.execution_id)).status.value == "completed"
     decision = json.loads((await approval_rows(signed.pool, dev.execution_id))[0]["decisions"])
-    assert [(d["approver"], d["signed"], d["signature"]) for d in decision] == [
-        ("alice", False, None)]
+    assert [(d["approver"], d["accepted"], d["signed"], d["signature"]) for d in decision] == [
+        ("alice", False, False, None), ("dave", True, False, None)]
     ev = next(e for e in await events(signed.pool, dev.execution_id)
               if e["event_type"] == "approval.approve")
     assert json.loads(ev["data"])["signed"] is False
     view = await signed.status(dev.execution_id)
     assert [(d["approver"], d["signed"]) for a in view["approvals"] for d in a["decisions"]] == [
-        ("alice", False)]
+        ("alice", False), ("dave", False)]
     assert (await signed.cancel(prod.execution_id, "rita", "tidy", key=keys["rita"])).accepted
 
 
@@ -288,3 +295,53 @@ async def test_operators_sign_on_the_command_line_and_through_the_temporal_binar
          "environment", "requires", "decisions", "signed", "with", "a", "registered", "SSH",
          "key"],
         ["approve", "carol", "accepted", "signed", fingerprint(keys["carol"])]]
+
+
+async def test_a_resolution_must_be_signed_for_its_step(
+        signed: ExecutionClient, keys: dict[str, Path]) -> None:
+    """An attempt that started and never finished (its worker is gone) makes the step's
+    outcome unknown; only a resolution signed for that step moves it on."""
+    resp = await client_submit_shell(signed)
+    async with signed.pool.acquire() as conn:
+        # attempt 9 of a worker that died: the step's own first attempt finds it unfinished
+        await record_attempt_started(conn, resp.execution_id, "act", 9, "worker-that-died")
+    here = await facts(signed, resp)
+    approval = await payload_for(keys, "alice", "approve", "alice", here)
+    assert (await decide(signed, resp, "approve", approval)).accepted
+    await until(signed, resp.workflow_id, waiting_for_resolution)
+
+    unsigned = await signed.resolve(resp.execution_id, "rita", "skip", sign=False)
+    assert not unsigned.accepted and "unsigned decision" in unsigned.reason
+    for_other_step = await signed.sign_decision(resp.execution_id, "resolve", "rita",
+                                                action="skip", step_id="other", key=keys["rita"])
+    wrong = await decide(signed, resp, "resolve", {**for_other_step, "step_id": "act",
+                                                   "gate": "act"})
+    assert not wrong.accepted
+    assert "signature does not verify over this decision" in wrong.reason
+    payload = await signed.sign_decision(resp.execution_id, "resolve", "rita", action="skip",
+                                         comment="checked the host by hand", key=keys["rita"])
+    assert payload["gate"] == "act" and payload["step_id"] == "act"
+    assert (await decide(signed, resp, "resolve", payload)).accepted
+    result = await signed.result(resp.execution_id)
+    assert result.status.value == "completed", result  # skipped by the operator
+    assert [(s.step_id, s.status.value) for s in result.steps] == [("act", "skipped")]
+    evs = await events(signed.pool, resp.execution_id)
+    resolved = next(e for e in evs if e["event_type"] == "step.resolved")
+    data = json.loads(resolved["data"])
+    assert (resolved["actor"], data["signed"], data["key_fingerprint"]) == (
+        "rita", True, fingerprint(keys["rita"]))
+    refused = [e["message"] for e in evs if e["event_type"] == "resolve.refused"]
+    assert len(refused) == 2 and "unsigned decision" in refused[0]
+
+
+async def client_submit_shell(client: ExecutionClient) -> Any:
+    resp = await client.execute(request([shell("act", "echo acted")],
+                                        tenant=f"sig-{uuid.uuid4().hex[:6]}", actor="rita",
+                                        environment="prod", approval_level=1), wait=False)
+    await until(client, resp.workflow_id, pending)
+    return resp
+
+
+def waiting_for_resolution(progress: Any) -> bool:
+    """The step `act` waits for an operator's resolution."""
+    return bool(progress.waiting_on and "resol" in progress.waiting_on)

@@ -3,8 +3,9 @@
 How the remote process group is made killable and supervised: the remote login shell runs
 
     [env block read from stdin] ; cd DIR ;
-    exec setsid -w sh -c 'echo @@opsc-pgid:$$ START; (watch stdin; on EOF kill the
-                          group) & exec sh -c "$1" </dev/null' opsc CMD
+    exec setsid -w sh -c 'echo @@opsc-pgid:$$ START; exec 3<&0;
+        (watch fd 3, the channel's stdin; on EOF kill the group) &
+        exec sh -c "$1" </dev/null' opsc CMD
 
 so the command runs in a new session whose id (= its process group id) and start time (field
 22 of /proc/PGID/stat) are the first stdout line. On timeout or cancellation a second channel
@@ -329,8 +330,8 @@ def wrap_command(command: str, *, env: dict[str, str], cwd: str | None) -> tuple
         parts.append(f"cd -- {shlex.quote(cwd)} || exit 126")
     inner = ('c="$1"; s=""; if read -r l </proc/$$/stat 2>/dev/null; then set -- $l; '
              's="${22}"; fi; echo "@@opsc-pgid:$$ $s"; '
-             "(trap '' TERM; cat >/dev/null; kill -TERM -- -$$; sleep 2; kill -KILL -- -$$) "
-             '>/dev/null 2>&1 & exec /bin/sh -c "$c" </dev/null')
+             "exec 3<&0; (trap '' TERM; cat <&3 >/dev/null; kill -TERM -$$; sleep 2; "
+             'kill -KILL -$$) >/dev/null 2>&1 & exec /bin/sh -c "$c" </dev/null 3<&-')
     q_cmd = shlex.quote(command)
     parts.append("if command -v setsid >/dev/null 2>&1; then "
                  f"exec setsid -w /bin/sh -c {shlex.quote(inner)} opsc {q_cmd}; "
@@ -340,9 +341,10 @@ def wrap_command(command: str, *, env: dict[str, str], cwd: str | None) -> tuple
 
 def _kill_script(pgid: int, grace: float) -> str:
     rounds = max(1, int(grace / 0.1))
-    return (f"p={pgid}; kill -TERM -- -$p 2>/dev/null || exit 0; i=0; "
-            f"while kill -0 -- -$p 2>/dev/null && [ $i -lt {rounds} ]; do sleep 0.1; "
-            "i=$((i+1)); done; kill -KILL -- -$p 2>/dev/null; exit 0")
+    # `kill -SIG -PGID`, not `kill -SIG -- -PGID`: dash, a common /bin/sh, refuses the `--`.
+    return (f"p={pgid}; kill -TERM -$p 2>/dev/null || exit 0; i=0; "
+            f"while kill -0 -$p 2>/dev/null && [ $i -lt {rounds} ]; do sleep 0.1; "
+            "i=$((i+1)); done; kill -KILL -$p 2>/dev/null; exit 0")
 
 
 async def stop_remote_leftover(conn: asyncssh.SSHClientConnection, pgid: int,
@@ -355,7 +357,7 @@ async def stop_remote_leftover(conn: asyncssh.SSHClientConnection, pgid: int,
     if start_ticks:
         check = (f"if read -r l </proc/{pgid}/stat 2>/dev/null; then set -- $l; "
                  f'[ "${{22}}" = "{start_ticks}" ] || {{ echo reused; exit 0; }}; fi; ')
-    script = (f"{check}if kill -KILL -- -{pgid} 2>/dev/null; then echo killed; "
+    script = (f"{check}if kill -KILL -{pgid} 2>/dev/null; then echo killed; "
               "else echo gone; fi")
     try:
         done = await asyncio.wait_for(conn.run(script, check=False), KILL_GRACE_SECONDS + 10)
@@ -371,7 +373,7 @@ async def kill_remote_group(conn: asyncssh.SSHClientConnection, pgid: int, *,
                             grace: float = KILL_GRACE_SECONDS) -> str | None:
     """SIGTERM, then SIGKILL, the remote group over a fresh channel; error text on failure."""
     script = (_kill_script(pgid, grace) if grace > 0
-              else f"kill -KILL -- -{pgid} 2>/dev/null; exit 0")
+              else f"kill -KILL -{pgid} 2>/dev/null; exit 0")
     try:
         await asyncio.wait_for(conn.run(script, check=False), grace + 10)
     except (OSError, TimeoutError, asyncssh.Error) as err:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from opsconductor.activities.executors.base import OUTPUT_CAP_BYTES
 from opsconductor.activities.executors.http import HttpExecutor
 from opsconductor.schema.enums import ActionClass, StepKind
 from opsconductor.starter.ports import free_port
@@ -68,7 +69,8 @@ async def test_text_body_cap_head_and_redirect(api: str) -> None:
     assert out.ok and out.output["body"] == "plain words" and out.stdout == "plain words"
     out = await run({"url": f"{api}/big"})
     assert out.ok and out.output["truncated"] and "[truncated" in out.output["body"]
-    assert len(out.output["body"]) < 70_000
+    assert out.output["body"].endswith("\n...[truncated 1000 bytes]")
+    assert len(out.output["body"]) < OUTPUT_CAP_BYTES + 100
     out = await run({"method": "HEAD", "url": f"{api}/ok"})
     assert out.ok and out.output["body"] == ""
     out = await run({"url": f"{api}/redirect", "expect_status": 302})

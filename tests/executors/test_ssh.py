@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from opsconductor.activities.executors.base import StepContext
+from opsconductor.activities.executors.base import OUTPUT_CAP_BYTES, StepContext
 from opsconductor.activities.executors.ssh import POOL, SshCommandRunner
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind

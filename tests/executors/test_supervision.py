@@ -7,17 +7,24 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import traceback
+import uuid
 from pathlib import Path
 
+import asyncpg
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from opsconductor.activities.attempts import prior_attempts, record_attempt_started, record_process
 from opsconductor.activities.executors.local_command import stop_leftover_group
 from opsconductor.activities.executors.supervise import proc_start_ticks
 from opsconductor.activities.failures import MESSAGE_CHARS, TRACE_FRAMES, trim_failure
+from opsconductor.activities.locks import LockActivities
+from opsconductor.schema.locks import ReleaseLocksInput
 from tests.helpers import wait_for
 from tests.integration.helpers import kill_group, wait_group_gone
 from tests.processes import alive
@@ -75,7 +82,7 @@ async def test_a_command_and_its_daemon_die_with_a_killed_parent(tmp_path: Path)
 
 
 def test_a_leftover_group_is_stopped_but_a_reused_pid_is_not() -> None:
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    proc = _start_sleeper()
     try:
         ticks = proc_start_ticks(proc.pid)
         assert ticks is not None
@@ -117,3 +124,35 @@ def test_failures_are_trimmed_with_the_error_first() -> None:
     assert isinstance(long, ApplicationError) and long.non_retryable
     assert long.type == "StepFailed" and long.details == ({"attempt": 2},)
     assert len(long.message) < MESSAGE_CHARS + 50
+
+
+async def test_lock_release_first_stops_a_command_of_the_holder(db_pool: asyncpg.Pool) -> None:
+    """An attempt the server gave up on may still run here: releasing the execution's locks
+    stops its process group first, so the asset is never handed on while it may act."""
+    eid = str(uuid.uuid4())
+    await db_pool.execute(
+        """INSERT INTO execution.executions (execution_id, workflow_id, tenant, actor,
+             environment, mode, sla_class, idempotency_key, plan_hash, spec)
+           VALUES ($1, $2, 't', 'a', 'dev', 'background', 'fast', $2, 'h', '{}'::jsonb)""",
+        uuid.UUID(eid), f"wf-{eid}")
+    proc = _start_sleeper()
+    try:
+        async with db_pool.acquire() as conn:
+            await record_attempt_started(conn, eid, "s", 1, "gone-worker")
+        await record_process(db_pool, eid, "s", 1, process_host=f"local:{socket.gethostname()}",
+                             pgid=proc.pid, proc_start=proc_start_ticks(proc.pid))
+        released = await ActivityEnvironment().run(
+            LockActivities(pool=db_pool).release_locks,
+            ReleaseLocksInput(tenant="t", execution_id=eid, assets=["web-1"]))
+        assert released.released == []
+        assert await asyncio.to_thread(proc.wait, 5) == -signal.SIGKILL
+        (row,) = await prior_attempts(db_pool, eid, "s")
+        assert row.stopped_at is not None and "before lock release" in (row.detail or "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _start_sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "60"], start_new_session=True)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -38,6 +39,7 @@ from opsconductor.schema.migrate import migrate
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.temporal_server import TemporalDevServer
+from tests.executors.conftest import SshServer, openssh_server, secret_env_name
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import opsc_env, start_worker, stop_process, wait_group_gone
 
@@ -48,6 +50,8 @@ DEFAULT_COUNTS = {"kill9": 6, "sigterm": 3, "temporal": 4, "postgres": 3}
 DRAIN_SECONDS = 3.0
 TIMEOUTS = {"heartbeat_timeout_seconds": 2, "step_timeout_seconds": 30, "max_attempts": 3}
 ASSETS = ("fault-host-a", "fault-host-b")  # locked per execution: two run side by side
+SSH_ASSET = "fault-ssh"  # the suite's own sshd on loopback: a remote target
+SSH_KEY_SECRET = "faults/ssh/key"
 OPERATOR = "bob"
 
 
@@ -150,20 +154,30 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     await asyncio.to_thread(temporal.start)
     pool: asyncpg.Pool | None = None
     rig: Rig | None = None
+    stack = contextlib.ExitStack()
     try:
         await migrate(url)
         from opsconductor.activities.db import create_pool
 
         pool = await create_pool(url, min_size=1, max_size=5)
+        sshd = stack.enter_context(openssh_server(d / "sshd", password_auth=False))
+        ssh_key = {secret_env_name(SSH_KEY_SECRET): (d / "sshd" / "client_key").read_text()}
+        ssh_asset = SshServer(host="127.0.0.1", port=sshd[0], dir=d / "sshd",
+                              user=pwd.getpwuid(os.geteuid()).pw_name, client_key="",
+                              known_hosts=d / "sshd" / "known_hosts",
+                              empty_known_hosts=d / "sshd" / "empty_known_hosts",
+                              password_user=None, password=None, log=sshd[1]).asset(
+            id=SSH_ASSET, hostname=SSH_ASSET,
+            credentials={"private_key": {"type": "secret", "path": SSH_KEY_SECRET}})
         inventory = d / "inventory.json"
         inventory.write_text(json.dumps({"assets": [
-            {"id": a, "hostname": a, "connector": "local"} for a in ASSETS]}))
+            *({"id": a, "hostname": a, "connector": "local"} for a in ASSETS), ssh_asset]}))
         queue = f"opsc-faults-{uuid.uuid4().hex[:8]}"
         home = d / "home"
         home.mkdir()
         env = opsc_env(temporal_address=temporal.address, database_url=url, task_queue=queue,
                        home=home, OPSC_INVENTORY=str(inventory),
-                       OPSC_GRACEFUL_SHUTDOWN_SECONDS=str(DRAIN_SECONDS))
+                       OPSC_GRACEFUL_SHUTDOWN_SECONDS=str(DRAIN_SECONDS), **ssh_key)
         settings = Settings(home=home, task_queue=queue, temporal_address=temporal.address,
                             database_url=url, inventory=inventory)
         temporal_client = await Client.connect(temporal.address,
@@ -183,6 +197,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
                 await asyncio.wait_for(pool.close(), 10)
         await asyncio.to_thread(temporal.stop)
         await asyncio.to_thread(pg.discard)
+        stack.close()
 
 
 # ------------------------------------------------------------------------- one execution
@@ -317,15 +332,17 @@ async def one_worker(rig: Rig) -> subprocess.Popen[bytes]:
 # ------------------------------------------------------------------------------ scenarios
 
 async def test_worker_kill_9_mid_step(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
-    """Per round one `kill -9` while a non-idempotent and an idempotent step run on it: the
-    commands die with the worker; the non-idempotent one pauses and runs again only on an
-    operator's retry; the idempotent one is simply retried."""
+    """Per round one `kill -9` while three steps run on the worker — non-idempotent, idempotent,
+    and non-idempotent over SSH: the commands die with the worker (locally by their
+    supervisor, remotely when the SSH channel goes); the non-idempotent ones pause and run
+    again only on an operator's retry; the idempotent one is simply retried."""
     tally = Tally("worker kill -9 mid-step")
     for _ in range(COUNTS["kill9"]):
         worker = await one_worker(rig)
         runs = [await submit(rig, new_run(rig, "k9-n"), [("act", 2, False), ("after", 0, True)]),
                 await submit(rig, new_run(rig, "k9-i"), [("act", 2, True), ("after", 0, True)],
-                             ASSETS[1])]
+                             ASSETS[1]),
+                await submit(rig, new_run(rig, "k9-ssh"), [("act", 2, False)], SSH_ASSET)]
         await wait_for(lambda rs=runs: all(r.started("act") for r in rs), timeout=60,
                        what="both steps to start on the worker")
         replacement = rig.worker()
@@ -338,9 +355,9 @@ async def test_worker_kill_9_mid_step(rig: Rig, capsys: pytest.CaptureFixture[st
             tally.leftovers_at_next_attempt += len(survivors)
         await rig.ready(replacement)
         await asyncio.gather(*(finish(rig, r, tally) for r in runs))
-        assert [len(r.lines("act", "effects")) for r in runs] == [1, 1]
+        assert [len(r.lines("act", "effects")) for r in runs] == [1, 1, 1]
     report(tally, capsys)
-    assert tally.operator_retries == COUNTS["kill9"]  # only the non-idempotent step paused
+    assert tally.operator_retries == 2 * COUNTS["kill9"]  # only the non-idempotent ones paused
 
 
 async def test_worker_sigterm_drains(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
@@ -376,11 +393,14 @@ async def test_worker_sigterm_drains(rig: Rig, capsys: pytest.CaptureFixture[str
 async def test_temporal_restart_mid_step(rig: Rig,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The Temporal server stops mid-step and comes back on its SQLite file: a step whose
-    command finished returns its recorded result; one that may have acted pauses."""
+    command finished during the outage returns its recorded result; a longer one, which the
+    server may time out and stop midway, pauses for an operator instead of starting again."""
     tally = Tally("Temporal server restart mid-step")
-    for _ in range(COUNTS["temporal"]):
+    for i in range(COUNTS["temporal"]):
         await one_worker(rig)
-        run = await submit(rig, new_run(rig, "tmp"), [("act", 2, False), ("after", 0, True)])
+        seconds = 2 if i % 2 == 0 else 8  # ends inside the outage / runs on past it
+        run = await submit(rig, new_run(rig, "tmp"),
+                           [("act", seconds, False), ("after", 0, True)])
         await wait_for(run.has("act", "pids"), timeout=60, what="the step to start")
         await asyncio.to_thread(rig.temporal_server.stop)
         tally.faults += 1

@@ -132,6 +132,8 @@ async def test_a_second_dev_refuses_with_the_pid_and_touches_nothing(
     assert (first.home / "dev.lock").read_text().split() == [str(first.proc.pid)]
     assert f"pid {dead.pid}" in first.output() and "stale" in first.output()
     temporal_pid, postgres_pid = stack["pids"]["temporal"], stack["pids"]["postgres"]
+    # the files the worker decides with, so every client shell decides the same way
+    assert stack["rbac_policy"] == str(first.home / "rbac_policy.yaml")
 
     env = _dev_env(first.home)
     second = await run_cli(env, "dev", timeout=60)

@@ -281,8 +281,16 @@ async def test_retry_leaves_an_honest_record(crash: Crash) -> None:
     assert (act.error, row["error"]) == (None, None)
     assert act.attempts >= 2 and row["attempts"] >= 2
     rows = await crash.client.pool.fetch(
-        "SELECT worker, outcome FROM execution.step_attempts "
+        "SELECT worker, outcome, resolved_by FROM execution.step_attempts "
         "WHERE execution_id = $1 AND step_id = 'act' ORDER BY attempt",
         uuid.UUID(resp.execution_id))
     assert (rows[0]["worker"], rows[0]["outcome"]) == (dead_worker, "resolved_retry")
+    assert rows[0]["resolved_by"] == "bob"  # the operator who answered, not the requester
     assert rows[-1]["outcome"] == "succeeded"
+    evs = await events(crash.client.pool, resp.execution_id)
+    resolved = next(i for i, e in enumerate(evs) if e["event_type"] == "step.resolved")
+    retry_started = max(i for i, e in enumerate(evs) if e["step_id"] == "act"
+                        and e["event_type"] == "step.status" and e["to_status"] == "running")
+    # the answer is recorded before the retry's own records, in the order it happened
+    assert resolved < retry_started
+    assert evs[resolved]["actor"] == "bob"

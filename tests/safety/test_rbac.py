@@ -55,8 +55,12 @@ def test_deny_wins_even_with_allow(policy: rbac.Policy) -> None:
 def test_role_bindings_per_environment(policy: rbac.Policy) -> None:
     assert policy.roles_of("acme", "alice", "dev") == {"sre", "approver"}
     assert policy.roles_of("acme", "carol", "prod") == {"senior_approver"}
-    assert policy.roles_of("acme", "carol", "staging") == set()
     assert policy.roles_of("other", "bob", "dev") == set()
+    limited = rbac.build_policy({"roles": [{"actor": "carol", "tenant": "*",
+                                            "roles": ["senior_approver"],
+                                            "environments": ["prod"]}]})
+    assert limited.roles_of("acme", "carol", "prod") == {"senior_approver"}
+    assert limited.roles_of("acme", "carol", "staging") == set()
 
 
 def test_strict_mode_override(policy: rbac.Policy) -> None:

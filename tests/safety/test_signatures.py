@@ -137,8 +137,13 @@ async def test_every_refusal_names_its_reason(keys: dict[str, Path],
     unsigned = await check(message(), None, signers)
     assert (unsigned.accepted, unsigned.signed) == (False, False)
     assert unsigned.reason.startswith("unsigned decision: this environment requires")
-    lax = await check(message(), None, signers, SigningRules(required=False))
-    assert (lax.accepted, lax.signed, lax.marks()) == (True, False, {"signed": False})
+    lax = SigningRules(required=False)
+    keyless = await check(message(principal="dave"), None, signers, lax)
+    assert (keyless.accepted, keyless.signed, keyless.marks()) == (True, False, {"signed": False})
+    holder = await check(message(), None, signers, lax)  # alice has a key: never unsigned
+    assert (holder.accepted, holder.reason) == (
+        False, "unsigned decision in the name of alice, who has a registered key: their "
+               "decisions must be signed")
 
 
 def sign_for_git(key: Path, data: bytes) -> str:
@@ -223,6 +228,7 @@ def test_policy_keys_and_signing_rules(keys: dict[str, Path]) -> None:
     for bad, match in [({"allowed_signers": ["alice"]}, "expected 'principals"),
                        ({"allowed_signers": ["alice ssh-ed25519 !!!"]}, "not base64"),
                        ({"allowed_signers": ["alice opt=1 nokey AAAA"]}, "no public key"),
+                       ({"allowed_signers": ["* ssh-ed25519 AAAA"]}, "patterns"),
                        ({"signatures": {"max_age_seconds": -1}}, "positive number"),
                        ({"signatures": {"require": True}}, "unknown key")]:
         with pytest.raises(rbac.PolicyError, match=match):
