@@ -97,7 +97,7 @@ async def _stop_local_commands(pool: Any, execution_id: str) -> None:
         "AND pgid IS NOT NULL AND process_host = $2",
         eid, f"local:{socket.gethostname()}")
     for r in rows:
-        killed = stop_leftover_group(r["pgid"], r["proc_start"])
+        killed = await stop_leftover_group(r["pgid"], r["proc_start"])
         await mark_stopped(pool, execution_id, r["step_id"], r["attempt"],
                            f"process group {r['pgid']} "
                            + ("stopped" if killed else "already gone") + " before lock release")

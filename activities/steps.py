@@ -307,7 +307,7 @@ async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepA
         assert old.pgid is not None and old.process_host is not None
         kind, _, where = old.process_host.partition(":")
         if kind == "local" and where == HOST:
-            killed = stop_leftover_group(old.pgid, old.proc_start)
+            killed = await stop_leftover_group(old.pgid, old.proc_start)
         elif kind == "asset" and asset is not None and getattr(asset, "id", None) == where:
             from opsconductor.activities.executors.ssh import (
                 SshError,
@@ -493,8 +493,9 @@ class StepActivities:
         if leftovers:
             try:
                 await _stop_leftovers(inp, attempt, leftovers, asset, pool)
-            except BaseException:
+            except BaseException as err:
                 self.live.forget(secret_values)
+                await _close_unacted(inp, attempt, pool, err)
                 raise
 
         async def on_process(ref: ProcessRef) -> None:
@@ -599,6 +600,17 @@ class StepActivities:
                                    type=outcome.error_type or ErrorType.STEP_FAILED,
                                    non_retryable=not outcome.retryable)
         return result
+
+
+async def _close_unacted(inp: StepRunInput, attempt: int, pool: Any,
+                         err: BaseException) -> None:
+    """This attempt stopped before it acted: closed `failed`, so no later retry mistakes it
+    for one that may have acted (best effort: left open, it only makes a retry pause)."""
+    from opsconductor.activities.attempts import record_attempt_finished
+
+    with contextlib.suppress(Exception):
+        await record_attempt_finished(pool, inp.execution_id, inp.step.id, attempt, "failed",
+                                      f"did not act: {str(err)[:500]}")
 
 
 def _interruption() -> str | None:

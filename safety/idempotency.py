@@ -50,7 +50,7 @@ RETRYABLE_STATUSES = frozenset({"failed", "cancelled", "timeout", "rejected"})
 
 
 # Envelope fields that do not change what runs: a retry of the same request may differ here.
-NOT_FINGERPRINTED = frozenset({"trace_id", "traceparent", "idempotency_key"})
+NOT_FINGERPRINTED = frozenset({"trace_id", "traceparent", "idempotency_key", "signature"})
 
 
 class IdempotencyConflict(ValueError):

@@ -32,6 +32,7 @@ File format::
       - 'bob namespaces="opsconductor-decision" ssh-ed25519 AAAA...'  # mapping name: [keys]
     signatures:                    # signed operator decisions (safety/signatures.py)
       required: [prod]             # unsigned decisions refused there (default: `strict`)
+      submissions: [prod]          # submissions must be signed by their actor (default: none)
       max_age_seconds: 900         # a signed decision older than this when handled: refused
       max_skew_seconds: 120        # issued further in the future than this: refused
 
@@ -197,6 +198,8 @@ class Policy:
     signatures_required: frozenset[str] = DEFAULT_STRICT  # unsigned decisions refused there
     signature_max_age_seconds: float = DEFAULT_SIGNATURE_MAX_AGE
     signature_max_skew_seconds: float = DEFAULT_SIGNATURE_MAX_SKEW
+    # environments where a submission must be signed by its actor (proves `actor`)
+    submissions_signed: frozenset[str] = frozenset()
 
     def roles_of(self, tenant: str, actor: str, environment: str | None = None) -> set[str]:
         """The actor's roles in this tenant (and environment): also used for approvers."""
@@ -213,6 +216,13 @@ class Policy:
     def signing_rules(self, environment: str) -> SigningRules:
         """Whether `environment` refuses unsigned decisions, and the freshness window."""
         required = "*" in self.signatures_required or environment in self.signatures_required
+        return SigningRules(required=required,
+                            max_age_seconds=self.signature_max_age_seconds,
+                            max_skew_seconds=self.signature_max_skew_seconds)
+
+    def submission_rules(self, environment: str) -> SigningRules:
+        """Whether `environment` refuses submissions not signed by their actor."""
+        required = "*" in self.submissions_signed or environment in self.submissions_signed
         return SigningRules(required=required,
                             max_age_seconds=self.signature_max_age_seconds,
                             max_skew_seconds=self.signature_max_skew_seconds)
@@ -303,14 +313,14 @@ def load_policy_document(path: str | Path) -> dict[str, Any]:
 
 
 def _signing_section(doc: Mapping[str, Any], strict: frozenset[str],
-                     ) -> tuple[frozenset[str], float, float]:
-    """`signatures: {required, max_age_seconds, max_skew_seconds}`; `required` defaults to
-    the strict environments."""
+                     ) -> tuple[frozenset[str], float, float, frozenset[str]]:
+    """`signatures: {required, submissions, max_age_seconds, max_skew_seconds}`; `required`
+    defaults to the strict environments, `submissions` to none."""
     section = doc.get("signatures") or {}
     if not isinstance(section, Mapping):
-        raise PolicyError("signatures: expected a mapping (required, max_age_seconds, "
-                          "max_skew_seconds)")
-    unknown = set(section) - {"required", "max_age_seconds", "max_skew_seconds"}
+        raise PolicyError("signatures: expected a mapping (required, submissions, "
+                          "max_age_seconds, max_skew_seconds)")
+    unknown = set(section) - {"required", "submissions", "max_age_seconds", "max_skew_seconds"}
     if unknown:
         raise PolicyError(f"signatures: unknown key(s) {sorted(unknown)}")
     required = parse_strict(section.get("required"))
@@ -321,7 +331,8 @@ def _signing_section(doc: Mapping[str, Any], strict: frozenset[str],
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise PolicyError(f"signatures.{name}: expected a positive number of seconds")
         windows.append(float(value))
-    return (strict if required is None else required), windows[0], windows[1]
+    submissions = parse_strict(section.get("submissions")) or frozenset()
+    return (strict if required is None else required), windows[0], windows[1], submissions
 
 
 def build_policy(doc: Mapping[str, Any] | None, table_rules: Sequence[Rule] = (),
@@ -355,18 +366,18 @@ def build_policy(doc: Mapping[str, Any] | None, table_rules: Sequence[Rule] = ()
         strict = parse_strict(doc.get("strict"))
     if strict is None:
         strict = DEFAULT_STRICT
-    required, max_age, max_skew = _signing_section(doc, frozenset(strict))
+    required, max_age, max_skew, submissions = _signing_section(doc, frozenset(strict))
     content = canonical_json({
         "rules": [r.__dict__ for r in rules], "bindings": [b.__dict__ for b in bindings],
         "strict": sorted(strict), "signers": [s.line() for s in signers],
-        "signatures": [sorted(required), max_age, max_skew]})
+        "signatures": [sorted(required), max_age, max_skew, sorted(submissions)]})
     digest = sha256_hex(content)[:12]
     label = doc.get("version")
     version = f"{label}+{digest}" if label else digest
     return Policy(rules=tuple(rules), bindings=tuple(bindings), strict=frozenset(strict),
                   version=version, sources=sources, signers=tuple(signers),
                   signatures_required=required, signature_max_age_seconds=max_age,
-                  signature_max_skew_seconds=max_skew)
+                  signature_max_skew_seconds=max_skew, submissions_signed=submissions)
 
 
 def builtin_policy(settings: Settings | None = None) -> Policy:

@@ -40,6 +40,13 @@ from opsconductor.schema.decisions import (
     SignatureVerdict,
     canonical_time,
 )
+from opsconductor.schema.submissions import (
+    SIGNATURE_FIELD,
+    SubmissionSignature,
+    canonical_request,
+    submission_message,
+    unsigned_envelope,
+)
 
 KEY_TYPE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-\S+|sk-\S+@openssh\.com)$")
 FINGERPRINT = re.compile(r"(SHA256:[A-Za-z0-9+/=]+)")
@@ -320,3 +327,21 @@ async def verify_decision(check: SignatureCheck, signers: Sequence[AllowedSigner
         accepted=True, signed=True, key_fingerprint=fingerprint, key_principals=principals,
         signature=check.signature.strip(),
         reason=f"signed by {message.principal} with key {fingerprint}")
+
+
+async def sign_submission(envelope: Mapping[str, Any], *, key: str | Path | None = None,
+                          issued_at: datetime | None = None, nonce: str | None = None,
+                          env: Mapping[str, str] | None = None,
+                          registered: Sequence[AllowedSigner] = ()) -> dict[str, Any]:
+    """The envelope with its actor's `signature` (schema/submissions.py): what Stage D sends
+    where the policy requires signed submissions."""
+    unsigned = unsigned_envelope(dict(envelope))
+    actor = unsigned.get("actor")
+    if not isinstance(actor, str) or not actor:
+        raise SignatureError("a submission names its actor before it can be signed")
+    proof = SubmissionSignature(issued_at=issued_at or datetime.now(UTC),
+                                nonce=nonce or new_nonce(), signature="-")
+    message = submission_message(actor, proof, canonical_request(unsigned))
+    signature = await sign_message(message, key, env=env, registered=registered)
+    return {**unsigned, SIGNATURE_FIELD: {"issued_at": canonical_time(proof.issued_at),
+                                          "nonce": proof.nonce, "signature": signature}}

@@ -21,6 +21,7 @@ from opsconductor.schema.dialect import (
 from opsconductor.schema.enums import Environment, ExecutionMode, SlaClass
 from opsconductor.schema.failure import FailureReading, interpret_failure_handling
 from opsconductor.schema.fleet import Fleet, fleet_from
+from opsconductor.schema.submissions import SubmissionSignature
 
 
 class PlanStep(BaseModel):
@@ -184,6 +185,8 @@ class ExecutionRequest(BaseModel):
     trace_id: str | None = None
     # Stage D's retry key: the same key with a different request is refused, never merged.
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    # The actor's SSH signature over this envelope (schema/submissions.py): proves `actor`.
+    signature: SubmissionSignature | None = None
     sla_class: SlaClass | None = None
     mode: ExecutionMode | None = None
     timeouts: TimeoutOverrides | None = None

@@ -28,6 +28,7 @@ from opsconductor.schema.request import (
     SafetyCheck,
     TimeoutOverrides,
 )
+from opsconductor.schema.submissions import SubmissionProof
 from opsconductor.schema.templates import Placeholder, fans_out, find_placeholders, sources
 from opsconductor.schema.tools import lookup
 
@@ -105,6 +106,7 @@ class ExecutionSpec(BaseModel):
     trace_id: str | None = None
     previous_execution_id: str | None = None
     submitted_at: datetime | None = None
+    submission: SubmissionProof | None = None  # the signed envelope, when it was signed
     request: dict[str, Any] = Field(default_factory=dict)  # as submitted: for DLQ requeue
 
     @property

@@ -128,7 +128,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK if report.would_run else EXIT_INPUT
 
     async def go(client: Any) -> int:
-        resp = await client.execute(doc, wait=args.wait)
+        signed = (await client.sign_submission(doc, key=args.key) if args.key
+                  and isinstance(doc, dict) else doc)
+        resp = await client.execute(signed, wait=args.wait)
         if resp.result is None:
             _out(args, resp, f"execution {resp.execution_id} ({resp.status.value})"
                  + (" — duplicate of an existing execution" if resp.duplicate else "")
@@ -492,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="wait for the result (the default in immediate mode)")
     run.add_argument("--no-wait", dest="wait", action="store_const", const=False,
                      help="return at once with the execution id, even in immediate mode")
+    run.add_argument("--key", help="sign the submission with this SSH key (proves the actor "
+                                   "where the policy requires signed submissions)")
 
     st = add("status", cmd_status, "show an execution")
     st.add_argument("id", help="execution id or workflow id")

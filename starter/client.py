@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +45,12 @@ from opsconductor.activities.checks import expression_problems
 from opsconductor.activities.mirror import write_events
 from opsconductor.activities.telemetry import SCOPE
 from opsconductor.safety import idempotency, rbac
-from opsconductor.safety.signatures import SignatureError, agent_keys, signed_payload
+from opsconductor.safety.signatures import (
+    SignatureError,
+    agent_keys,
+    sign_submission,
+    signed_payload,
+)
 from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.decisions import CANCEL_GATE
@@ -58,6 +64,7 @@ from opsconductor.schema.messages import (
 )
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.spec import ExecutionSpec, build_spec
+from opsconductor.schema.submissions import SubmissionProof, canonical_request
 from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
 from opsconductor.starter.telemetry import configured_tracer_provider, tracing_interceptors
 from opsconductor.starter.worker import connect
@@ -211,6 +218,10 @@ class ExecutionClient:
                           previous_execution_id=claim.previous_execution_id,
                           asset_ids=asset_ids,
                           submitted_at=claim.created_at or datetime.now(UTC))
+        if request.signature is not None and isinstance(raw, Mapping):
+            # the worker verifies the actor's signature over exactly this envelope
+            spec = spec.model_copy(update={"submission": SubmissionProof(
+                **request.signature.model_dump(), signed_request=canonical_request(raw))})
         span.set_attributes({"opsc.execution_id": spec.execution_id,
                              "opsc.workflow_id": spec.workflow_id, "opsc.tenant": spec.tenant,
                              "opsc.environment": spec.environment.value,
@@ -509,6 +520,13 @@ class ExecutionClient:
         if progress is None or progress.waiting_kind is not WaitKind.RESOLUTION:
             return None
         return next((s.id for s in progress.steps if s.status is StepStatus.WAITING), None)
+
+    async def sign_submission(self, envelope: Mapping[str, Any], *,
+                              key: str | Path | None = None) -> dict[str, Any]:
+        """The envelope signed by its actor (their key file, `OPSC_SIGNING_KEY`, or the
+        agent's key registered for them): proves `actor` where the policy requires it."""
+        return await sign_submission(envelope, key=key or self.settings.signing_key,
+                                     registered=(await self.policy()).signers)
 
     async def sign_decision(self, ident: str, kind: str, principal: str, *,
                             comment: str | None = None, plan_hash: str | None = None,

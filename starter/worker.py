@@ -32,6 +32,7 @@ from opsconductor.activities.mirror import MirrorActivities
 from opsconductor.activities.plan_checks import CheckActivities
 from opsconductor.activities.run_control import RunControlActivities
 from opsconductor.activities.steps import StepActivities
+from opsconductor.activities.submissions import SubmissionActivities
 from opsconductor.activities.telemetry import SCOPE, MirrorGauges
 from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
@@ -93,9 +94,11 @@ def build_activities(settings: Settings, pool: asyncpg.Pool, *,
                                 pool=pool)
     checks = CheckActivities(settings=settings, masker=masker, rbac=engine, pool=pool)
     locks = LockActivities(pool=pool)
+    submissions = SubmissionActivities(settings=settings, pool=pool, rbac=engine)
     return [steps.run_step, mirror.mirror_write, rbac.authorize, cleanup.run_cleanup,
             checks.run_plan_safety_checks, locks.acquire_locks, locks.renew_locks,
-            locks.release_locks, RunControlActivities().cancel_own_run]
+            locks.release_locks, RunControlActivities().cancel_own_run,
+            submissions.verify_submission]
 
 
 def build_worker(client: Client, task_queue: str, *, pool: asyncpg.Pool,

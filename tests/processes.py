@@ -38,3 +38,13 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             out.append(int(entry.name))
     return out
+
+
+def shell_leftover_check(pids: Path, leftovers: Path) -> str:
+    """POSIX sh that appends to `leftovers` every process group listed in `pids` which still
+    has a live (non-zombie) member: a step command runs it first, to prove that no process of
+    an earlier attempt was alive when it started."""
+    return (f'touch {pids}; for p in $(cat {pids}); do [ "$p" = "$$" ] && continue; '
+            'for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null < "$f" || continue; '
+            f'set -- $l; [ "$5" = "$p" ] && [ "$3" != Z ] && echo "$p" >> {leftovers}; '
+            "done; done")

@@ -47,6 +47,7 @@ from opsconductor.workflows.safety_checks import run_safety_checks
 from opsconductor.workflows.scheduling import outcome, policy_max
 from opsconductor.workflows.state import FAILED_STEP, RunState
 from opsconductor.workflows.steps import StepRunner
+from opsconductor.workflows.submission import submission_accepted
 
 
 async def stop_task(task: asyncio.Task[None]) -> str | None:
@@ -128,6 +129,8 @@ class ExecutionWorkflow:
     async def _body(self) -> None:
         """Gate, locks, checks, steps, rollback: everything up to the run's ending."""
         spec, state = self.spec, self.state
+        if not await submission_accepted(spec, state, self.recorder):
+            return
         if spec.approval_level > 0:
             asked = workflow.now()
             approved = await self.gates.wait(

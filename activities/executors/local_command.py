@@ -55,8 +55,27 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
 
 
-def stop_leftover_group(pgid: int, start_ticks: int | None) -> bool:
-    """SIGKILL a group an earlier attempt left behind; True when something was killed.
+def live_members(pgid: int) -> list[int]:
+    """Processes of group `pgid` that have not exited (zombies are dead: not counted)."""
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            out.append(int(entry.name))
+    return out
+
+
+async def stop_leftover_group(pgid: int, start_ticks: int | None,
+                              wait: float = KILL_GRACE_SECONDS) -> bool:
+    """SIGKILL a group an earlier attempt left behind and wait (bounded) until every member
+    has exited; True when something was killed.
 
     The leader alive with another start time means the pid was reused: left alone. The leader
     gone but members alive is still the old group (a pgid in use is never handed out again).
@@ -68,6 +87,11 @@ def stop_leftover_group(pgid: int, start_ticks: int | None) -> bool:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         return False
+    deadline = asyncio.get_running_loop().time() + wait
+    while asyncio.get_running_loop().time() < deadline:
+        if not live_members(pgid):
+            break
+        await asyncio.sleep(0.02)  # exiting processes signal nothing we could await
     return True
 
 
@@ -96,7 +120,9 @@ class _Supervised:
             self.exit_code = int(line[1])
         elif len(line) == 2 and line[0] == "signal":
             self.exit_code = 128 + int(line[1])
-        else:
+        else:  # the supervisor itself was killed: stop the group it can no longer watch
+            if self.pgid is not None:
+                kill_group(self.pgid)
             self.exit_code = self.proc.returncode
         return self.exit_code
 

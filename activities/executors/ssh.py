@@ -37,6 +37,7 @@ import hashlib
 import re
 import shlex
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,11 +237,14 @@ class _Capped:
         self.cap = cap
         self.kept = bytearray()
         self.dropped = 0
+        self.tap: Callable[[bytes], None] | None = None  # live output (`logs --follow`)
 
     def add(self, data: bytes) -> None:
         room = self.cap - len(self.kept)
         if room > 0:
             self.kept += data[:room]
+            if self.tap is not None and data:
+                self.tap(data[:room])
         self.dropped += max(0, len(data) - max(room, 0))
 
     def text(self) -> str:
@@ -416,6 +420,9 @@ class SshCommandRunner:
             conn, chan, session = await self._open(asset, remote)
         except SshError as err:
             return err.outcome()
+        if (feed := ctx.on_output) is not None:  # before the env block lets the command run
+            session.out.tap = lambda b: feed("stdout", b)
+            session.err.tap = lambda b: feed("stderr", b)
         try:
             if env_block:
                 chan.write(env_block)

@@ -14,6 +14,7 @@ from temporalio.testing import ActivityEnvironment
 
 from opsconductor.activities.plan_checks import CheckActivities
 from opsconductor.safety.masking import Masker
+from opsconductor.safety.rbac import RbacEngine
 from opsconductor.schema.config import (
     ENV_PREFIX,
     SECRET_ENV_PREFIX,
@@ -78,10 +79,11 @@ async def test_activity_names_are_the_ones_the_workflow_calls(db_pool: asyncpg.P
     assert called and called <= names
     assert names == {"run_step", "mirror_write", "authorize", "run_cleanup",
                      "run_safety_checks", "acquire_locks", "renew_locks", "release_locks",
-                     "cancel_own_run"}
+                     "cancel_own_run", "verify_submission"}
 
 
-async def test_two_activity_sets_follow_their_own_settings(tmp_path: Path) -> None:
+async def test_two_activity_sets_follow_their_own_settings(tmp_path: Path,
+                                                          db_pool: asyncpg.Pool) -> None:
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump({"assets": [{"id": "box-1", "hostname": "box-1.test",
                                                          "connector": "local"}]}))
@@ -89,13 +91,16 @@ async def test_two_activity_sets_follow_their_own_settings(tmp_path: Path) -> No
                                     "OPSC_INVENTORY": str(inventory)})
     without = load_settings({"OPSC_HOME": str(tmp_path / "b")})
     inp = SafetyChecksInput(execution_id="e", stage="before", checks=[
-        SafetyCheck(check="command: true", target="box-1")])
+        SafetyCheck(check="command: true", target="box-1")], tenant="t", actor="alice",
+        environment="dev")
     env = ActivityEnvironment()
     found = await env.run(CheckActivities(settings=with_inventory,
-                                          masker=Masker.from_settings(with_inventory))
+                                          masker=Masker.from_settings(with_inventory),
+                                          rbac=RbacEngine(None), pool=db_pool)
                           .run_plan_safety_checks, inp)
     missing = await env.run(CheckActivities(settings=without,
-                                            masker=Masker.from_settings(without))
+                                            masker=Masker.from_settings(without),
+                                            rbac=RbacEngine(None), pool=db_pool)
                             .run_plan_safety_checks, inp)
     assert not found.abort and found.outcomes[0].result.passed
     assert missing.abort and "unknown asset 'box-1'" in missing.outcomes[0].result.detail

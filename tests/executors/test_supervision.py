@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from opsconductor.activities.attempts import prior_attempts, record_attempt_started, record_process
-from opsconductor.activities.executors.local_command import stop_leftover_group
+from opsconductor.activities.executors.local_command import live_members, stop_leftover_group
 from opsconductor.activities.executors.supervise import proc_start_ticks
 from opsconductor.activities.failures import MESSAGE_CHARS, TRACE_FRAMES, trim_failure
 from opsconductor.activities.locks import LockActivities
@@ -81,17 +81,18 @@ async def test_a_command_and_its_daemon_die_with_a_killed_parent(tmp_path: Path)
             os.kill(daemon_pid, signal.SIGKILL)
 
 
-def test_a_leftover_group_is_stopped_but_a_reused_pid_is_not() -> None:
+async def test_a_leftover_group_is_stopped_but_a_reused_pid_is_not() -> None:
     proc = _start_sleeper()
     try:
         ticks = proc_start_ticks(proc.pid)
         assert ticks is not None
         # recorded with another start time: this pid now belongs to someone else
-        assert stop_leftover_group(proc.pid, ticks + 1) is False
+        assert await stop_leftover_group(proc.pid, ticks + 1) is False
         assert proc.poll() is None
-        assert stop_leftover_group(proc.pid, ticks) is True
-        assert proc.wait(5) == -signal.SIGKILL
-        assert stop_leftover_group(proc.pid, ticks) is False  # gone: nothing to stop
+        assert await stop_leftover_group(proc.pid, ticks) is True
+        assert live_members(proc.pid) == []  # it returns once the group has exited
+        assert await asyncio.to_thread(proc.wait, 5) == -signal.SIGKILL
+        assert await stop_leftover_group(proc.pid, ticks) is False  # gone: nothing to stop
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -42,6 +42,7 @@ from opsconductor.starter.temporal_server import TemporalDevServer
 from tests.executors.conftest import SshServer, openssh_server, secret_env_name
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import opsc_env, start_worker, stop_process, wait_group_gone
+from tests.processes import shell_leftover_check
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session")]
 
@@ -212,9 +213,8 @@ class Run:
     def command(self, sid: str, seconds: float) -> str:
         pids, effects, leftovers = (self.dir / f"{sid}.pids", self.dir / f"{sid}.effects",
                                     self.dir / f"{sid}.leftovers")
-        return (f"touch {pids}; for p in $(cat {pids}); do kill -0 -- -$p 2>/dev/null && "
-                f"echo $p >> {leftovers}; done; echo $$ >> {pids}; sleep {seconds}; "
-                f"echo done >> {effects}")
+        return (f"{shell_leftover_check(pids, leftovers)}; echo $$ >> {pids}; "
+                f"sleep {seconds}; echo done >> {effects}")
 
     def lines(self, sid: str, kind: str) -> list[str]:
         path = self.dir / f"{sid}.{kind}"

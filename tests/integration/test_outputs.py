@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,36 @@ async def test_malformed_requests_exit_2_without_traceback_and_write_nothing(
             f"SELECT count(*) FROM execution.{table} WHERE tenant = $1", tenant)
         assert rows == 0, f"{table} has {rows} row(s) for refused requests"
     print(f"\n{refused} malformed requests refused with exit 2, nothing written")
+
+
+async def test_live_output_of_a_step_over_ssh(engine: Any, ssh_host: Any,
+                                              ssh_inventory: Path) -> None:
+    """The SSH runner feeds live chunks too: the first line is readable while it runs."""
+    from tests.integration.conftest import SSH_ASSET
+
+    folder = Path(tempfile.mkdtemp(prefix="opsc-live-"))
+    folder.chmod(0o777)  # the remote user is another account
+    gate = folder / "go"
+    cmd = (f"echo remote-first; while [ ! -e {gate} ]; do sleep 0.05; done; "
+           "echo remote-second")
+    resp = await engine.execute(request([shell("ssh", cmd, target=SSH_ASSET)],
+                                        mode="background"), wait=False)
+    eid = uuid.UUID(resp.execution_id)
+
+    async def live() -> bytes | None:
+        rows = await engine.pool.fetch(
+            "SELECT data FROM execution.step_output_chunks WHERE execution_id = $1 AND"
+            " step_id = 'ssh' ORDER BY seq", eid)
+        data = b"".join(bytes(r["data"]) for r in rows)
+        return data if b"remote-first" in data else None
+
+    try:
+        seen = await wait_for(live, what="live output over SSH", timeout=60)
+        assert b"remote-second" not in seen
+    finally:
+        gate.touch()
+    result = await engine.result(resp.execution_id)
+    assert result.status.value == "completed", result.error
+    assert result.steps[0].stdout == "remote-first\nremote-second\n"
+    assert await engine.pool.fetchval(
+        "SELECT count(*) FROM execution.step_output_chunks WHERE execution_id = $1", eid) == 0
