@@ -159,6 +159,16 @@ class Settings(BaseSettings):
         "the Temporal SDK's); empty disables it; a port in use falls back to a free one (the "
         "worker logs the URL). Traces and OTLP metrics follow the standard `OTEL_*` "
         "variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...); unset, tracing is off."))
+    alert_webhook_url: str | None = Field(None, description=(
+        "Where workers POST SLA alerts (at risk, violated) as JSON; unset, alerts are only "
+        "events and metrics."))
+    alert_webhook_secret: SecretStr | None = Field(None, description=(
+        "HMAC-SHA256 key: each alert's body is signed in `X-Opsc-Signature: sha256=<hex>`."))
+    sla_check_seconds: float = Field(10.0, gt=0, description=(
+        "How often a worker compares executions' ETA and SLA deadline (from the mirror)."))
+    stall_seconds: float = Field(900.0, gt=0, description=(
+        "`opsconductor health` reports executions in flight (not waiting for approval) with "
+        "no event for this long as without progress."))
     metrics_refresh_seconds: float = Field(10.0, gt=0, description=(
         "How often a worker reads the gauges that come from the mirror (executions in "
         "flight, dead-letter queue depth)."))

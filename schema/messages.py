@@ -239,6 +239,7 @@ class Progress(BaseModel):
     waiting_kind: WaitKind | None = None
     estimated_completion: datetime | None = None
     started_at: datetime | None = None
+    deadline: datetime | None = None  # the execution deadline, once the steps may start
     steps: list[StepProgress] = Field(default_factory=list)
 
 

@@ -200,13 +200,30 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return await _with_client(args, go)
 
 
+def _iso_time(text: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 async def cmd_list(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
-        rows = await client.list(status=args.status, tenant=args.tenant, limit=args.limit)
+        try:
+            rows, cursor = await client.page(
+                status=args.status, tenant=args.tenant, actor=args.actor, asset=args.asset,
+                since=args.since, until=args.until, cursor=args.cursor, limit=args.limit)
+        except ValueError as err:
+            return _err(args, str(err), EXIT_INPUT)
         _out(args, rows, lambda: lines(
             f"{r['execution_id']}  {r['status']:<16} {r['tenant']:<12} {r['actor']:<12} "
             f"{r['steps_completed']}/{r['step_count']}  {r['title']}" for r in rows)
             or "no executions")
+        if cursor:  # on stderr, so the JSON on stdout stays one list
+            print(f"next page: --cursor {cursor}", file=sys.stderr)
         return EXIT_OK
 
     return await _with_client(args, go)
@@ -358,6 +375,93 @@ async def _listed(items: list[dict[str, Any]]) -> Any:
         yield item
 
 
+async def cmd_stats(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from opsconductor.starter.stats import parse_window, stats
+
+    try:
+        window = parse_window(args.since)
+    except ValueError as err:
+        return _err(args, str(err), EXIT_INPUT)
+
+    async def go(client: Any) -> int:
+        data = await stats(client.pool, since=datetime.now(UTC) - window, tenant=args.tenant)
+        _out(args, data, lambda: _stats_text(data))
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _stats_text(d: dict[str, Any]) -> str:
+    w = d["waits_seconds"]
+    rows = [f"since {d['since']}" + (f"  tenant {d['tenant']}" if d["tenant"] else ""),
+            f"submitted {d['submitted']}  ended {d['ended']}  in flight {d['in_flight']}  "
+            f"completed {d['completed']}  failed {d['failed']}  partial {d['partial']}  "
+            f"cancelled {d['cancelled']}",
+            f"success rate {_pct(d['success_rate'])}  SLA compliance "
+            f"{_pct(d['sla_compliance'])}",
+            f"waits p50/p95: queue {_secs(w['queue_p50'])}/{_secs(w['queue_p95'])}  "
+            f"locks {_secs(w['lock_p50'])}/{_secs(w['lock_p95'])}  "
+            f"approval {_secs(w['approval_p50'])}/{_secs(w['approval_p95'])}", "by SLA class:"]
+    rows += [f"  {r['sla_class']:<8} n={r['ended']:<5} success {_pct(r['success_rate'])}  "
+             f"p50 {_secs(r['p50'])} p95 {_secs(r['p95'])} p99 {_secs(r['p99'])}"
+             for r in d["by_sla_class"]]
+    rows.append("by tool:")
+    rows += [f"  {r['tool']:<16} n={r['steps']:<5} failed {r['failed']:<4} "
+             f"p50 {_secs(r['p50'])} p95 {_secs(r['p95'])} p99 {_secs(r['p99'])}"
+             for r in d["by_tool"]]
+    rows.append("top failing: " + ", ".join(
+        f"{r['kind']} {r['name']} ({r['failures']})"
+        for r in d["top_failing_tools"] + d["top_failing_assets"]) or "top failing: none")
+    return lines(rows)
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    from opsconductor.starter.stats import history
+
+    async def go(client: Any) -> int:
+        rows = await history(client.pool, args.asset, limit=args.limit)
+        _out(args, rows, lambda: lines(
+            f"{r['started_at'] or '-'}  {r['status']:<10} {r['step_id']:<20} {r['tool']:<12} "
+            f"{r['execution_id']}  {r['tenant']}/{r['actor']}  {r['title']}" for r in rows)
+            or f"nothing ran on {args.asset}")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from opsconductor.activities.telemetry import SCOPE, MirrorGauges
+    from opsconductor.starter.api import create_app
+    from opsconductor.starter.telemetry import Telemetry
+    from opsconductor.starter.worker import refreshing
+
+    async def go(client: Any) -> int:
+        telemetry = Telemetry.create()
+        gauges = MirrorGauges(client.pool, telemetry.meter_provider.get_meter(SCOPE))
+        app = create_app(client, registry=telemetry.registry)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                               log_level="warning", lifespan="on"))
+        print(f"serving on http://{args.host}:{args.port} (OpenAPI at /openapi.json)",
+              file=sys.stderr, flush=True)
+        async with refreshing(gauges, client.settings):
+            await server.serve()
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
 async def cmd_logs(args: argparse.Namespace) -> int:
     from opsconductor.starter.logs import StepNotFound, print_logs
 
@@ -400,7 +504,8 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
 async def cmd_health(args: argparse.Namespace) -> int:
     """4 when a server is unreachable; 1 when both answer but no worker polls (a different
-    fix: start a worker, not a server)."""
+    fix: start a worker, not a server). Executions without progress are reported, not an
+    exit status: they need an operator, not a restart."""
     from opsconductor.starter.health import SERVERS, check_health
 
     report = await check_health(this_host=args.worker)
@@ -408,7 +513,8 @@ async def cmd_health(args: argparse.Namespace) -> int:
                                      for k, v in report.items()))
     if not all(report[k]["ok"] for k in SERVERS):
         return EXIT_UNREACHABLE
-    return EXIT_OK if all(v["ok"] for v in report.values()) else EXIT_FAILED
+    return EXIT_OK if all(v["ok"] for k, v in report.items() if k != "progress") \
+        else EXIT_FAILED
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
@@ -502,6 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = add("list", cmd_list, "list executions")
     ls.add_argument("--status", choices=[s.value for s in ExecutionStatus])
     ls.add_argument("--tenant")
+    ls.add_argument("--actor")
+    ls.add_argument("--asset", help="an asset id the execution locks")
+    ls.add_argument("--since", type=_iso_time, help="submitted at or after (ISO 8601)")
+    ls.add_argument("--until", type=_iso_time, help="submitted before (ISO 8601)")
+    ls.add_argument("--cursor", help="the next_cursor a previous page printed")
     ls.add_argument("--limit", type=int, default=50)
 
     for kind in ("approve", "reject"):
@@ -539,6 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--approver", help="only those this approver may decide")
     wa = add("watch", cmd_watch, "follow an execution until it ends")
     wa.add_argument("id")
+    st = add("stats", cmd_stats, "success rate, percentiles, SLA compliance, waits, failures")
+    st.add_argument("--since", default="24h", help="window: 30m, 24h, 7d (default 24h)")
+    st.add_argument("--tenant")
+    hi = add("history", cmd_history, "every step that ran on an asset, newest first")
+    hi.add_argument("asset")
+    hi.add_argument("--limit", type=int, default=50)
+    sv = add("serve", cmd_serve, "read-only HTTP service: executions, events (SSE), /metrics")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
     ev = add("events", cmd_events, "an execution's events (one JSON object a line with --json)")
     ev.add_argument("id", help="execution id or workflow id")
     ev.add_argument("--follow", "-f", action="store_true",

@@ -8,6 +8,7 @@ as one Temporal workflow whose id derives from tenant + idempotency key.
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,6 +330,8 @@ class ExecutionClient:
             "cancel_actor": row["cancel_actor"] if row else None,
             "cancel_reason": row["cancel_reason"] if row else None,
             "created_at": _iso(row["created_at"]) if row else None,
+            "started_at": _iso(row["started_at"]) if row else None,
+            "deadline_at": _iso(row["deadline_at"]) if row else None,
             "completed_at": _iso(row["completed_at"]) if row else None,
             "steps": [{"id": s["step_id"], "status": s["status"], "attempts": s["attempts"],
                        "started_at": _iso(s["started_at"]),
@@ -343,6 +346,8 @@ class ExecutionClient:
                 view["percent"] = progress.percent
                 view["waiting_on"] = progress.waiting_on
                 view["current_step"] = progress.current_step
+                view["estimated_completion"] = _iso(progress.estimated_completion)
+                view["deadline_at"] = view["deadline_at"] or _iso(progress.deadline)
                 view["status"] = progress.status.value
                 view["approval_state"] = progress.approval_state.value
         return view
@@ -381,18 +386,42 @@ class ExecutionClient:
         return ExecutionResult.model_validate(data)
 
     async def list(self, *, status: str | None = None, tenant: str | None = None,
-                   limit: int = 50) -> list[dict[str, Any]]:
+                   limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+        """The newest executions matching the filters (see `page`)."""
+        rows, _ = await self.page(status=status, tenant=tenant, limit=limit, **filters)
+        return rows
+
+    async def page(self, *, status: str | None = None, tenant: str | None = None,
+                   actor: str | None = None, asset: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None,
+                   limit: int = 50, cursor: str | None = None,
+                   ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of executions, newest first, and the cursor of the next page (None at
+        the end). `status` must be an execution status (ValueError otherwise); `asset`
+        matches an asset id; `since`/`until` bound the submission time."""
+        if status is not None:
+            status = ExecutionStatus(status).value
+        after_at, after_id = decode_cursor(cursor) if cursor else (None, None)
         rows = await self.pool.fetch(
             """
             SELECT execution_id::text, workflow_id, tenant, actor, environment, title,
                    status::text, approval_state::text, sla_class::text, step_count,
-                   steps_completed, steps_failed, created_at, completed_at
+                   steps_completed, steps_failed, assets, created_at, completed_at
             FROM execution.executions
             WHERE ($1::text IS NULL OR status::text = $1) AND ($2::text IS NULL OR tenant = $2)
-            ORDER BY created_at DESC LIMIT $3
-            """, status, tenant, limit)
-        return [{k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()}
-                for r in rows]
+              AND ($3::text IS NULL OR actor = $3) AND ($4::text IS NULL OR $4 = ANY(assets))
+              AND ($5::timestamptz IS NULL OR created_at >= $5)
+              AND ($6::timestamptz IS NULL OR created_at < $6)
+              AND ($7::timestamptz IS NULL OR (created_at, execution_id) < ($7, $8::uuid))
+            ORDER BY created_at DESC, execution_id DESC LIMIT $9
+            """, status, tenant, actor, asset, since, until, after_at, after_id,
+            max(1, min(limit, 1000)) + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = (encode_cursor(rows[-1]["created_at"], rows[-1]["execution_id"])
+                       if more and rows else None)
+        return ([{k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()}
+                 for r in rows], next_cursor)
 
     # ------------------------------------------------------------------ steer
 
@@ -612,6 +641,22 @@ def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:
                             "pending" if spec.approval_level else "not_required"),
         SearchAttributePair(sa.ASSETS, spec.assets or ["localhost"]),
     ])
+
+
+def encode_cursor(created_at: datetime, execution_id: str) -> str:
+    """An opaque page cursor: the last row's submission time and id."""
+    raw = f"{created_at.isoformat()}|{execution_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names; ValueError for one this module did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, execution_id = raw.partition("|")
+        return datetime.fromisoformat(at), str(uuid.UUID(execution_id))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"invalid cursor {cursor!r}") from err
 
 
 def trace_parent(trace_id: str | None) -> Context | None:

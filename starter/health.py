@@ -4,7 +4,9 @@ Unreachable servers and a missing worker are different states with different fix
 report keeps them apart: `postgres` and `temporal` (the SERVERS) say whether we reached them,
 `workers` whether anyone polls the task queue. With `this_host`, only a poller of this host
 counts: the SDK's default worker identity is `pid@hostname`, so inside a container that is
-"a worker of this container polls" (its health check).
+"a worker of this container polls" (its health check). Without it, `progress` lists
+executions in flight with no event for `OPSC_STALL_SECONDS` (the fleet's health, not a
+container's).
 """
 
 from __future__ import annotations
@@ -35,6 +37,39 @@ async def _check_postgres(url: str | None) -> dict[str, Any]:
     return {"ok": True, "detail": "migrations: " + ", ".join(r["version"] for r in versions)}
 
 
+async def _check_progress(url: str | None, stall_seconds: float) -> dict[str, Any]:
+    """Executions in flight (not waiting for approval) with no event for `stall_seconds`."""
+    import asyncpg
+
+    try:
+        if not url:
+            raise RuntimeError("no database configured")
+        conn = await asyncio.wait_for(asyncpg.connect(url), 5)
+        try:
+            rows = await conn.fetch(
+                """
+                SELECT e.execution_id::text AS execution_id, e.status::text AS status,
+                       extract(epoch FROM now() - coalesce(max(v.created_at), e.created_at))
+                         AS quiet_seconds
+                FROM execution.executions e
+                LEFT JOIN execution.execution_events v USING (execution_id)
+                WHERE e.status IN ('queued', 'approved', 'running')
+                GROUP BY e.execution_id, e.status, e.created_at
+                HAVING now() - coalesce(max(v.created_at), e.created_at)
+                       > make_interval(secs => $1)
+                ORDER BY 3 DESC LIMIT 20
+                """, stall_seconds)
+        finally:
+            await conn.close()
+    except Exception as err:
+        return {"ok": False, "detail": f"not checked: {err or type(err).__name__}"}
+    if not rows:
+        return {"ok": True, "detail": f"no execution without progress for {stall_seconds:g}s"}
+    return {"ok": False, "stalled": [dict(r) for r in rows], "detail": (
+        f"{len(rows)} execution(s) without progress for over {stall_seconds:g}s: " + ", ".join(
+            f"{r['execution_id']} ({r['status']}, {r['quiet_seconds']:.0f}s)" for r in rows))}
+
+
 def _pollers_text(identities: list[str], task_queue: str, this_host: str | None) -> str:
     if this_host is not None:
         mine = [i for i in identities if i.endswith(f"@{this_host}")]
@@ -50,6 +85,9 @@ def _pollers_text(identities: list[str], task_queue: str, this_host: str | None)
 async def check_health(this_host: bool = False) -> dict[str, dict[str, Any]]:
     settings = load_settings()
     report: dict[str, dict[str, Any]] = {"postgres": await _check_postgres(settings.database_url)}
+    if report["postgres"]["ok"] and not this_host:  # a container's health is not the fleet's
+        report["progress"] = await _check_progress(settings.database_url,
+                                                   settings.stall_seconds)
     try:
         from temporalio.api.enums.v1 import TaskQueueType
         from temporalio.api.taskqueue.v1 import TaskQueue

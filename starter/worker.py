@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from opsconductor.activities.locks import LockActivities
 from opsconductor.activities.mirror import MirrorActivities
 from opsconductor.activities.plan_checks import CheckActivities
 from opsconductor.activities.run_control import RunControlActivities
+from opsconductor.activities.sla import SlaMonitor
 from opsconductor.activities.steps import StepActivities
 from opsconductor.activities.submissions import SubmissionActivities
 from opsconductor.activities.telemetry import SCOPE, MirrorGauges
@@ -124,15 +125,16 @@ def build_worker(client: Client, task_queue: str, *, pool: asyncpg.Pool,
 
 
 @contextlib.asynccontextmanager
-async def refreshing(gauges: MirrorGauges, settings: Settings) -> AsyncIterator[None]:
-    """Re-read the mirror's gauges every `metrics_refresh_seconds` while the block runs."""
+async def every(seconds: float, fn: Callable[[], Awaitable[Any]],
+                what: str) -> AsyncIterator[None]:
+    """Run `fn` every `seconds` while the block runs; a database error is logged, not fatal."""
     async def loop() -> None:
         while True:
             try:
-                await gauges.refresh()
-            except (OSError, asyncpg.PostgresError) as err:
-                log.warning("mirror gauges not refreshed: %s", err)
-            await asyncio.sleep(settings.metrics_refresh_seconds)
+                await fn()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                log.warning("%s failed: %s", what, err)
+            await asyncio.sleep(seconds)
 
     task = asyncio.create_task(loop())
     try:
@@ -141,6 +143,11 @@ async def refreshing(gauges: MirrorGauges, settings: Settings) -> AsyncIterator[
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def refreshing(gauges: MirrorGauges, settings: Settings) -> Any:
+    """Re-read the mirror's gauges every `metrics_refresh_seconds` while the block runs."""
+    return every(settings.metrics_refresh_seconds, gauges.refresh, "mirror gauges refresh")
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -170,13 +177,16 @@ async def run_worker(settings: Settings | None = None,
     url = telemetry.serve_metrics(settings.metrics_address)
     if url:
         log.info("worker metrics at %s", url)
-    gauges = MirrorGauges(pool, telemetry.meter_provider.get_meter(SCOPE))
+    meter = telemetry.meter_provider.get_meter(SCOPE)
+    gauges = MirrorGauges(pool, meter)
+    sla = SlaMonitor(pool, settings, meter)
     if stop is None:  # a caller that passes `stop` owns the signals (CLI, dev stack)
         stop = asyncio.Event()
         _stop_on_signals(stop)
     log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
     try:
-        async with telemetry.running(), worker, refreshing(gauges, settings):
+        async with telemetry.running(), worker, refreshing(gauges, settings), \
+                every(settings.sla_check_seconds, sla.check, "SLA check"):
             await stop.wait()
             log.info("worker draining: running steps get up to %gs to finish",
                      settings.graceful_shutdown_seconds)

@@ -203,4 +203,5 @@ class RunState:
             current_step=running[0].spec.id if running else None,
             waiting_on=self.wait.text if self.wait else None,
             waiting_kind=self.wait.kind if self.wait else None, estimated_completion=estimate,
-            started_at=self.started_at, steps=[s.progress() for s in states])
+            started_at=self.started_at, deadline=self.deadline,
+            steps=[s.progress() for s in states])

@@ -29,10 +29,9 @@ async def test_notification_wakes_a_waiting_follower(engine: Any) -> None:
     await until(engine, resp.workflow_id, pending)
     hub = EventHub(engine.pool)
     try:
-        stream = hub.follow(resp.execution_id)
-        seen = [await anext(stream)]
-        while seen[-1]["type"] != "approval.requested":
-            seen.append(await anext(stream))
+        seen = await hub.read(resp.execution_id)  # everything up to the approval wait
+        assert seen and seen[-1]["to_status"] == "pending_approval", seen
+        stream = hub.follow(resp.execution_id, after=seen[-1]["id"])
         next_event = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0)  # the follower is now waiting for a notification
         asked = time.monotonic()

@@ -1,0 +1,206 @@
+"""`opsconductor serve`: a small read-only HTTP service over the mirror (ASGI, Starlette).
+
+Executions (filters and a cursor), one execution with its steps, a step's output, the
+execution's events as Server-Sent Events (each with its event id, so a client that reconnects
+with `Last-Event-ID` continues exactly where it stopped), `/metrics`, `/healthz` (the
+process answers), `/readyz` (Postgres and Temporal answer) and `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from opsconductor.activities.outputs import read_streams
+from opsconductor.schema.outputs import escape_bytes
+from opsconductor.starter.events import EventHub
+
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+def openapi() -> dict[str, Any]:
+    """The service's OpenAPI 3.1 document."""
+    ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "execution id or workflow id"}
+
+    def query(name: str, kind: str = "string", text: str = "") -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": {"type": kind},
+                "description": text}
+
+    def ok(text: str, media: str = "application/json") -> dict[str, Any]:
+        return {"200": {"description": text, "content": {media: {}}}}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "OpsConductor Execution", "version": "1",
+                 "description": "Read-only view of executions, steps and events."},
+        "paths": {
+            "/executions": {"get": {"summary": "Executions, newest first", "parameters": [
+                query("status", text="an execution status"), query("tenant"), query("actor"),
+                query("asset", text="an asset id"),
+                query("since", text="ISO 8601: submitted at or after"),
+                query("until", text="ISO 8601: submitted before"),
+                query("limit", "integer"), query("cursor", text="next_cursor of a page")],
+                "responses": ok("items and next_cursor")}},
+            "/executions/{id}": {"get": {"summary": "One execution with its steps",
+                                         "parameters": [ident],
+                                         "responses": ok("the execution")}},
+            "/executions/{id}/steps/{step}/output": {"get": {
+                "summary": "A step's output (latest attempt; live chunks while it runs)",
+                "parameters": [ident, {"name": "step", "in": "path", "required": True,
+                                       "schema": {"type": "string"}}],
+                "responses": ok("streams")}},
+            "/executions/{id}/events": {"get": {
+                "summary": "Events as Server-Sent Events until the execution has ended",
+                "parameters": [ident, query("after", "integer", "only events after this id"),
+                               {"name": "Last-Event-ID", "in": "header", "required": False,
+                                "schema": {"type": "string"}}],
+                "responses": ok("event stream", "text/event-stream")}},
+            "/metrics": {"get": {"summary": "Prometheus metrics",
+                                 "responses": ok("exposition", "text/plain")}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": ok("ok")}},
+            "/readyz": {"get": {"summary": "Readiness: Postgres and Temporal answer",
+                                "responses": ok("ready"), }},
+        }}
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def sse(event: dict[str, Any]) -> str:
+    """One event in the text/event-stream format (data on one line: JSON has no newlines)."""
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+
+def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Starlette:
+    """The app over `client` (an ExecutionClient); `/metrics` renders `registry`."""
+    hub = EventHub(client.pool)
+
+    async def executions(request: Request) -> Response:
+        q = request.query_params
+        try:
+            items, cursor = await client.page(
+                status=q.get("status"), tenant=q.get("tenant"), actor=q.get("actor"),
+                asset=q.get("asset"), since=_time(q.get("since")), until=_time(q.get("until")),
+                limit=int(q.get("limit", "50")), cursor=q.get("cursor"))
+        except ValueError as err:
+            return _problem(400, str(err))
+        return JSONResponse({"items": items, "next_cursor": cursor})
+
+    async def execution(request: Request) -> Response:
+        from opsconductor.starter.client import ExecutionNotFound
+
+        try:
+            view = await client.status(request.path_params["id"])
+        except ExecutionNotFound as err:
+            return _problem(404, str(err))
+        return JSONResponse(json.loads(json.dumps(view, default=str)))
+
+    async def step_output(request: Request) -> Response:
+        from opsconductor.starter.client import ExecutionNotFound
+
+        try:
+            execution_id, _ = await client.resolve_ids(request.path_params["id"])
+        except ExecutionNotFound as err:
+            return _problem(404, str(err))
+        step_id = request.path_params["step"]
+        rows = await read_streams(client.pool, execution_id, step_id)
+        if not rows and await client.pool.fetchval(
+                "SELECT 1 FROM execution.execution_steps WHERE execution_id = $1 "
+                "AND step_id = $2", uuid.UUID(execution_id), step_id) is None:
+            return _problem(404, f"execution {execution_id} has no step {step_id!r}")
+        return JSONResponse({"execution_id": execution_id, "step_id": step_id, "streams": [
+            {"attempt": r.attempt, "stream": r.stream, "text": escape_bytes(r.data),
+             "final": r.final, "truncated": r.truncated} for r in rows]})
+
+    async def events(request: Request) -> Response:
+        from opsconductor.starter.client import ExecutionNotFound
+
+        try:
+            execution_id, _ = await client.resolve_ids(request.path_params["id"])
+            after = int(request.headers.get("last-event-id")
+                        or request.query_params.get("after", "0"))
+        except ExecutionNotFound as err:
+            return _problem(404, str(err))
+        except ValueError:
+            return _problem(400, "Last-Event-ID and after must be event ids (integers)")
+
+        async def stream() -> AsyncIterator[str]:
+            source = hub.follow(execution_id, after).__aiter__()
+            pending: asyncio.Future[dict[str, Any]] | None = None
+            try:
+                while True:
+                    pending = pending or asyncio.ensure_future(source.__anext__())
+                    done, _ = await asyncio.wait({pending}, timeout=SSE_KEEPALIVE_SECONDS)
+                    if not done:
+                        yield ": keep-alive\n\n"
+                        continue
+                    try:
+                        event = pending.result()
+                    except StopAsyncIteration:
+                        yield "event: end\ndata: {}\n\n"
+                        return
+                    pending = None
+                    yield sse(event)
+            finally:
+                if pending is not None:
+                    pending.cancel()
+                await source.aclose()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(registry) if registry is not None else b"",
+                        media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(_request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        try:
+            await asyncio.wait_for(client.pool.fetchval("SELECT 1"), 5)
+            checks["postgres"] = {"ok": True}
+        except Exception as err:  # whatever the failure, the service is not ready
+            checks["postgres"] = {"ok": False, "detail": str(err)}
+        try:
+            await asyncio.wait_for(client.temporal.service_client.check_health(), 5)
+            checks["temporal"] = {"ok": True}
+        except Exception as err:
+            checks["temporal"] = {"ok": False, "detail": str(err)}
+        ready = all(c["ok"] for c in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    async def spec(_request: Request) -> Response:
+        return JSONResponse(openapi())
+
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await hub.close()
+
+    return Starlette(routes=[
+        Route("/executions", executions), Route("/executions/{id}", execution),
+        Route("/executions/{id}/steps/{step}/output", step_output),
+        Route("/executions/{id}/events", events), Route("/metrics", metrics),
+        Route("/healthz", healthz), Route("/readyz", readyz), Route("/openapi.json", spec),
+    ], lifespan=contextlib.asynccontextmanager(lifespan))

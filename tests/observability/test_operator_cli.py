@@ -1,0 +1,85 @@
+"""Operator commands over the mirror: `stats`, `history ASSET`, `list` filters with a cursor,
+run as the real `opsconductor` binary against the test session's servers."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import assert_eventually, request, shell, step
+from tests.integration.helpers import opsc_env, run_cli
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture
+def env(engine: Any, temporal_server: Any, pg_url: str, tmp_path: Path) -> dict[str, str]:
+    return opsc_env(temporal_address=temporal_server.address, database_url=pg_url,
+                    task_queue=engine.settings.task_queue, home=tmp_path / "home")
+
+
+async def test_stats_history_and_list_filters(engine: Any, env: dict[str, str]) -> None:
+    tenant = f"stats-{uuid.uuid4().hex[:6]}"
+    ok = [await engine.execute(request([shell("a", "echo ok", target="localhost"),
+                                        step("b", deps=["a"])], tenant=tenant), wait=True)
+          for _ in range(3)]
+    bad = await engine.execute(request([shell("a", "exit 4", target="localhost")],
+                                       tenant=tenant, actor="carol",
+                                       timeouts={"max_attempts": 1}), wait=True)
+    assert bad.result.status.value == "failed"
+
+    got = await run_cli(env, "stats", "--since", "1h", "--tenant", tenant, "--json")
+    assert got.code == 0, got
+    s = got.json
+    assert (s["submitted"], s["ended"], s["completed"], s["failed"]) == (4, 4, 3, 1)
+    assert s["success_rate"] == 0.75 and s["sla_compliance"] == 1.0
+    shell_row = next(r for r in s["by_tool"] if r["tool"] == "shell")
+    assert shell_row["steps"] == 4 and shell_row["failed"] == 1
+    assert shell_row["p50"] is not None and shell_row["p99"] >= shell_row["p50"]
+    assert sum(r["ended"] for r in s["by_sla_class"]) == 4
+    assert s["waits_seconds"]["queue_p50"] >= 0
+    assert s["top_failing_tools"] == [{"kind": "tool", "name": "shell", "failures": 1}]
+    text = await run_cli(env, "stats", "--since", "1h", "--tenant", tenant)
+    assert text.code == 0 and "success rate 75.0%" in text.stdout, text
+    assert (await run_cli(env, "stats", "--since", "yesterday")).code == 2
+
+    hist = await run_cli(env, "history", "localhost", "--json", "--limit", "500")
+    assert hist.code == 0, hist
+    mine = [r for r in hist.json if r["tenant"] == tenant]
+    assert {r["execution_id"] for r in mine} == {r.execution_id for r in [*ok, bad]}
+
+    first = await run_cli(env, "list", "--json", "--tenant", tenant, "--limit", "3")
+    assert first.code == 0 and len(first.json) == 3, first
+    cursor = first.stderr.split("--cursor ", 1)[1].split()[0]
+    second = await run_cli(env, "list", "--json", "--tenant", tenant, "--cursor", cursor)
+    assert [r["execution_id"] for r in second.json] == [ok[0].execution_id]
+    by_actor = await run_cli(env, "list", "--json", "--tenant", tenant, "--actor", "carol",
+                             "--status", "failed")
+    assert [r["execution_id"] for r in by_actor.json] == [bad.execution_id]
+    refused = await run_cli(env, "list", "--status", "finished")
+    assert refused.code == 2, refused
+
+
+async def test_health_reports_executions_without_progress(engine: Any,
+                                                          env: dict[str, str]) -> None:
+    resp = await engine.execute(request([shell("quiet", "sleep 4")]), wait=False)
+    quiet_env = {**env, "OPSC_STALL_SECONDS": "1"}
+
+    async def stalled() -> Any:
+        cli = await run_cli(quiet_env, "health", "--json")
+        assert cli.code == 0, cli  # reported, not an exit status
+        progress = cli.json["progress"]
+        assert not progress["ok"], progress
+        assert resp.execution_id in [s["execution_id"] for s in progress["stalled"]], progress
+        return progress
+
+    found = await assert_eventually(stalled, what="the quiet execution to be reported",
+                                    timeout=15)
+    assert "without progress for over 1s" in found["detail"]
+    await engine.result(resp.execution_id)
+    done = await run_cli(quiet_env, "health", "--json")
+    assert resp.execution_id not in [s["execution_id"]
+                                     for s in done.json["progress"].get("stalled", [])]
