@@ -25,7 +25,8 @@ from opsconductor.schema.validation import RequestValidationError, validate_requ
 
 # Set by the client or the workflow, not by the envelope: never compared.
 NOT_SIGNED = frozenset({"execution_id", "workflow_id", "idempotency_key",
-                        "previous_execution_id", "submitted_at", "submission", "max_parallel"})
+                        "previous_execution_id", "submitted_at", "submission", "max_parallel",
+                        "carried"})
 
 
 async def spec_mismatch(spec: ExecutionSpec, settings: Settings | None) -> str | None:

@@ -81,6 +81,17 @@ class StepSpec(BaseModel):
         return f"{self.id}: {self.description}" if self.description else self.id
 
 
+class CarriedStep(BaseModel):
+    """A step an earlier run of this plan completed: a `dlq requeue --from-failed` run takes
+    its result over instead of running it again."""
+
+    step_id: str
+    from_execution_id: str
+    exit_code: int | None = None
+    output: Any = None
+    completed_at: datetime | None = None
+
+
 class ExecutionSpec(BaseModel):
     """The workflow's single input."""
 
@@ -107,6 +118,7 @@ class ExecutionSpec(BaseModel):
     previous_execution_id: str | None = None
     submitted_at: datetime | None = None
     submission: SubmissionProof | None = None  # the signed envelope, when it was signed
+    carried: list[CarriedStep] = Field(default_factory=list)  # resumed: results taken over
     request: dict[str, Any] = Field(default_factory=dict)  # as submitted: for DLQ requeue
 
     @property

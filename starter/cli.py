@@ -323,7 +323,7 @@ async def cmd_sign(args: argparse.Namespace) -> int:
 
 async def cmd_pending(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
-        rows = await client.pending(args.approver)
+        rows = await client.pending(args.approver, tenant=args.tenant)
         _out(args, rows, lambda: lines(
             f"{r['execution_id']}  gate={r['gate']:<20} needs {r['missing']}  "
             f"requested by {r['actor']}  expires {r['expires_at']}  {r['title']}"
@@ -481,10 +481,22 @@ async def cmd_dlq_list(args: argparse.Namespace) -> int:
     from opsconductor.starter.dlq import list_dlq
 
     async def go(client: Any) -> int:
-        rows = await list_dlq(client, include_all=args.all)
+        rows = await list_dlq(client, include_all=args.all, tenant=args.tenant)
         _out(args, rows, lambda: lines(
             f"{r['id']:>5}  {r['status']:<9} {r['execution_id']}  {r['step_id'] or '-':<24} "
             f"{r['reason'][:80]}" for r in rows) or "the DLQ is empty")
+        return EXIT_OK
+
+    return await _with_client(args, go)
+
+
+async def cmd_dlq_discard(args: argparse.Namespace) -> int:
+    from opsconductor.starter.dlq import discard
+
+    async def go(client: Any) -> int:
+        closed = await discard(client, args.id, args.actor)
+        _out(args, {"discarded": closed}, f"discarded {closed} entr"
+                                          f"{'y' if closed == 1 else 'ies'}")
         return EXIT_OK
 
     return await _with_client(args, go)
@@ -494,7 +506,7 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     from opsconductor.starter.dlq import requeue
 
     async def go(client: Any) -> int:
-        resp = await requeue(client, args.id, args.actor)
+        resp = await requeue(client, args.id, args.actor, from_failed=args.from_failed)
         _out(args, resp, f"requeued as execution {resp.execution_id} "
                          f"(workflow {resp.workflow_id})")
         return EXIT_OK
@@ -648,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--key", help="SSH private key, or a .pub whose key is in the ssh-agent")
     pe = add("pending", cmd_pending, "executions waiting for a decision")
     pe.add_argument("--approver", help="only those this approver may decide")
+    pe.add_argument("--tenant")
     wa = add("watch", cmd_watch, "follow an execution until it ends")
     wa.add_argument("id")
     st = add("stats", cmd_stats, "success rate, percentiles, SLA compliance, waits, failures")
@@ -691,12 +704,21 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list", help="list DLQ entries")
     dl.add_argument("--json", action="store_true")
     dl.add_argument("--all", action="store_true", help="include requeued and discarded")
+    dl.add_argument("--tenant")
     dl.set_defaults(fn=cmd_dlq_list)
     dr = dsub.add_parser("requeue", help="run a DLQ entry's execution again")
     dr.add_argument("id", type=int)
     dr.add_argument("--json", action="store_true")
     dr.add_argument("--actor", default=_default_actor())
+    dr.add_argument("--from-failed", action="store_true",
+                    help="resume at the failed step: completed steps are not run again, "
+                         "their results are taken over")
     dr.set_defaults(fn=cmd_dlq_requeue)
+    dd = dsub.add_parser("discard", help="close a DLQ entry without running it again")
+    dd.add_argument("id", type=int)
+    dd.add_argument("--json", action="store_true")
+    dd.add_argument("--actor", default=_default_actor())
+    dd.set_defaults(fn=cmd_dlq_discard)
 
     he = add("health", cmd_health, "check Temporal, Postgres and workers")
     he.add_argument("--worker", action="store_true",

@@ -64,7 +64,7 @@ from opsconductor.schema.messages import (
     WaitKind,
 )
 from opsconductor.schema.request import ExecutionRequest
-from opsconductor.schema.spec import ExecutionSpec, build_spec
+from opsconductor.schema.spec import CarriedStep, ExecutionSpec, build_spec
 from opsconductor.schema.submissions import SubmissionProof, canonical_request
 from opsconductor.schema.validation import Problem, RequestValidationError, validate_request
 from opsconductor.starter.telemetry import configured_tracer_provider, tracing_interceptors
@@ -190,17 +190,21 @@ class ExecutionClient:
         if refusal is not None:
             raise SubmissionRefused(refusal)
 
-    async def execute(self, raw: Any, *, wait: bool | None = None) -> ExecutionResponse:
+    async def execute(self, raw: Any, *, wait: bool | None = None,
+                      carried: list[CarriedStep] | None = None) -> ExecutionResponse:
         """Validate, authorize, claim and start (see the module's docstring); the submission
-        is one span, a child of the request's `trace_id` (a W3C traceparent or trace id)."""
+        is one span, a child of the request's `trace_id` (a W3C traceparent or trace id).
+        `carried`: steps an earlier, failed run of the same request completed (taken over only
+        when this run is the one linked to that run)."""
         tracer = self.tracer or trace.get_tracer(SCOPE)
         parent = trace_parent(raw.get("trace_id") if isinstance(raw, dict) else None)
         with tracer.start_as_current_span("opsc.execution", context=parent) as span:
-            response = await self._execute(raw, wait, span)
+            response = await self._execute(raw, wait, span, carried or [])
             span.set_attribute("opsc.status", response.status.value)
             return response
 
-    async def _execute(self, raw: Any, wait: bool | None, span: trace.Span) -> ExecutionResponse:
+    async def _execute(self, raw: Any, wait: bool | None, span: trace.Span,
+                       carried: list[CarriedStep]) -> ExecutionResponse:
         request, asset_ids = await self.prepare(raw)
         await self._authorize_submission(request, asset_ids)
         fingerprint = idempotency.request_fingerprint(
@@ -219,6 +223,10 @@ class ExecutionClient:
                           previous_execution_id=claim.previous_execution_id,
                           asset_ids=asset_ids,
                           submitted_at=claim.created_at or datetime.now(UTC))
+        linked = [c for c in carried if claim.is_new
+                  and c.from_execution_id == claim.previous_execution_id]
+        if linked:
+            spec = spec.model_copy(update={"carried": linked})
         if request.signature is not None and isinstance(raw, Mapping):
             # the worker verifies the actor's signature over exactly this envelope
             spec = spec.model_copy(update={"submission": SubmissionProof(
@@ -575,8 +583,9 @@ class ExecutionClient:
             principal=principal, comment=comment or "",
             key=key or self.settings.signing_key, registered=(await self.policy()).signers)
 
-    async def pending(self, approver: str | None = None) -> list[dict[str, Any]]:
-        """Executions waiting for a decision that `approver` may make."""
+    async def pending(self, approver: str | None = None,
+                      tenant: str | None = None) -> list[dict[str, Any]]:
+        """Executions (of `tenant`) waiting for a decision that `approver` may make."""
         rows = await self.pool.fetch(
             """
             SELECT e.execution_id::text, e.workflow_id, e.tenant, e.actor, e.environment,
@@ -584,8 +593,9 @@ class ExecutionClient:
                    a.expires_at, a.plan_hash, a.decisions
             FROM execution.approvals a JOIN execution.executions e USING (execution_id)
             WHERE a.state = 'pending' AND e.status = 'pending_approval'
+              AND ($1::text IS NULL OR e.tenant = $1)
             ORDER BY a.requested_at
-            """)
+            """, tenant)
         policy = await self.rbac_engine.policy(self.pool) if approver else None
         out = []
         for r in rows:

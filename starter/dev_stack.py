@@ -26,6 +26,7 @@ from pathlib import Path
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
+from opsconductor.starter.pids import pid_alive
 from opsconductor.starter.ports import free_port, port_open
 from opsconductor.starter.temporal_server import TemporalDevServer
 from opsconductor.starter.worker import run_worker
@@ -55,16 +56,6 @@ def _path_or_none(path: Path | None) -> str | None:
     return str(path.expanduser().resolve()) if path is not None else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class HomeLock:
     """An exclusive `flock` on `$OPSC_HOME/dev.lock`, which records the holder's pid."""
 
@@ -88,7 +79,7 @@ class HomeLock:
             raise StackAlreadyRunning(self.path.parent, self._recorded_pid()) from None
         # We hold it: any pid still written there belongs to a stack that died uncleanly.
         recorded = self._recorded_pid()
-        if recorded and recorded != os.getpid() and not _pid_alive(recorded):
+        if recorded and recorded != os.getpid() and not pid_alive(recorded):
             self.stale_pid = recorded
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -205,7 +196,7 @@ class DevStack:
         if self.temporal and self.temporal.proc and self.temporal.proc.poll() is not None:
             return (f"the Temporal dev server exited with code {self.temporal.proc.returncode}"
                     + (f"; see {self.temporal.log_file}" if self.temporal.log_file else ""))
-        if self.postgres and self.postgres_pid and not _pid_alive(self.postgres_pid):
+        if self.postgres and self.postgres_pid and not pid_alive(self.postgres_pid):
             return (f"PostgreSQL (pid {self.postgres_pid}) is gone; "
                     f"see {self.postgres.log}")
         if self.worker_task is not None and self.worker_task.done():

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from opsconductor.safety import rbac
+from opsconductor.schema.spec import CarriedStep
 from opsconductor.starter.client import (
     ExecutionClient,
     ExecutionNotFound,
@@ -20,17 +21,48 @@ from opsconductor.starter.client import (
 )
 
 
-async def list_dlq(client: ExecutionClient, include_all: bool = False) -> list[dict[str, Any]]:
+async def list_dlq(client: ExecutionClient, include_all: bool = False,
+                   tenant: str | None = None) -> list[dict[str, Any]]:
     rows = await client.pool.fetch(
         """
-        SELECT id, execution_id::text, workflow_id, step_id, reason, error_type, status,
-               created_at, requeued_at, requeued_by, requeued_execution_id::text
-        FROM execution.execution_dlq WHERE $1 OR status = 'open' ORDER BY id
-        """, include_all)
+        SELECT d.id, d.execution_id::text, d.workflow_id, e.tenant, d.step_id, d.reason,
+               d.error_type, d.status, d.created_at, d.requeued_at, d.requeued_by,
+               d.requeued_execution_id::text
+        FROM execution.execution_dlq d JOIN execution.executions e USING (execution_id)
+        WHERE ($1 OR d.status = 'open') AND ($2::text IS NULL OR e.tenant = $2) ORDER BY d.id
+        """, include_all, tenant)
     return [dict(r) for r in rows]
 
 
-async def requeue(client: ExecutionClient, entry_id: int, actor: str) -> ExecutionResponse:
+async def discard(client: ExecutionClient, entry_id: int, actor: str) -> int:
+    """Close an open entry (and the other open entries of its execution) without running it
+    again; the operator needs the `requeue` permission. Returns how many entries closed."""
+    row = await client.pool.fetchrow(
+        "SELECT d.status, d.execution_id, e.tenant, e.environment::text AS environment "
+        "FROM execution.execution_dlq d JOIN execution.executions e USING (execution_id) "
+        "WHERE d.id = $1", entry_id)
+    if row is None:
+        raise ExecutionNotFound(f"no DLQ entry {entry_id}")
+    if row["status"] != "open":
+        raise SubmissionRefused(f"DLQ entry {entry_id} is already {row['status']}")
+    decision = await rbac.check(client.pool, tenant=row["tenant"], actor=actor,
+                                action="requeue", environment=row["environment"],
+                                execution_id=str(row["execution_id"]))
+    if not decision.allowed:
+        raise SubmissionRefused(f"denied: {actor} may not discard DLQ entries of "
+                                f"{row['tenant']} in {row['environment']}: {decision.reason}")
+    closed = await client.pool.execute(
+        "UPDATE execution.execution_dlq SET status = 'discarded', requeued_at = now(), "
+        "requeued_by = $2 WHERE execution_id = $1 AND status = 'open'",
+        row["execution_id"], actor)
+    return int(closed.split()[-1])
+
+
+async def requeue(client: ExecutionClient, entry_id: int, actor: str, *,
+                  from_failed: bool = False) -> ExecutionResponse:
+    """Run the entry's plan again as a new run linked to the failed one; `from_failed`
+    resumes at the failed step: the steps the failed run completed are not run again, their
+    results are taken over."""
     row = await client.pool.fetchrow(
         "SELECT d.status, d.execution_id, e.spec FROM execution.execution_dlq d "
         "JOIN execution.executions e USING (execution_id) WHERE d.id = $1", entry_id)
@@ -46,7 +78,17 @@ async def requeue(client: ExecutionClient, entry_id: int, actor: str) -> Executi
     if not decision.allowed:
         raise SubmissionRefused(f"denied: {actor} may not requeue executions of "
                                 f"{spec['tenant']} in {spec['environment']}: {decision.reason}")
-    response = await client.execute(request, wait=False)
+    carried: list[CarriedStep] = []
+    if from_failed:
+        carried = [CarriedStep(step_id=r["step_id"], from_execution_id=str(row["execution_id"]),
+                               exit_code=r["exit_code"], completed_at=r["completed_at"],
+                               output=json.loads(r["output"]) if isinstance(r["output"], str)
+                               else r["output"])
+                   for r in await client.pool.fetch(
+                       "SELECT step_id, exit_code, output, completed_at"
+                       " FROM execution.execution_steps WHERE execution_id = $1"
+                       " AND status = 'completed'", row["execution_id"])]
+    response = await client.execute(request, wait=False, carried=carried)
     await client.pool.execute(
         "UPDATE execution.execution_dlq SET status = 'requeued', requeued_at = now(), "
         "requeued_by = $2, requeued_execution_id = $3 WHERE execution_id = $1 "

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from opsconductor.starter.pids import pid_alive
 from opsconductor.starter.ports import free_port, port_open
 
 PG_SYSTEM_USER = "opsc_postgres"
@@ -125,18 +126,12 @@ def _bin_dir() -> Path:
     return _wheel_dir() / "pginstall" / "bin"
 
 
-def _pid_alive(pid_file: Path) -> bool:
+def _pid_file_alive(pid_file: Path) -> bool:
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def collect_stale_data_dirs() -> list[Path]:
@@ -148,7 +143,7 @@ def collect_stale_data_dirs() -> list[Path]:
             origin = Path((d / ORIGIN_FILE).read_text().strip())
         except OSError:
             continue  # being created right now, or not ours to judge
-        if origin.exists() or _pid_alive(d / "data" / "postmaster.pid"):
+        if origin.exists() or _pid_file_alive(d / "data" / "postmaster.pid"):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
@@ -239,7 +234,7 @@ class EmbeddedPostgres:
     def server_pid(self) -> int | None:
         """The postmaster's pid while it runs (its first line of postmaster.pid)."""
         pid_file = self.data / "postmaster.pid"
-        if not _pid_alive(pid_file):
+        if not _pid_file_alive(pid_file):
             return None
         return int(pid_file.read_text().split()[0])
 

@@ -207,7 +207,8 @@ class ExecutionWorkflow:
 
     async def _finish(self) -> None:
         """The final status, the steps' final rows, dead letters and the result, in one batch.
-        Steps that never started (a rejected, expired or failed-to-lock run) end skipped."""
+        Steps that never started (a rejected, expired or failed-to-lock run) end skipped. A
+        partial run dead-letters the steps that failed (they may need running again)."""
         state = self.state
         final = state.final_status or ExecutionStatus.FAILED
         if state.approval_state is ApprovalState.PENDING:
@@ -218,7 +219,7 @@ class ExecutionWorkflow:
         state.completed_at = workflow.now()
         result = self._result()
         dead: list[DeadLetter] = []
-        if final in (ExecutionStatus.FAILED, ExecutionStatus.TIMEOUT):
+        if final in (ExecutionStatus.FAILED, ExecutionStatus.TIMEOUT, ExecutionStatus.PARTIAL):
             dead = [DeadLetter(step_id=s.spec.id, reason=s.error or s.status.value,
                                error_type=s.result.error_type if s.result else None)
                     for s in state.steps.values() if s.status in FAILED_STEP]

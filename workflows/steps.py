@@ -24,7 +24,7 @@ from opsconductor.schema.messages import (
     TimeoutPolicy,
     WaitKind,
 )
-from opsconductor.schema.spec import ExecutionSpec, StepSpec
+from opsconductor.schema.spec import CarriedStep, ExecutionSpec, StepSpec
 from opsconductor.workflows.approvals import rule_for_point
 from opsconductor.workflows.gates import Gates
 from opsconductor.workflows.leases import Leases
@@ -129,6 +129,10 @@ class StepRunner:
     async def run_one(self, step: StepSpec) -> None:
         """One step: its approval point if any, then the activity, then any resolution."""
         state = self.state.steps[step.id]
+        carried = next((c for c in self.spec.carried if c.step_id == step.id), None)
+        if carried is not None:
+            self.carry_over(state, carried)
+            return
         point = next((p for p in self.spec.approval_points if p.step_id == step.id), None)
         if point is not None:
             self.state.set_step_status(state, StepStatus.WAITING,
@@ -153,6 +157,15 @@ class StepRunner:
                 self.state.set_step_status(state, StepStatus.FAILED, "failed by operator")
                 self.after_failure(step)
             return
+
+    def carry_over(self, state: StepState, carried: CarriedStep) -> None:
+        """A step the earlier run completed: its result is taken over, nothing runs."""
+        where = f"completed in execution {carried.from_execution_id}"
+        self.state.set_step_status(state, StepStatus.RUNNING, f"{where}: taking its result over")
+        state.result = StepResult(step_id=state.spec.id, status=StepStatus.COMPLETED,
+                                  attempts=0, exit_code=carried.exit_code,
+                                  output=carried.output, completed_at=carried.completed_at)
+        self.state.set_step_status(state, StepStatus.COMPLETED, f"{where}; not run again")
 
     async def execute(self, step: StepSpec, override: bool) -> StepEnd:
         state = self.state.steps[step.id]

@@ -18,6 +18,7 @@ from opsconductor.safety.idempotency import request_fingerprint, workflow_id_for
 from opsconductor.schema.validation import validate_request
 from opsconductor.starter.binaries import temporal_cli
 from opsconductor.starter.ports import free_port
+from tests.helpers import events
 from tests.integration.helpers import (
     OPSCONDUCTOR,
     execution_row,
@@ -439,3 +440,32 @@ async def test_temporal_down_is_exit_4(env: dict[str, str], tmp_path: Path) -> N
     assert cli.code == 4, cli
     assert cli.json["exit_code"] == 4
 
+
+
+async def test_dlq_requeue_from_failed_resumes_at_the_failed_step(
+        engine: Any, env: dict[str, str], tenant: str, tmp_path: Path) -> None:
+    """The completed step is not run again (its result is taken over); the failed one and
+    the rest run."""
+    count, flag = tmp_path / "count", tmp_path / "flag"
+    req = request([shell("first", f"echo run >> {count}", idempotent=True),
+                   shell("second", f"test -e {flag}", ["first"], idempotent=True),
+                   shell("third", "echo third", ["second"], idempotent=True)], tenant=tenant)
+    failed = await run_cli(env, "run", write(tmp_path, "req.json", req), "--json", "--wait")
+    assert failed.code == 1 and failed.json["result"]["status"] == "failed", failed
+    old = failed.json["execution_id"]
+    listed = await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)
+    (entry,) = [e for e in listed.json if e["execution_id"] == old]
+    assert entry["step_id"] == "second"
+
+    flag.touch()
+    requeued = await run_cli(env, "dlq", "requeue", str(entry["id"]), "--from-failed",
+                             "--actor", "alice", "--json")
+    assert requeued.code == 0, requeued
+    view = await final_status(engine, requeued.json["execution_id"])
+    assert view["status"] == "completed", view
+    steps = {s["id"]: s for s in view["steps"]}
+    assert steps["first"]["status"] == "completed" and steps["first"]["attempts"] == 0
+    assert count.read_text().splitlines() == ["run"]  # not run a second time
+    carried = [e for e in await events(engine.pool, requeued.json["execution_id"])
+               if e["step_id"] == "first" and "not run again" in (e["message"] or "")]
+    assert carried and old in carried[0]["message"]

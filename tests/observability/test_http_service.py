@@ -102,3 +102,35 @@ async def test_read_endpoints(api: httpx.AsyncClient, engine: Any) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
     spec = (await api.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/executions/{id}/events" in spec["paths"]
+
+
+async def test_serve_command_answers_over_http(engine: Any, temporal_server: Any, pg_url: str,
+                                               tmp_path: Any) -> None:
+    from opsconductor.starter.ports import free_port
+    from tests.integration.helpers import OPSCONDUCTOR, opsc_env
+
+    port = free_port("127.0.0.1")
+    env = opsc_env(temporal_address=temporal_server.address, database_url=pg_url,
+                   task_queue=engine.settings.task_queue, home=tmp_path / "home")
+    proc = await asyncio.create_subprocess_exec(
+        OPSCONDUCTOR, "serve", "--port", str(port), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            async def ready() -> Any:
+                try:
+                    resp = await http.get("/readyz")
+                except httpx.TransportError:
+                    return None
+                return resp if resp.status_code == 200 else None
+
+            assert (await wait_for(ready, what="`opsconductor serve` to be ready")).json()[
+                "ready"] is True
+            metrics = (await http.get("/metrics")).text
+            assert "opsc_dlq_depth" in metrics  # the mirror's gauges, read at start
+            listed = (await http.get("/executions", params={"limit": 1})).json()
+            assert len(listed["items"]) == 1
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)

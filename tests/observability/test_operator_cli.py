@@ -83,3 +83,65 @@ async def test_health_reports_executions_without_progress(engine: Any,
     done = await run_cli(quiet_env, "health", "--json")
     assert resp.execution_id not in [s["execution_id"]
                                      for s in done.json["progress"].get("stalled", [])]
+
+
+async def test_tenant_filters_and_dlq_discard(engine: Any, env: dict[str, str]) -> None:
+    tenant = f"dlq-{uuid.uuid4().hex[:6]}"
+    failed = await engine.execute(request([shell("a", "exit 5")], tenant=tenant,
+                                          timeouts={"max_attempts": 1}), wait=True)
+    waiting = await engine.execute(request([step("a")], tenant=tenant, approval_level=1,
+                                           environment="staging"), wait=False)
+    listed = await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)
+    assert listed.code == 0, listed
+    (entry,) = listed.json
+    assert entry["execution_id"] == failed.execution_id and entry["tenant"] == tenant
+    assert (await run_cli(env, "dlq", "list", "--json", "--tenant", f"{tenant}-x")).json == []
+
+    async def pending_listed() -> Any:
+        got = await run_cli(env, "pending", "--json", "--tenant", tenant)
+        assert [r["execution_id"] for r in got.json] == [waiting.execution_id], got
+        return got
+
+    await assert_eventually(pending_listed, what="the waiting execution", timeout=20)
+    assert (await run_cli(env, "pending", "--json", "--tenant", f"{tenant}-x")).json == []
+
+    gone = await run_cli(env, "dlq", "discard", str(entry["id"]), "--actor", "bob", "--json")
+    assert gone.code == 0 and gone.json == {"discarded": 1}, gone
+    assert (await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)).json == []
+    every = (await run_cli(env, "dlq", "list", "--all", "--json", "--tenant", tenant)).json
+    assert [(e["status"], e["requeued_by"]) for e in every] == [("discarded", "bob")]
+    again = await run_cli(env, "dlq", "discard", str(entry["id"]), "--actor", "bob")
+    assert again.code == 1, again
+    assert (await run_cli(env, "dlq", "discard", "999999999")).code == 3
+    assert (await engine.cancel(waiting.execution_id, "alice", "test done")).accepted
+
+
+async def test_dead_letters_close_when_a_later_run_of_the_plan_succeeds(
+        engine: Any, env: dict[str, str], tmp_path: Path) -> None:
+    tenant = f"heal-{uuid.uuid4().hex[:6]}"
+    ready = tmp_path / "ready"
+    req = request([shell("a", f"test -e {ready}")], tenant=tenant, unique=False,
+                  timeouts={"max_attempts": 1})
+    first = await engine.execute(req, wait=True)
+    assert first.result.status.value == "failed"
+    (entry,) = (await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)).json
+    ready.touch()
+    second = await engine.execute(req, wait=True)
+    assert second.execution_id != first.execution_id
+    assert second.result.status.value == "completed"
+    assert (await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)).json == []
+    (closed,) = (await run_cli(env, "dlq", "list", "--all", "--json", "--tenant",
+                               tenant)).json
+    assert closed["id"] == entry["id"] and closed["status"] == "resolved"
+    assert closed["requeued_execution_id"] == second.execution_id
+
+
+async def test_partial_run_dead_letters_its_failed_steps(engine: Any,
+                                                         env: dict[str, str]) -> None:
+    tenant = f"partial-{uuid.uuid4().hex[:6]}"
+    resp = await engine.execute(request(
+        [shell("a", "echo fine"), shell("b", "exit 6", failure_handling="continue")],
+        tenant=tenant, timeouts={"max_attempts": 1}), wait=True)
+    assert resp.result.status.value == "partial"
+    listed = (await run_cli(env, "dlq", "list", "--json", "--tenant", tenant)).json
+    assert [(e["execution_id"], e["step_id"]) for e in listed] == [(resp.execution_id, "b")]
