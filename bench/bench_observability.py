@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -119,59 +118,47 @@ async def main(events: int, size: int, rounds: int) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from stack import bench_stack  # bench/stack.py: the servers every benchmark runs on
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
 
-    from opsconductor.activities import db
     from opsconductor.schema.config import Settings
-    from opsconductor.schema.migrate import migrate
     from opsconductor.starter.client import ExecutionClient
-    from opsconductor.starter.embedded_postgres import EmbeddedPostgres
     from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
-    from opsconductor.starter.temporal_server import TemporalDevServer
     from opsconductor.starter.worker import build_worker
 
-    with tempfile.TemporaryDirectory(prefix="opsc-bench-obs-") as tmp:
-        temporal = TemporalDevServer(headless=True)
-        postgres = EmbeddedPostgres(Path(tmp) / "pg")
-        temporal.start()
-        url = postgres.start()
-        try:
-            await migrate(url)
-            pool = await db.create_pool(url, min_size=4, max_size=20)
-            plain = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
-            spans = InMemorySpanExporter()
-            provider = TracerProvider()
-            provider.add_span_processor(BatchSpanProcessor(spans))
-            telemetry = Telemetry.create(tracer_provider=provider)
-            traced = await Client.connect(temporal.address,
-                                          data_converter=pydantic_data_converter,
-                                          runtime=telemetry.runtime,
-                                          interceptors=tracing_interceptors(provider))
-            off_settings = Settings(home=Path(tmp), task_queue="bench-off",
-                                    temporal_address=temporal.address, database_url=url)
-            on_settings = off_settings.model_copy(update={"task_queue": "bench-on"})
-            off = ExecutionClient(temporal=plain, pool=pool, settings=off_settings)
-            on = ExecutionClient(temporal=traced, pool=pool, settings=on_settings,
-                                 tracer=provider.get_tracer("bench"))
-            off_worker = build_worker(plain, "bench-off", pool=pool, settings=off_settings)
-            on_worker = build_worker(traced, "bench-on", pool=pool, settings=on_settings,
-                                     telemetry=telemetry)
-            async with telemetry.running(), off_worker, on_worker:
-                lat_listen, lat_poll = await event_latency(off, events)
-                await burst(off, 10)  # warm up both paths
-                await burst(on, 10)
-                tput_off, tput_on = [], []
-                for _ in range(rounds):
-                    tput_off.append(await burst(off, size))
-                    tput_on.append(await burst(on, size))
-                exported = len(spans.get_finished_spans())
-                scraped = telemetry.render().count("\nopsc_")
-            await pool.close()
-            provider.shutdown()
-        finally:
-            temporal.stop()
-            postgres.stop()
+    async with bench_stack("opsc-bench-obs-") as stack:
+        pool, tmp = stack.pool, stack.home
+        plain = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+        spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(spans))
+        telemetry = Telemetry.create(tracer_provider=provider)
+        traced = await Client.connect(stack.temporal_address,
+                                      data_converter=pydantic_data_converter,
+                                      runtime=telemetry.runtime,
+                                      interceptors=tracing_interceptors(provider))
+        off_settings = Settings(home=Path(tmp), task_queue="bench-off",
+                                temporal_address=stack.temporal_address,
+                                database_url=stack.database_url)
+        on_settings = off_settings.model_copy(update={"task_queue": "bench-on"})
+        off = ExecutionClient(temporal=plain, pool=pool, settings=off_settings)
+        on = ExecutionClient(temporal=traced, pool=pool, settings=on_settings,
+                             tracer=provider.get_tracer("bench"))
+        off_worker = build_worker(plain, "bench-off", pool=pool, settings=off_settings)
+        on_worker = build_worker(traced, "bench-on", pool=pool, settings=on_settings,
+                                 telemetry=telemetry)
+        async with telemetry.running(), off_worker, on_worker:
+            lat_listen, lat_poll = await event_latency(off, events)
+            await burst(off, 10)  # warm up both paths
+            await burst(on, 10)
+            tput_off, tput_on = [], []
+            for _ in range(rounds):
+                tput_off.append(await burst(off, size))
+                tput_on.append(await burst(on, size))
+            exported = len(spans.get_finished_spans())
+            scraped = telemetry.render().count("\nopsc_")
+        provider.shutdown()
 
     print(f"event-to-follower latency over {events} events (INSERT sent -> delivered)")
     print(f"  LISTEN/NOTIFY follower : p50 {pct(lat_listen, 0.5) * 1000:7.1f} ms   "

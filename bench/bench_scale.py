@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from stack import bench_stack  # bench/stack.py: the servers every benchmark runs on
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -105,66 +105,52 @@ async def run_plan(engine: Any, client: Client, steps: list[dict[str, Any]],
 
 
 async def main(steps: int, parallel: int, targets: int, concurrency: int) -> None:
-    from opsconductor.activities import db
     from opsconductor.schema.config import Settings
-    from opsconductor.schema.migrate import migrate
     from opsconductor.starter.client import ExecutionClient
-    from opsconductor.starter.embedded_postgres import EmbeddedPostgres
-    from opsconductor.starter.temporal_server import TemporalDevServer
     from opsconductor.starter.worker import build_worker
 
     rows: list[tuple[str, int, float, int, int]] = []
-    with tempfile.TemporaryDirectory(prefix="opsc-bench-") as tmp:
-        temporal = TemporalDevServer(headless=True)
-        postgres = EmbeddedPostgres(Path(tmp) / "pg")
-        temporal.start()
-        url = postgres.start()
-        try:
-            await migrate(url)
-            pool = await db.create_pool(url, min_size=4, max_size=20)
-            client = await Client.connect(temporal.address,
-                                          data_converter=pydantic_data_converter)
-            inventory = Path(tmp) / "inventory.json"
-            names = [f"node-{i:04d}" for i in range(targets)]
-            inventory.write_text(json.dumps({"assets": [
-                {"id": n, "hostname": f"{n}.bench", "connector": "local"} for n in names]}))
-            settings = Settings(home=Path(tmp), task_queue=TASK_QUEUE_OURS,
-                                temporal_address=temporal.address, database_url=url,
-                                inventory=inventory)
-            engine = ExecutionClient(temporal=client, pool=pool, settings=settings)
-            bare_worker = Worker(client, task_queue=TASK_QUEUE_BARE,
-                                 workflows=[BareManyActivities, BareCommands],
-                                 activities=[bench_scale_noop, bench_scale_command],
-                                 max_concurrent_activities=max(100, concurrency))
-            ours_worker = build_worker(client, TASK_QUEUE_OURS, pool=pool, settings=settings)
-            async with bare_worker, ours_worker:
-                await run_plan(engine, client, noop_steps(3), parallel)  # warm up
-                for label, shape in (("no-op", noop_steps(100)),
-                                     ("200 KB output", output_steps(20, 200 * 1024)),
-                                     ("10 MiB output", output_steps(20, 10 * 1024 * 1024))):
-                    secs, size, events = await run_plan(engine, client, shape, parallel)
-                    rows.append((label, len(shape), secs, size, events))
-                t = time.perf_counter()
-                await client.execute_workflow(BareManyActivities.run, [steps, parallel],
-                                              id=f"bare-{uuid.uuid4()}",
-                                              task_queue=TASK_QUEUE_BARE)
-                bare_secs = time.perf_counter() - t
-                ours_secs, ours_size, ours_events = await run_plan(
-                    engine, client, noop_steps(steps), parallel)
-                t = time.perf_counter()
-                await client.execute_workflow(BareCommands.run, [targets, concurrency],
-                                              id=f"bare-{uuid.uuid4()}",
-                                              task_queue=TASK_QUEUE_BARE)
-                bare_fleet = targets / (time.perf_counter() - t)
-                fleet = [{"id": "fleet", "tool": "shell", "description": "fleet",
-                          "inputs": {"command": "true"}, "targets": names,
-                          "max_concurrency": concurrency}]
-                fleet_secs, _, _ = await run_plan(engine, client, fleet, 1)
-                ours_fleet = targets / fleet_secs
-            await pool.close()
-        finally:
-            temporal.stop()
-            postgres.stop()
+    async with bench_stack() as stack:
+        pool, tmp = stack.pool, stack.home
+        client = await Client.connect(stack.temporal_address,
+                                      data_converter=pydantic_data_converter)
+        inventory = Path(tmp) / "inventory.json"
+        names = [f"node-{i:04d}" for i in range(targets)]
+        inventory.write_text(json.dumps({"assets": [
+            {"id": n, "hostname": f"{n}.bench", "connector": "local"} for n in names]}))
+        settings = Settings(home=Path(tmp), task_queue=TASK_QUEUE_OURS,
+                            temporal_address=stack.temporal_address,
+                            database_url=stack.database_url, inventory=inventory)
+        engine = ExecutionClient(temporal=client, pool=pool, settings=settings)
+        bare_worker = Worker(client, task_queue=TASK_QUEUE_BARE,
+                             workflows=[BareManyActivities, BareCommands],
+                             activities=[bench_scale_noop, bench_scale_command],
+                             max_concurrent_activities=max(100, concurrency))
+        ours_worker = build_worker(client, TASK_QUEUE_OURS, pool=pool, settings=settings)
+        async with bare_worker, ours_worker:
+            await run_plan(engine, client, noop_steps(3), parallel)  # warm up
+            for label, shape in (("no-op", noop_steps(100)),
+                                 ("200 KB output", output_steps(20, 200 * 1024)),
+                                 ("10 MiB output", output_steps(20, 10 * 1024 * 1024))):
+                secs, size, events = await run_plan(engine, client, shape, parallel)
+                rows.append((label, len(shape), secs, size, events))
+            t = time.perf_counter()
+            await client.execute_workflow(BareManyActivities.run, [steps, parallel],
+                                          id=f"bare-{uuid.uuid4()}",
+                                          task_queue=TASK_QUEUE_BARE)
+            bare_secs = time.perf_counter() - t
+            ours_secs, ours_size, ours_events = await run_plan(
+                engine, client, noop_steps(steps), parallel)
+            t = time.perf_counter()
+            await client.execute_workflow(BareCommands.run, [targets, concurrency],
+                                          id=f"bare-{uuid.uuid4()}",
+                                          task_queue=TASK_QUEUE_BARE)
+            bare_fleet = targets / (time.perf_counter() - t)
+            fleet = [{"id": "fleet", "tool": "shell", "description": "fleet",
+                      "inputs": {"command": "true"}, "targets": names,
+                      "max_concurrency": concurrency}]
+            fleet_secs, _, _ = await run_plan(engine, client, fleet, 1)
+            ours_fleet = targets / fleet_secs
 
     print("history bytes per step (outputs by reference)")
     for label, count, secs, size, events in rows:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
+from stack import bench_stack  # bench/stack.py: the servers every benchmark runs on
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -93,40 +92,28 @@ async def burst_ours(engine: object, n: int) -> float:
 
 
 async def main(runs: int, burst: int) -> None:
-    from opsconductor.activities import db
     from opsconductor.schema.config import Settings
-    from opsconductor.schema.migrate import migrate
     from opsconductor.starter.client import ExecutionClient
-    from opsconductor.starter.embedded_postgres import EmbeddedPostgres
-    from opsconductor.starter.temporal_server import TemporalDevServer
     from opsconductor.starter.worker import build_worker
 
-    with tempfile.TemporaryDirectory(prefix="opsc-bench-") as tmp:
-        temporal = TemporalDevServer(headless=True)
-        postgres = EmbeddedPostgres(Path(tmp) / "pg")
-        temporal.start()
-        url = postgres.start()
-        try:
-            await migrate(url)
-            pool = await db.create_pool(url, min_size=4, max_size=20)
-            client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
-            settings = Settings(home=Path(tmp), task_queue=TASK_QUEUE_OURS,
-                                temporal_address=temporal.address, database_url=url)
-            engine = ExecutionClient(temporal=client, pool=pool, settings=settings)
-            bare_worker = Worker(client, task_queue=TASK_QUEUE_BARE,
-                                 workflows=[BareThreeActivities], activities=[bench_noop])
-            ours_worker = build_worker(client, TASK_QUEUE_OURS, pool=pool, settings=settings)
-            async with bare_worker, ours_worker:
-                await time_bare(client, 3)  # warm up both paths
-                await time_ours(engine, 3)
-                bare_lat = statistics.median(await time_bare(client, runs))
-                ours_lat = statistics.median(await time_ours(engine, runs))
-                bare_tput = await burst_bare(client, burst)
-                ours_tput = await burst_ours(engine, burst)
-            await pool.close()
-        finally:
-            temporal.stop()
-            postgres.stop()
+    async with bench_stack() as stack:
+        pool = stack.pool
+        client = await Client.connect(stack.temporal_address,
+                                      data_converter=pydantic_data_converter)
+        settings = Settings(home=stack.home, task_queue=TASK_QUEUE_OURS,
+                            temporal_address=stack.temporal_address,
+                            database_url=stack.database_url)
+        engine = ExecutionClient(temporal=client, pool=pool, settings=settings)
+        bare_worker = Worker(client, task_queue=TASK_QUEUE_BARE,
+                             workflows=[BareThreeActivities], activities=[bench_noop])
+        ours_worker = build_worker(client, TASK_QUEUE_OURS, pool=pool, settings=settings)
+        async with bare_worker, ours_worker:
+            await time_bare(client, 3)  # warm up both paths
+            await time_ours(engine, 3)
+            bare_lat = statistics.median(await time_bare(client, runs))
+            ours_lat = statistics.median(await time_ours(engine, runs))
+            bare_tput = await burst_bare(client, burst)
+            ours_tput = await burst_ours(engine, burst)
 
     print(f"latency p50 over {runs} runs (one at a time)")
     print(f"  bare Temporal, 3 no-op activities : {bare_lat * 1000:7.1f} ms")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any, TypeVar
 
 from opsconductor.activities.assets import resolve_credentials, resolve_secret_refs, secret_failure
 from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text, require_asset
@@ -26,6 +27,7 @@ from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.errors import ErrorType
 
 HEARTBEAT_INTERVAL = 1.0
+T = TypeVar("T")
 
 
 def _connection_type(asset: Asset) -> str:
@@ -39,6 +41,22 @@ def _base_url(asset: Asset, settings: Settings | None) -> str | None:
         return asset.automation.base_url
     return (settings or load_settings()).automation_service_url or None
 
+
+
+async def heartbeating(call: asyncio.Future[T], ctx: StepContext, details: dict[str, Any]) -> T:
+    """Await a service call, heartbeating meanwhile (so a cancel reaches the step); a cancel
+    stops the call before it propagates."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=HEARTBEAT_INTERVAL)
+            if done:
+                return call.result()
+            ctx.heartbeat(details)
+    except asyncio.CancelledError:
+        call.cancel()
+        with contextlib.suppress(BaseException):
+            await call
+        raise
 
 class AutomationCommandRunner:
     """CommandRunner for assets whose connector is `automation-service`."""
@@ -73,17 +91,8 @@ class AutomationCommandRunner:
             credentials=credentials, timeout=timeout, working_directory=cwd,
             environment_vars=env))
         try:
-            while True:
-                done, _ = await asyncio.wait({call}, timeout=HEARTBEAT_INTERVAL)
-                if done:
-                    break
-                ctx.heartbeat({"automation_service": base_url, "host": asset.host})
-            result: AutomationResult = call.result()
-        except asyncio.CancelledError:
-            call.cancel()
-            with contextlib.suppress(BaseException):
-                await call
-            raise
+            result: AutomationResult = await heartbeating(
+                call, ctx, {"automation_service": base_url, "host": asset.host})
         except AutomationServiceError as err:
             return StepOutcome(ok=False, error=f"automation service: {err}",
                                error_type=ErrorType.AUTOMATION_SERVICE_ERROR,

@@ -10,10 +10,10 @@ the service, not us, decides how to reach the host; nothing the planner wrote is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from opsconductor.activities.assets import resolve_credentials, secret_failure
+from opsconductor.activities.executors.automation import heartbeating
 from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text, require_asset
 from opsconductor.activities.service_clients import (
     AutomationResult,
@@ -25,7 +25,6 @@ from opsconductor.schema.assets import Asset
 from opsconductor.schema.config import load_settings
 from opsconductor.schema.errors import ErrorType
 
-HEARTBEAT_INTERVAL = 1.0
 OPTION_KEYS = ("use_ssl", "port", "domain", "wait", "interactive")
 
 
@@ -78,18 +77,9 @@ class PowerShellRunner:
             "POST", "/execute", json=body, retry_5xx=False, retry_transport=False,
             error=AutomationServiceError, timeout=timeout + 15))
         try:
-            while True:
-                done, _ = await asyncio.wait({call}, timeout=HEARTBEAT_INTERVAL)
-                if done:
-                    break
-                ctx.heartbeat({"automation_service": base_url, "host": asset.host})
-            resp = call.result()
+            resp = await heartbeating(call, ctx, {"automation_service": base_url,
+                                                  "host": asset.host})
             doc = resp.json()
-        except asyncio.CancelledError:
-            call.cancel()
-            with contextlib.suppress(BaseException):
-                await call
-            raise
         except AutomationServiceError as err:
             return StepOutcome(ok=False, error=f"automation service: {err}",
                                error_type=ErrorType.AUTOMATION_SERVICE_ERROR,

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.executors.conftest import SshServer, openssh_server, secret_env_name
+from tests.integration.helpers import opsc_env
 
 SSH_KEY_SECRET = "integration/ssh/key"
 SSH_ASSET = "ssh-int"
@@ -63,3 +64,13 @@ async def _close_integration_ssh_connections() -> AsyncIterator[None]:
     from opsconductor.activities.executors.ssh import close_connections
 
     await close_connections()
+
+
+@pytest.fixture
+def env(engine: Any, temporal_server: Any, migrated_pg: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of an `opsconductor` subprocess against the session's servers and the
+    session worker's task queue, with a fresh OPSC_HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return opsc_env(temporal_address=temporal_server.address, database_url=migrated_pg,
+                    task_queue="opsc-tests", home=home)

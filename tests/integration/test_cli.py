@@ -23,7 +23,6 @@ from tests.integration.helpers import (
     OPSCONDUCTOR,
     execution_row,
     kill_group,
-    opsc_env,
     poll,
     run_binary,
     run_cli,
@@ -34,14 +33,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 STATUS_KEYS = {"execution_id", "workflow_id", "status", "approval_state", "steps"}
 STEP_KEYS = {"id", "status", "attempts", "started_at", "completed_at"}
-
-
-@pytest.fixture
-def env(engine: Any, temporal_server: Any, migrated_pg: str, tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    return opsc_env(temporal_address=temporal_server.address, database_url=migrated_pg,
-                    task_queue="opsc-tests", home=home)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from opsconductor.schema.limits import MAX_DEPTH, MAX_METADATA_CHARS, MAX_STRING_CHARS
 from tests.helpers import request, shell, wait_for
-from tests.integration.helpers import OPSCONDUCTOR, opsc_env, run_cli
+from tests.integration.helpers import OPSCONDUCTOR, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LINE = "journal: web-01 nginx[4242]: GET /healthz 200 0.003s upstream=10.0.0.7:8080\n"
@@ -33,14 +33,6 @@ def lines_command(count: int, label: str = "") -> str:
 
 def lines_bytes(count: int, label: str = "") -> bytes:
     return "".join(f"{i} {label}{LINE.strip()}\n" for i in range(1, count + 1)).encode()
-
-
-@pytest.fixture
-def env(engine: Any, temporal_server: Any, migrated_pg: str, tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    return opsc_env(temporal_address=temporal_server.address, database_url=migrated_pg,
-                    task_queue="opsc-tests", home=home)
 
 
 async def history_bytes(engine: Any, workflow_id: str) -> int:

@@ -17,7 +17,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.helpers import request, shell, step, unique_queue, wait_for
-from tests.integration.helpers import OPSCONDUCTOR, Cli, opsc_env, run_cli
+from tests.integration.helpers import OPSCONDUCTOR, Cli, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,14 +25,6 @@ ESC = "\x1b"
 HOSTILE_TITLE = f"{ESC}[2J{ESC}[31mrestart{ESC}[0m\r\nforged: all clear"
 HOSTILE_DESCRIPTION = f"{ESC}]0;owned{chr(7)}check disk\rforged step"
 HOSTILE_COMMENT = f"no{ESC}[8m hidden\r\nforged: approved"
-
-
-@pytest.fixture
-def env(engine: Any, temporal_server: Any, migrated_pg: str, tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    return opsc_env(temporal_address=temporal_server.address, database_url=migrated_pg,
-                    task_queue="opsc-tests", home=home)
 
 
 @pytest.fixture
