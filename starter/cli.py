@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -771,7 +772,12 @@ def _drop_stdout() -> None:
 
 def console_main() -> None:
     """The console script. It leaves with os._exit: the Temporal client's native threads can
-    abort a normal interpreter shutdown, which would turn a good exit code into a crash."""
+    abort a normal interpreter shutdown, which would turn a good exit code into a crash.
+
+    Output is line-buffered whatever stdout is: `watch`, `events --follow`, `logs --follow`
+    and `dev` are read line by line through pipes and logs, as they happen."""
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     code = main()
     try:
         sys.stdout.flush()
