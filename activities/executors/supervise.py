@@ -31,6 +31,7 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class _Stop(Exception):
@@ -88,11 +89,14 @@ def _report(fd: int, line: str) -> None:
 
 
 def _on_signal(signum: int, frame: object) -> None:
+    # One stop is enough: a second signal (the death signal and a cancel together) must not
+    # interrupt the stopping itself and leave the command running.
+    _ignore_signals()
     raise _Stop(signum)
 
 
 def _ignore_signals() -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
@@ -101,26 +105,32 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _on_signal)
+    # Held back until the wait below: a death signal that arrives while the command starts
+    # must find the supervisor ready to stop it, never kill the supervisor half-way.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if os.getppid() != parent:  # the worker died before the death signal was armed
         return 125
     pid = os.fork()
     if pid == 0:
         try:
             os.setsid()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             os.close(report)
             os.execv(command[0], command)
         finally:
             os._exit(127)
-    _report(report, f"started {pid} {proc_start_ticks(pid) or 0}")
     try:
+        _report(report, f"started {pid} {proc_start_ticks(pid) or 0}")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one lands here
         while True:
             got, status = os.waitpid(pid, 0)
             if got == pid:
                 break
+        _ignore_signals()  # inside the try: a stop that lands now is still handled below
     except _Stop:
         _ignore_signals()
         _kill(pid, signal.SIGTERM)
