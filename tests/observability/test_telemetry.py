@@ -40,7 +40,8 @@ async def test_metrics_after_known_executions(observed: Observed) -> None:
         assert sample(got, "opsc_sla_outcomes_total", met="true") == 2
         return got
 
-    got = await assert_eventually(recorded, what="both executions recorded at /metrics")
+    got = await assert_eventually(recorded, what="both executions recorded at /metrics",
+                                  timeout=90)
     # steps: two completed, the failing one attempted twice (one retry), none left running
     assert sample(got, "opsc_step_duration_seconds_count", tool="shell",
                   outcome="completed") == 2
