@@ -155,3 +155,21 @@ async def _close_ssh_connections() -> AsyncIterator[None]:
     from opsconductor.activities.executors.ssh import close_connections
 
     await close_connections()
+
+
+@contextlib.contextmanager
+def keyed_sshd(d: Path, key_secret: str) -> Iterator[SshServer]:
+    """A key-only loopback sshd whose client key is the secret `key_secret` (an
+    OPSC_SECRET_<PATH> variable) while it runs: each test directory's own."""
+    with openssh_server(d, password_auth=False) as (port, log):
+        env_name = secret_env_name(key_secret)
+        os.environ[env_name] = (d / "client_key").read_text()
+        try:
+            yield SshServer(host="127.0.0.1", port=port, dir=d,
+                            user=pwd.getpwuid(os.geteuid()).pw_name,
+                            client_key=(d / "client_key").read_text(),
+                            known_hosts=d / "known_hosts",
+                            empty_known_hosts=d / "empty_known_hosts",
+                            password_user=None, password=None, log=log)
+        finally:
+            os.environ.pop(env_name, None)

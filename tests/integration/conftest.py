@@ -10,15 +10,13 @@ overwrites the executors' `OPSC_SECRET_TEST_SSH_KEY` in a session that runs both
 from __future__ import annotations
 
 import json
-import os
-import pwd
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.executors.conftest import SshServer, openssh_server, secret_env_name
+from tests.executors.conftest import SshServer, keyed_sshd
 from tests.integration.helpers import opsc_env
 
 SSH_KEY_SECRET = "integration/ssh/key"
@@ -27,19 +25,8 @@ SSH_ASSET = "ssh-int"
 
 @pytest.fixture(scope="session")
 def ssh_host(session_dir: Path) -> Iterator[SshServer]:
-    d = session_dir / "sshd-integration"
-    with openssh_server(d, password_auth=False) as (port, log):
-        env_name = secret_env_name(SSH_KEY_SECRET)
-        os.environ[env_name] = (d / "client_key").read_text()
-        try:
-            yield SshServer(host="127.0.0.1", port=port, dir=d,
-                            user=pwd.getpwuid(os.geteuid()).pw_name,
-                            client_key=(d / "client_key").read_text(),
-                            known_hosts=d / "known_hosts",
-                            empty_known_hosts=d / "empty_known_hosts",
-                            password_user=None, password=None, log=log)
-        finally:
-            os.environ.pop(env_name, None)
+    with keyed_sshd(session_dir / "sshd-integration", SSH_KEY_SECRET) as server:
+        yield server
 
 
 @pytest.fixture

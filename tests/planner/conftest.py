@@ -4,14 +4,12 @@ integration tests' sshd fixtures serve only their directories)."""
 
 from __future__ import annotations
 
-import os
-import pwd
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.executors.conftest import SshServer, openssh_server, secret_env_name
+from tests.executors.conftest import SshServer, keyed_sshd, secret_env_name
 from tests.executors.servers import serve
 from tests.planner.standins import ASSET_SERVICE, AUTOMATION, AssetService, AutomationService
 
@@ -21,19 +19,8 @@ WINDOWS_SECRET = "planner/windows/admin"
 
 @pytest.fixture(scope="session")
 def planner_sshd(session_dir: Path) -> Iterator[SshServer]:
-    d = session_dir / "sshd-planner"
-    with openssh_server(d, password_auth=False) as (port, log):
-        env_name = secret_env_name(SSH_KEY_SECRET)
-        os.environ[env_name] = (d / "client_key").read_text()
-        try:
-            yield SshServer(host="127.0.0.1", port=port, dir=d,
-                            user=pwd.getpwuid(os.geteuid()).pw_name,
-                            client_key=(d / "client_key").read_text(),
-                            known_hosts=d / "known_hosts",
-                            empty_known_hosts=d / "empty_known_hosts",
-                            password_user=None, password=None, log=log)
-        finally:
-            os.environ.pop(env_name, None)
+    with keyed_sshd(session_dir / "sshd-planner", SSH_KEY_SECRET) as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)
