@@ -56,6 +56,7 @@ from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.decisions import CANCEL_GATE
 from opsconductor.schema.enums import ExecutionMode, ExecutionStatus, StepStatus
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import (
     DecisionOutcome,
     EventRecord,
@@ -443,9 +444,16 @@ class ExecutionClient:
         handle = await self.handle(ident)
         wait = self.update_wait_seconds
         try:
-            return await asyncio.wait_for(  # type: ignore[no-any-return]
-                handle.execute_update(update, payload, result_type=DecisionOutcome,
-                                      rpc_timeout=timedelta(seconds=wait)), wait)
+            try:
+                return await asyncio.wait_for(  # type: ignore[no-any-return]
+                    handle.execute_update(update, payload, result_type=DecisionOutcome,
+                                          rpc_timeout=timedelta(seconds=wait)), wait)
+            except WorkflowUpdateFailedError as err:
+                if not await self._gate_opened(ident, err):
+                    raise
+                return await asyncio.wait_for(  # type: ignore[no-any-return]
+                    handle.execute_update(update, payload, result_type=DecisionOutcome,
+                                          rpc_timeout=timedelta(seconds=wait)), wait)
         except WorkflowUpdateFailedError as err:
             # A validator's refusal never reaches history: record it in the mirror here.
             cause = err.cause
@@ -462,6 +470,22 @@ class ExecutionClient:
                 accepted=True,
                 reason=f"no worker answered within {wait:g}s: the decision was sent as the "
                        f"{signal!r} signal and will be judged when a worker runs")
+
+    async def _gate_opened(self, ident: str, err: WorkflowUpdateFailedError) -> bool:
+        """A decision sent the moment after `execute` can reach the run while it is still
+        queued, before its approval gate opens: wait (bounded) for the run to leave `queued`
+        so the decision is judged by the gate rather than refused for arriving early."""
+        if getattr(err.cause, "type", None) != ErrorType.NO_APPROVAL_PENDING.value:
+            return False
+        deadline = asyncio.get_running_loop().time() + self.update_wait_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            progress = await self.progress(ident)
+            if progress is None or progress.waiting_kind not in (None, WaitKind.APPROVAL):
+                return False
+            if progress.status is not ExecutionStatus.QUEUED:
+                return progress.status is ExecutionStatus.PENDING_APPROVAL
+            await asyncio.sleep(0.1)
+        return False
 
     async def _record_refusal(self, ident: str, kind: str, payload: dict[str, Any],
                               reason: str) -> None:
