@@ -189,7 +189,7 @@ async def _update_execution(conn: asyncpg.Connection, w: MirrorWrite) -> None:
           started_at = coalesce(started_at, $8),
           completed_at = coalesce($9, completed_at),
           deadline_at = coalesce($10, deadline_at),
-          run_id = coalesce(run_id, $11),
+          run_id = coalesce($11, run_id),  -- the newest run (continue-as-new)
           steps_completed = (SELECT count(*) FROM execution.execution_steps
                              WHERE execution_id = $1 AND status = 'completed'),
           steps_failed = (SELECT count(*) FROM execution.execution_steps
@@ -228,7 +228,8 @@ async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
         await write_steps(conn, w.execution_id, w.steps)
         await write_approvals(conn, w.execution_id, w.approvals)
         if (w.status or w.approval_state or w.result is not None or w.error or w.completed_at
-                or w.started_at or w.cancel_reason is not None or w.deadline_at or w.steps):
+                or w.started_at or w.cancel_reason is not None or w.deadline_at or w.steps
+                or w.run_id):
             await _update_execution(conn, w)
         await write_events(conn, w.execution_id, w.events)
         for res in w.resolutions:

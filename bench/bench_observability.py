@@ -120,22 +120,22 @@ async def main(events: int, size: int, rounds: int) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from stack import bench_stack  # bench/stack.py: the servers every benchmark runs on
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
 
     from opsconductor.schema.config import Settings
+    from opsconductor.schema.payloads import DATA_CONVERTER
     from opsconductor.starter.client import ExecutionClient
     from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
     from opsconductor.starter.worker import build_worker
 
     async with bench_stack("opsc-bench-obs-") as stack:
         pool, tmp = stack.pool, stack.home
-        plain = await Client.connect(stack.temporal_address, data_converter=pydantic_data_converter)
+        plain = await Client.connect(stack.temporal_address, data_converter=DATA_CONVERTER)
         spans = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(spans))
         telemetry = Telemetry.create(tracer_provider=provider)
         traced = await Client.connect(stack.temporal_address,
-                                      data_converter=pydantic_data_converter,
+                                      data_converter=DATA_CONVERTER,
                                       runtime=telemetry.runtime,
                                       interceptors=tracing_interceptors(provider))
         off_settings = Settings(home=Path(tmp), task_queue="bench-off",

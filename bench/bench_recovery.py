@@ -100,11 +100,11 @@ async def one_round(client: ExecutionClient, env: dict[str, str], work: Path,
 
 async def main(rounds: int, heartbeats: list[float]) -> None:
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
 
     from opsconductor.activities.db import create_pool
     from opsconductor.schema.config import Settings
     from opsconductor.schema.migrate import migrate
+    from opsconductor.schema.payloads import DATA_CONVERTER
     from opsconductor.starter.embedded_postgres import EmbeddedPostgres
     from opsconductor.starter.temporal_server import TemporalDevServer
 
@@ -124,7 +124,7 @@ async def main(rounds: int, heartbeats: list[float]) -> None:
                                 temporal_address=temporal.address, database_url=url)
             pool = await create_pool(url, min_size=1, max_size=4)
             temporal_client = await Client.connect(temporal.address,
-                                                   data_converter=pydantic_data_converter)
+                                                   data_converter=DATA_CONVERTER)
             client = ExecutionClient(temporal=temporal_client, pool=pool, settings=settings)
             print(f"recovery after a worker kill -9 (command {COMMAND_SECONDS:g}s, sticky queue "
                   f"timeout {settings.sticky_queue_timeout_seconds:g}s, {rounds} rounds)")

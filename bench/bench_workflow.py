@@ -20,8 +20,9 @@ from datetime import timedelta
 from stack import bench_stack  # bench/stack.py: the servers every benchmark runs on
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
+
+from opsconductor.schema.payloads import DATA_CONVERTER
 
 TASK_QUEUE_BARE = "bench-bare"
 TASK_QUEUE_OURS = "bench-ours"
@@ -99,7 +100,7 @@ async def main(runs: int, burst: int) -> None:
     async with bench_stack() as stack:
         pool = stack.pool
         client = await Client.connect(stack.temporal_address,
-                                      data_converter=pydantic_data_converter)
+                                      data_converter=DATA_CONVERTER)
         settings = Settings(home=stack.home, task_queue=TASK_QUEUE_OURS,
                             temporal_address=stack.temporal_address,
                             database_url=stack.database_url)

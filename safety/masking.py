@@ -105,7 +105,8 @@ _GROUPS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
       "sk-", "aiza"), re.compile(dict(_PATTERNS)["apikey"])),
 ]
 _ALL_TRIGGERS = tuple(dict.fromkeys(t for triggers, _ in _GROUPS for t in triggers))
-_CARD = re.compile(r"\d(?:[ \-]?\d){12,18}(?!\d)")
+# A run of digits inside a word (a hex digest, a UUID, an id) is not a card number.
+_CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){12,18}(?![0-9A-Za-z])")
 # A cheap superset of card candidates (one character class, no backtracking groups).
 _CARD_HINT = re.compile(r"[0-9][0-9 \-]{11,}[0-9]")
 

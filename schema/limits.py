@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # The whole request, strings and keys together. The plan travels as the workflow's input,
-# which Temporal refuses above 2 MiB: half of that leaves room for what the spec adds.
-MAX_REQUEST_CHARS = 1024 * 1024
+# which Temporal refuses above 2 MiB once encoded; large inputs are compressed
+# (`schema.payloads`), and the client checks the encoded spec against the limit as well.
+MAX_REQUEST_CHARS = 4 * 1024 * 1024
+MAX_PLAN_STEPS = 10_000  # steps in one plan; long runs continue as new (`workflows.handoff`)
 MAX_STRING_CHARS = 256 * 1024  # one string (a command, a script, a description)
 MAX_METADATA_CHARS = 64 * 1024  # `metadata`, `tags` and `execution_metadata`, each
 MAX_DEPTH = 32  # nesting of objects and arrays
-MAX_ITEMS = 200_000  # values in the whole request
+MAX_ITEMS = 500_000  # values in the whole request
 # Fields that name things (ids, people, places): no control character at all.
 IDENTIFIER_KEYS = frozenset({
     "tenant", "actor", "environment", "idempotency_key", "trace_id", "sla_class", "mode",

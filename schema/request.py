@@ -21,6 +21,7 @@ from opsconductor.schema.dialect import (
 from opsconductor.schema.enums import Environment, ExecutionMode, SlaClass
 from opsconductor.schema.failure import FailureReading, interpret_failure_handling
 from opsconductor.schema.fleet import Fleet, fleet_from
+from opsconductor.schema.limits import MAX_PLAN_STEPS
 from opsconductor.schema.submissions import SubmissionSignature
 
 
@@ -106,7 +107,7 @@ class RollbackEntry(BaseModel):
 
 class Plan(BaseModel):
     model_config = ConfigDict(extra="allow")
-    steps: list[PlanStep] = Field(min_length=1, max_length=500)
+    steps: list[PlanStep] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
     safety_checks: list[SafetyCheck] = Field(default_factory=list)
     rollback_plan: list[RollbackEntry] = Field(default_factory=list)
     observability: dict[str, Any] = Field(default_factory=dict)

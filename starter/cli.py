@@ -517,8 +517,8 @@ async def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
 async def cmd_health(args: argparse.Namespace) -> int:
     """4 when a server is unreachable; 1 when both answer but no worker polls (a different
-    fix: start a worker, not a server). Executions without progress are reported, not an
-    exit status: they need an operator, not a restart."""
+    fix: start a worker, not a server). Executions without progress and activities being
+    retried are reported, not an exit status: they need an operator, not a restart."""
     from opsconductor.starter.health import SERVERS, check_health
 
     report = await check_health(this_host=args.worker)
@@ -526,8 +526,8 @@ async def cmd_health(args: argparse.Namespace) -> int:
                                      for k, v in report.items()))
     if not all(report[k]["ok"] for k in SERVERS):
         return EXIT_UNREACHABLE
-    return EXIT_OK if all(v["ok"] for k, v in report.items() if k != "progress") \
-        else EXIT_FAILED
+    return EXIT_OK if all(v["ok"] for k, v in report.items()
+                          if k not in ("progress", "retrying")) else EXIT_FAILED
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ from opsconductor.schema.messages import (
     Progress,
     WaitKind,
 )
+from opsconductor.schema.payloads import PAYLOAD_LIMIT, encoded_size
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.spec import CarriedStep, ExecutionSpec, build_spec
 from opsconductor.schema.submissions import SubmissionProof, canonical_request
@@ -105,6 +106,20 @@ class ExecutionResponse(BaseModel):
     previous_execution_id: str | None = None
     result: ExecutionResult | None = None
 
+
+
+async def _check_encoded_size(request: ExecutionRequest,
+                              asset_ids: dict[str, str | None] | None, key: str) -> None:
+    """Refuse, before anything is claimed or written, a plan whose spec Temporal would refuse
+    as the workflow's input even compressed (a start that fails would leave a claim behind)."""
+    probe = build_spec(request, execution_id=str(uuid.UUID(int=0)), workflow_id="size-probe",
+                       idempotency_key=key, asset_ids=asset_ids)
+    size = await encoded_size(probe)
+    if size > PAYLOAD_LIMIT:
+        raise RequestValidationError([Problem(
+            path="plan", message=f"the execution spec is {size:,} bytes once encoded and "
+                                 f"compressed; Temporal accepts at most {PAYLOAD_LIMIT:,}: "
+                                 "split the plan")])
 
 @dataclass
 class ExecutionClient:
@@ -212,6 +227,7 @@ class ExecutionClient:
             request.model_dump(mode="json", by_alias=True, exclude_none=True))
         key = (idempotency.caller_key(request.tenant, request.idempotency_key)
                if request.idempotency_key else fingerprint)
+        await _check_encoded_size(request, asset_ids, key)
         try:
             claim = await idempotency.claim(self.pool, request.tenant, key,
                                             self.settings.idempotency_window_seconds,

@@ -5,8 +5,9 @@ report keeps them apart: `postgres` and `temporal` (the SERVERS) say whether we 
 `workers` whether anyone polls the task queue. With `this_host`, only a poller of this host
 counts: the SDK's default worker identity is `pid@hostname`, so inside a container that is
 "a worker of this container polls" (its health check). Without it, `progress` lists
-executions in flight with no event for `OPSC_STALL_SECONDS` (the fleet's health, not a
-container's).
+executions in flight with no event for `OPSC_STALL_SECONDS`, and `retrying` the activities
+Temporal is retrying after failures (a database or host that is down) — the fleet's health,
+not a container's.
 """
 
 from __future__ import annotations
@@ -70,6 +71,38 @@ async def _check_progress(url: str | None, stall_seconds: float) -> dict[str, An
             f"{r['execution_id']} ({r['status']}, {r['quiet_seconds']:.0f}s)" for r in rows))}
 
 
+RETRY_SCAN_LIMIT = 100  # running executions described per `health` call
+
+
+async def _check_retrying(client: Any) -> dict[str, Any]:
+    """Running executions whose activities are failing and being retried (a database, host
+    or service that is down): Temporal knows, the mirror may not (it may be what is down)."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    query = "WorkflowType = 'ExecutionWorkflow' AND ExecutionStatus = 'Running'"
+    running = [w async for w in client.list_workflows(query, limit=RETRY_SCAN_LIMIT)
+               if w.status is WorkflowExecutionStatus.RUNNING]
+    described = await asyncio.gather(
+        *(client.get_workflow_handle(w.id, run_id=w.run_id).describe() for w in running),
+        return_exceptions=True)
+    retrying: list[dict[str, Any]] = []
+    for wf, desc in zip(running, described, strict=True):
+        if isinstance(desc, BaseException):
+            continue
+        for act in desc.raw_description.pending_activities:
+            if act.attempt < 2:
+                continue
+            message = act.last_failure.message if act.HasField("last_failure") else ""
+            retrying.append({"workflow_id": wf.id, "activity": act.activity_type.name,
+                             "attempt": act.attempt, "last_failure": message[:300]})
+    if not retrying:
+        return {"ok": True, "detail": f"no activity being retried ({len(running)} running)"}
+    return {"ok": False, "retrying": retrying, "detail": (
+        f"{len(retrying)} activity(ies) failing and being retried: " + ", ".join(
+            f"{r['workflow_id']} {r['activity']} attempt {r['attempt']}: "
+            f"{r['last_failure'][:80]}" for r in retrying[:5]))}
+
+
 def _pollers_text(identities: list[str], task_queue: str, this_host: str | None) -> str:
     if this_host is not None:
         mine = [i for i in identities if i.endswith(f"@{this_host}")]
@@ -111,4 +144,10 @@ async def check_health(this_host: bool = False) -> dict[str, dict[str, Any]]:
     polling = [i for i in identities if host is None or i.endswith(f"@{host}")]
     report["workers"] = {"ok": bool(polling),
                          "detail": _pollers_text(identities, settings.task_queue, host)}
+    if not this_host:
+        try:
+            report["retrying"] = await asyncio.wait_for(_check_retrying(client), 15)
+        except Exception as err:
+            report["retrying"] = {"ok": False,
+                                  "detail": f"not checked: {err or type(err).__name__}"}
     return report

@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 from temporalio.client import Interceptor as ClientInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -39,6 +38,7 @@ from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretResolver
 from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
 from opsconductor.workflows.execution import ExecutionWorkflow
 
@@ -73,7 +73,7 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None,
         raise RuntimeError("no Temporal server configured: set OPSC_TEMPORAL_ADDRESS or start "
                            "`opsconductor dev`")
     return await Client.connect(settings.temporal_address, namespace=settings.namespace,
-                                data_converter=pydantic_data_converter, runtime=runtime,
+                                data_converter=DATA_CONVERTER, runtime=runtime,
                                 interceptors=interceptors)
 
 

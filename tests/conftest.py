@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from opsconductor.schema.migrate import migrate
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.temporal_server import TemporalDevServer
 
@@ -74,7 +74,7 @@ def temporal_server(session_dir: Path) -> Iterator[TemporalDevServer]:
 @pytest.fixture(scope="session")
 async def temporal_client(temporal_server: TemporalDevServer) -> Client:
     return await Client.connect(temporal_server.address,
-                                data_converter=pydantic_data_converter)
+                                data_converter=DATA_CONVERTER)
 
 
 @pytest.fixture(scope="session")

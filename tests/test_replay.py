@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.worker import workflow_runner
 from opsconductor.workflows.execution import ExecutionWorkflow
 from tests.helpers import pending, request, shell, step, until
@@ -29,7 +29,7 @@ HISTORIES = Path(__file__).resolve().parent / "histories"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[ExecutionWorkflow], data_converter=pydantic_data_converter,
+    return Replayer(workflows=[ExecutionWorkflow], data_converter=DATA_CONVERTER,
                     workflow_runner=workflow_runner(strict=True))
 
 

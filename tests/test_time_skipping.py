@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from temporalio.api.enums.v1 import EventType, IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from opsconductor.schema.config import Settings
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.schema.search_attributes import SEARCH_ATTRIBUTES
 from opsconductor.starter.binaries import temporal_test_server
 from opsconductor.starter.client import ExecutionClient
@@ -58,7 +58,7 @@ async def skipping(db_pool: asyncpg.Pool, migrated_pg: str,
     """A time-skipping server with our search attributes and a worker on a queue of its own."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(),
-        data_converter=pydantic_data_converter)
+        data_converter=DATA_CONVERTER)
     async with env:
         await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
             namespace=env.client.namespace,

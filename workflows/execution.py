@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from opsconductor.schema.continuation import Continuation
     from opsconductor.schema.decisions import CANCEL_GATE
     from opsconductor.schema.enums import ApprovalState, ExecutionStatus, StepStatus
     from opsconductor.schema.errors import ErrorType
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
 from opsconductor.workflows.approvals import EXECUTION_GATE, rule_for_level
 from opsconductor.workflows.ending import TRUTHFUL_ENDING, close
 from opsconductor.workflows.gates import Gates
+from opsconductor.workflows.handoff import announce, hand_over, input_models, restore
 from opsconductor.workflows.leases import Leases
 from opsconductor.workflows.metrics import Waits, record_ending, seconds_between
 from opsconductor.workflows.operators import describe_invalid, validate_payload
@@ -66,8 +68,8 @@ async def stop_task(task: asyncio.Task[None]) -> str | None:
 @workflow.defn(name="ExecutionWorkflow")
 class ExecutionWorkflow:
     @workflow.init
-    def __init__(self, spec: ExecutionSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: ExecutionSpec, continued: Continuation | None = None) -> None:
+        self.spec, self.continued = spec, continued = input_models(spec, continued)
         self.state = RunState(spec)
         self.recorder = Recorder(spec, self.state)
         self.leases = Leases(spec, self.state)
@@ -78,26 +80,36 @@ class ExecutionWorkflow:
         self.cancel: CancelRequest | None = None
         self.native_cancel = False
         self.waits = Waits()
+        self.execution_seconds = continued.execution_seconds if continued else 0.0
+        if continued is not None:  # a later run of a long execution: take its state back
+            restore(self.state, continued, self.waits, fencing=self.leases.fencing,
+                    policies=self.policies, resolutions=self.steps.resolutions)
 
     # ------------------------------------------------------------------ run
 
     @workflow.run
-    async def run(self, spec: ExecutionSpec) -> ExecutionResult:
-        state = self.state
-        state.started_at = workflow.now()
-        state.journal.emit("execution.created", to_status=ExecutionStatus.QUEUED.value,
-                           actor=spec.actor, message=f"{len(spec.steps)} step(s): {spec.title}")
-        if spec.approval_level == 0 and not spec.assets:
-            state.set_status(ExecutionStatus.RUNNING)  # nothing to wait for: one write, not two
-        self.recorder.upsert_search_attributes(initial=True)
-        first = await self.recorder.flush(spec=spec, load_policies=True,
-                                          started_at=state.started_at,
-                                          run_id=workflow.info().run_id)
-        self.policies.update(first.policies)
+    async def run(self, spec: ExecutionSpec,
+                  continued: Continuation | None = None) -> ExecutionResult:
+        state, spec, continued = self.state, self.spec, self.continued
+        if continued is None:
+            state.started_at = workflow.now()
+            state.journal.emit("execution.created", to_status=ExecutionStatus.QUEUED.value,
+                               actor=spec.actor,
+                               message=f"{len(spec.steps)} step(s): {spec.title}")
+            if spec.approval_level == 0 and not spec.assets:
+                state.set_status(ExecutionStatus.RUNNING)  # nothing to wait for: one write
+            self.recorder.upsert_search_attributes(initial=True)
+            first = await self.recorder.flush(spec=spec, load_policies=True,
+                                              started_at=state.started_at,
+                                              run_id=workflow.info().run_id)
+            self.policies.update(first.policies)
+        else:
+            await announce(state, self.recorder, continued)
 
         body = asyncio.create_task(self._body())
         try:
             await workflow.wait_condition(lambda: body.done() or self.cancel is not None)
+            await self._hand_over(body)
         except asyncio.CancelledError:
             self.native_cancel = True
             reason = workflow.cancellation_reason() or "cancelled through Temporal"
@@ -115,7 +127,7 @@ class ExecutionWorkflow:
         state.end(ExecutionStatus.FAILED, "the run ended without an outcome")  # if undecided
         await self.leases.release()
         await self._finish()
-        self._record_metrics()
+        record_ending(self.spec, state, self.waits)
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self.native_cancel:
             raise asyncio.CancelledError(self.cancel.reason if self.cancel else "cancelled")
@@ -126,11 +138,61 @@ class ExecutionWorkflow:
     def _policy_max(self, field: str) -> float:
         return policy_max(self.policies, self.spec.steps, field)
 
+    async def _hand_over(self, body: asyncio.Task[None]) -> None:
+        """Continue as new if the steps drained for it, unless a cancel came meanwhile."""
+        if (self.cancel is not None or body.exception() is not None
+                or not self.steps.handing_off or self.state.ending):
+            return
+        await self.recorder.flush()  # the journal is not carried: its events go now
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() or self.cancel is not None)
+        if self.cancel is None:
+            hand_over(self.spec, self.state, self.continued,
+                      execution_seconds=self.execution_seconds, fencing=self.leases.fencing,
+                      policies=self.policies, waits=self.waits,
+                      resolutions=self.steps.resolutions)
+
     async def _body(self) -> None:
         """Gate, locks, checks, steps, rollback: everything up to the run's ending."""
+        state = self.state
+        if self.continued is None and not await self._prepare():
+            return
+        wait = self.execution_seconds if self.continued is None else state.seconds_left()
+        steps = asyncio.create_task(self.steps.run_all())
+        try:
+            await workflow.wait_condition(steps.done, timeout=timedelta(seconds=wait))
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            await stop_task(steps)  # the running steps' activities must stop too
+            raise
+        if not steps.done():
+            error = f"execution deadline of {self.execution_seconds:g}s passed"
+            state.journal.emit("execution.deadline", message=error)
+            state.end(ExecutionStatus.TIMEOUT, error)
+            await stop_task(steps)
+            state.mark_unfinished(StepStatus.TIMEOUT, StepStatus.SKIPPED)
+            return
+        steps.result()
+        if state.ending or self.steps.handing_off:  # rejected or expired; or handing over
+            return
+        if self.steps.rollback_requested:
+            await rollback(self.spec, state, self.recorder, self.policies,
+                           "a failed step asked for rollback")
+        elif self.steps.abort_error is not None:
+            state.end(ExecutionStatus.FAILED, self.steps.abort_error)
+            return
+        elif not self.steps.stop_launching and (
+                error := await run_safety_checks(self.spec, state, self.recorder, "after")):
+            state.end(ExecutionStatus.FAILED, error)
+            return
+        state.end(*outcome(state.steps))
+
+    async def _prepare(self) -> bool:
+        """Submission, approval, locks, deadline and `before` checks: may the steps start?"""
         spec, state = self.spec, self.state
         if not await submission_accepted(spec, state, self.recorder):
-            return
+            return False
         if spec.approval_level > 0:
             asked = workflow.now()
             approved = await self.gates.wait(
@@ -139,7 +201,7 @@ class ExecutionWorkflow:
                 self._policy_max("approval_timeout_seconds"))
             self.waits.approval_seconds = seconds_between(asked, workflow.now())
             if not approved:
-                return
+                return False
         if spec.assets:
             asked = workflow.now()
             error = await self.leases.acquire(
@@ -147,9 +209,9 @@ class ExecutionWorkflow:
             self.waits.lock_seconds = seconds_between(asked, workflow.now())
             if error is not None:
                 state.end(ExecutionStatus.FAILED, error)
-                return
-        exec_seconds = self._policy_max("execution_timeout_seconds")
-        state.deadline = workflow.now() + timedelta(seconds=exec_seconds)
+                return False
+        self.execution_seconds = self._policy_max("execution_timeout_seconds")
+        state.deadline = workflow.now() + timedelta(seconds=self.execution_seconds)
         if state.status is not ExecutionStatus.RUNNING:
             state.set_status(ExecutionStatus.RUNNING)
             await self.recorder.flush(deadline_at=state.deadline)
@@ -157,36 +219,8 @@ class ExecutionWorkflow:
         if error is not None:
             state.end(ExecutionStatus.FAILED, error)
             state.mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)
-            return
-        steps = asyncio.create_task(self.steps.run_all())
-        try:
-            await workflow.wait_condition(steps.done, timeout=timedelta(seconds=exec_seconds))
-        except TimeoutError:
-            pass
-        except asyncio.CancelledError:
-            await stop_task(steps)  # the running steps' activities must stop too
-            raise
-        if not steps.done():
-            error = f"execution deadline of {exec_seconds:g}s passed"
-            state.journal.emit("execution.deadline", message=error)
-            state.end(ExecutionStatus.TIMEOUT, error)
-            await stop_task(steps)
-            state.mark_unfinished(StepStatus.TIMEOUT, StepStatus.SKIPPED)
-            return
-        steps.result()
-        if state.ending:  # rejected or expired at an approval point
-            return
-        if self.steps.rollback_requested:
-            await rollback(spec, state, self.recorder, self.policies,
-                           "a failed step asked for rollback")
-        elif self.steps.abort_error is not None:
-            state.end(ExecutionStatus.FAILED, self.steps.abort_error)
-            return
-        elif not self.steps.stop_launching and (
-                error := await run_safety_checks(spec, state, self.recorder, "after")):
-            state.end(ExecutionStatus.FAILED, error)
-            return
-        state.end(*outcome(state.steps))
+            return False
+        return True
 
     async def _finish_cancel(self, cancel: CancelRequest, stop_error: str | None) -> None:
         """Roll back what completed, then end the run cancelled (whatever it was doing)."""
@@ -230,13 +264,6 @@ class ExecutionWorkflow:
             deadline_at=state.deadline, error=state.error, completed_at=state.completed_at,
             cancel_actor=self.cancel.actor if self.cancel else None,
             cancel_reason=self.cancel.reason if self.cancel else None)
-
-    def _record_metrics(self) -> None:
-        state = self.state
-        starts = [s.started_at for s in state.steps.values() if s.started_at is not None]
-        record_ending(self.spec, state.status, started_at=state.started_at,
-                      completed_at=state.completed_at, first_step_at=min(starts, default=None),
-                      deadline=state.deadline, waits=self.waits)
 
     def _result(self) -> ExecutionResult:
         return self.state.result(self.cancel.actor if self.cancel else None,

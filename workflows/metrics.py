@@ -15,6 +15,7 @@ from temporalio.contrib.opentelemetry.workflow import completed_span
 
 from opsconductor.schema.enums import ExecutionStatus
 from opsconductor.schema.spec import ExecutionSpec
+from opsconductor.workflows.state import RunState
 
 
 class Waits:
@@ -48,12 +49,13 @@ def ending_span(spec: ExecutionSpec, status: ExecutionStatus, duration: float | 
         completed_span("opsc.execution.end", attributes=attributes)
 
 
-def record_ending(spec: ExecutionSpec, status: ExecutionStatus, *,
-                  started_at: datetime | None, completed_at: datetime | None,
-                  first_step_at: datetime | None, deadline: datetime | None,
-                  waits: Waits) -> None:
+def record_ending(spec: ExecutionSpec, state: RunState, waits: Waits) -> None:
     """Count the run by status, tenant, environment and SLA class; its duration, its waits
     (queue: submitted to first step; locks; approval) and whether it met its SLA deadline."""
+    status, started_at, completed_at = state.status, state.started_at, state.completed_at
+    deadline = state.deadline
+    first_step_at = min((s.started_at for s in state.steps.values()
+                         if s.started_at is not None), default=None)
     meter = workflow.metric_meter()
     sla = spec.sla_class.value
     meter.create_counter(

@@ -118,6 +118,11 @@ class RunState:
         self.final_status, self.error = status, error
         return True
 
+    def seconds_left(self) -> float:
+        """Until the execution deadline (a run that continued as new waits only this long)."""
+        assert self.deadline is not None
+        return max(0.001, (self.deadline - workflow.now()).total_seconds())
+
     @property
     def ending(self) -> bool:
         return self.final_status is not None

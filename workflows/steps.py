@@ -27,6 +27,7 @@ from opsconductor.schema.messages import (
 from opsconductor.schema.spec import CarriedStep, ExecutionSpec, StepSpec
 from opsconductor.workflows.approvals import rule_for_point
 from opsconductor.workflows.gates import Gates
+from opsconductor.workflows.handoff import handoff_due
 from opsconductor.workflows.leases import Leases
 from opsconductor.workflows.options import (
     LEASE_SECONDS,
@@ -82,6 +83,7 @@ class StepRunner:
         self.stop_launching = False
         self.rollback_requested = False
         self.abort_error: str | None = None  # a `during` safety check said abort
+        self.handing_off = False  # draining: the next run of this execution goes on
 
     async def run_all(self) -> None:
         """Launch ready steps up to `max_parallel`, until none is left to launch."""
@@ -90,7 +92,7 @@ class StepRunner:
         try:
             while True:
                 self.skip_blocked()
-                if not self.stop_launching:
+                if not (self.stop_launching or self.handing_off):
                     for step in launchable(order, self.state.steps, running,
                                            self.spec.max_parallel, self.resolutions):
                         running[step.id] = asyncio.create_task(self.run_one(step))
@@ -109,6 +111,10 @@ class StepRunner:
                     if error is not None:
                         self.abort_error = error
                         self.stop_launching = True
+                if finished and not (self.stop_launching or self.handing_off):
+                    self.handing_off = handoff_due(self.state)
+            if self.handing_off:
+                return  # the steps left go to the next run, still pending
             self.state.mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)
         except asyncio.CancelledError:
             await cancel_and_wait(list(running.values()))

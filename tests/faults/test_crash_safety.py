@@ -32,10 +32,10 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.temporal_server import TemporalDevServer
@@ -182,7 +182,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
         settings = Settings(home=home, task_queue=queue, temporal_address=temporal.address,
                             database_url=url, inventory=inventory)
         temporal_client = await Client.connect(temporal.address,
-                                               data_converter=pydantic_data_converter)
+                                               data_converter=DATA_CONVERTER)
         rig = Rig(dir=d, pg=pg, temporal_server=temporal, env=env,
                   client=ExecutionClient(temporal=temporal_client, pool=pool,
                                          settings=settings, update_wait_seconds=10))

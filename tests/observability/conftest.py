@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.client import ExecutionClient
 from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
 from opsconductor.starter.worker import build_worker
@@ -53,7 +53,7 @@ async def observed(temporal_server: Any, db_pool: asyncpg.Pool,
     provider.add_span_processor(SimpleSpanProcessor(spans))
     telemetry = Telemetry.create(tracer_provider=provider)
     client = await Client.connect(temporal_server.address,
-                                  data_converter=pydantic_data_converter,
+                                  data_converter=DATA_CONVERTER,
                                   runtime=telemetry.runtime,
                                   interceptors=tracing_interceptors(provider))
     queue = unique_queue("opsc-observed")

@@ -3,6 +3,7 @@ run as the real `opsconductor` binary against the test session's servers."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,29 @@ async def test_health_reports_executions_without_progress(engine: Any,
     done = await run_cli(quiet_env, "health", "--json")
     assert resp.execution_id not in [s["execution_id"]
                                      for s in done.json["progress"].get("stalled", [])]
+
+
+async def test_health_reports_activities_being_retried(engine: Any,
+                                                       env: dict[str, str]) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: every attempt is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    resp = await engine.execute(request(
+        [step("call", "http_request", url=f"http://127.0.0.1:{port}/status", method="GET")],
+        timeouts={"max_attempts": 10}), wait=False)
+
+    async def retried() -> Any:
+        cli = await run_cli(env, "health", "--json")
+        assert cli.code == 0, cli  # reported, not an exit status
+        mine = [r for r in cli.json["retrying"].get("retrying", [])
+                if r["workflow_id"] == resp.workflow_id]
+        assert mine and mine[0]["attempt"] >= 2, cli.json["retrying"]
+        return mine[0]
+
+    found = await assert_eventually(retried, what="the failing call to be reported", timeout=30)
+    assert found["activity"] == "run_step" and found["last_failure"], found
+    await engine.cancel(resp.execution_id, actor="alice", reason="test over")
+    await engine.result(resp.execution_id)
 
 
 async def test_tenant_filters_and_dlq_discard(engine: Any, env: dict[str, str]) -> None:

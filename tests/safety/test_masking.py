@@ -57,6 +57,8 @@ def test_builtin_patterns(text: str, secret: str, kept: str) -> None:
     "step restart-nginx on web-1 completed in 0.52 s (exit 0)",
     "fencing_token=5 acquired",
     "order 4111111111111112 is not a card (Luhn fails)",
+    # a sha256 whose 13-digit run passes Luhn: digits inside a word are no card
+    "d179dfbd8933427272376ba03605ac01da8c170a6e71457f6a1301d49e9f7024",
     "2026-11-28T12:38:09Z took 1234567 ms",
     "https://example.com/api/v1/items?page=2",
     "ssh://git@github.com/org/repo",
