@@ -11,13 +11,14 @@ decided it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opsconductor.safety import rbac
 from opsconductor.safety.command_policy import SHELL_TOOL, Capability, classify_command
 from opsconductor.schema.enums import StepKind
-from opsconductor.schema.spec import ExecutionSpec
+from opsconductor.schema.spec import ExecutionSpec, StepSpec
 
 CHECK_TOOL = "check"  # the tool name of a check command that only reads
 
@@ -101,9 +102,11 @@ class PlannedAction:
     read_only_expected: bool = False
 
 
-def planned_actions(spec: ExecutionSpec) -> list[PlannedAction]:
+def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | None = None,
+                    ) -> list[PlannedAction]:
     """Everything the plan can run on a host: each step, each `command:` check wherever it
-    stands, each rollback action. Submission judges them all before anything starts."""
+    stands, each rollback action. Submission judges them all before anything starts.
+    `fleets`: a fleet step's resources (its targets' asset ids): judged on each of them."""
     from opsconductor.activities.checks import command_of
 
     by_id = {s.id: s for s in spec.steps}
@@ -115,17 +118,23 @@ def planned_actions(spec: ExecutionSpec) -> list[PlannedAction]:
             if command is not None:
                 out.append(PlannedAction(step_id, what, CHECK_TOOL, resource, command, True))
 
+    def places(step: StepSpec | None) -> Sequence[str | None]:
+        if step is None:
+            return [None]
+        return (fleets or {}).get(step.id) or [step.target]
+
     for s in spec.steps:
-        out.append(PlannedAction(s.id, "step", s.tool, s.target,
-                                 s.command if s.kind is StepKind.COMMAND else None))
-        checks(s.id, "precondition", s.preconditions, s.target)
-        checks(s.id, "success criterion", s.success_criteria, s.target)
-        if s.kind is StepKind.VALIDATE:
-            checks(s.id, "validate check", list(s.inputs.get("checks") or []), s.target)
+        for where in places(s):
+            out.append(PlannedAction(s.id, "step", s.tool, where,
+                                     s.command if s.kind is StepKind.COMMAND else None))
+            checks(s.id, "precondition", s.preconditions, where)
+            checks(s.id, "success criterion", s.success_criteria, where)
+            if s.kind is StepKind.VALIDATE:
+                checks(s.id, "validate check", list(s.inputs.get("checks") or []), where)
     for i, c in enumerate(spec.safety_checks):
         checks(f"safety_checks[{i}]", "safety check", [c.check], c.target)
     for entry in spec.rollback_plan:
-        undone = by_id.get(entry.step_id)
-        out.append(PlannedAction(entry.step_id, "rollback", SHELL_TOOL,
-                                 undone.target if undone else None, entry.rollback_action))
+        for where in places(by_id.get(entry.step_id)):
+            out.append(PlannedAction(entry.step_id, "rollback", SHELL_TOOL, where,
+                                     entry.rollback_action))
     return out

@@ -65,6 +65,14 @@ class TargetRows:
         self.attempt = attempt
         self.mask = mask
 
+    async def completed(self) -> dict[str, int | None]:
+        """Targets an earlier attempt of this step completed, with their exit codes: a new
+        attempt (a retry after a crash, an operator's retry) must not act on them again."""
+        rows = await self.pool.fetch(
+            "SELECT target, exit_code FROM execution.step_targets WHERE execution_id = $1"
+            " AND step_id = $2 AND status = 'completed'", self.execution_id, self.step_id)
+        return {r["target"]: r["exit_code"] for r in rows}
+
     async def start(self, variant: StepSpec) -> None:
         await self.pool.execute(
             """

@@ -111,7 +111,7 @@ async def _run_fleet(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool
     """A fleet step: one variant per target through the fan-out's runner (authorized and
     leased per target), `max_concurrency` at once, stopped past `max_errors`; a row and the
     full output per target as each ends."""
-    from opsconductor.activities.fanout import aggregate, run_variants
+    from opsconductor.activities.fanout import VariantOutcome, aggregate, run_variants
     from opsconductor.activities.fleet import (
         FleetTargetsError,
         TargetRows,
@@ -137,9 +137,16 @@ async def _run_fleet(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool
             done["completed" if outcome.ok else "failed"] += 1
             ctx.heartbeat({"fleet": {"total": total, **done}})
 
+    variants = fleet_variants(step, targets)
+    earlier = await rows.completed()
+    kept = [VariantOutcome(id=v.id, target=v.target, ok=True, exit_code=earlier[v.target],
+                           stdout="(completed by an earlier attempt; not run again)")
+            for v in variants if v.target in earlier]
+    done["completed"] = len(kept)
     try:
         outcomes, not_started = await run_variants(
-            fleet_variants(step, targets), _variant_runner(inp, ctx, gate, pool, timeout),
+            [v for v in variants if v.target not in earlier],
+            _variant_runner(inp, ctx, gate, pool, timeout),
             max_concurrency=step.fleet.concurrency(total), errors_allowed=allowed,
             on_start=rows.start, on_end=ended)
     except asyncio.CancelledError:  # every running target was stopped with the activity
@@ -147,7 +154,9 @@ async def _run_fleet(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool
             await asyncio.shield(rows.cancelled())
         raise
     await rows.skipped(not_started, f"not started: more than {allowed} target(s) failed")
-    return aggregate(step, outcomes, errors_allowed=allowed, skipped=len(not_started))
+    order = {t: i for i, t in enumerate(targets)}
+    ran = sorted(kept + outcomes, key=lambda o: order.get(o.target or "", 0))
+    return aggregate(step, ran, errors_allowed=allowed, skipped=len(not_started))
 
 
 def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool: Any,

@@ -192,7 +192,7 @@ class ExecutionClient:
                            asset_ids=asset_ids)
         entries: list[rbac.AuditEntry] = []
         refusal: str | None = None
-        for action in planned_actions(draft):
+        for action in planned_actions(draft, await fleet_resources(request, self.settings)):
             gate = ActionGate(engine=self.rbac_engine, pool=self.pool, tenant=request.tenant,
                               actor=request.actor, environment=request.environment.value,
                               step_id=action.step_id)
@@ -678,6 +678,21 @@ async def fleet_problems(request: ExecutionRequest, settings: Settings) -> list[
         problems += [Problem(path=f"{path}[{j}]", message=f"unknown asset {t!r}")
                      for j, t in enumerate(fleet.targets) if t in unknown]
     return problems
+
+
+async def fleet_resources(request: ExecutionRequest, settings: Settings,
+                          ) -> dict[str, list[str]]:
+    """Each fleet step's targets as the worker will authorize them (their asset ids), so
+    that submission judges every target, not the fleet as one."""
+    from opsconductor.activities.fleet import fleet_targets
+
+    out: dict[str, list[str]] = {}
+    for step in request.steps:
+        if step.fleet is not None:
+            targets = fleet_targets(step.fleet, settings)
+            ids, _ = await resolve_targets(targets, settings)
+            out[step.id] = [ids.get(t) or t for t in targets]
+    return out
 
 
 def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:

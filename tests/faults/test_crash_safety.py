@@ -51,6 +51,7 @@ DEFAULT_COUNTS = {"kill9": 6, "sigterm": 3, "temporal": 4, "postgres": 3}
 DRAIN_SECONDS = 3.0
 TIMEOUTS = {"heartbeat_timeout_seconds": 2, "step_timeout_seconds": 30, "max_attempts": 3}
 ASSETS = ("fault-host-a", "fault-host-b")  # locked per execution: two run side by side
+FLEET = tuple(f"fault-fleet-{i}" for i in range(6))  # a fleet step's targets
 SSH_ASSET = "fault-ssh"  # the suite's own sshd on loopback: a remote target
 SSH_KEY_SECRET = "faults/ssh/key"
 OPERATOR = "bob"
@@ -172,7 +173,8 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             credentials={"private_key": {"type": "secret", "path": SSH_KEY_SECRET}})
         inventory = d / "inventory.json"
         inventory.write_text(json.dumps({"assets": [
-            *({"id": a, "hostname": a, "connector": "local"} for a in ASSETS), ssh_asset]}))
+            *({"id": a, "hostname": a, "connector": "local"} for a in ASSETS + FLEET),
+            ssh_asset]}))
         queue = f"opsc-faults-{uuid.uuid4().hex[:8]}"
         home = d / "home"
         home.mkdir()
@@ -445,3 +447,54 @@ async def test_postgres_restart(rig: Rig, capsys: pytest.CaptureFixture[str]) ->
         assert [len(boundary.lines(s, "effects")) for s in ("first", "second")] == [1, 1]
     report(tally, capsys)
     assert tally.pauses == 0
+
+
+async def test_worker_kill_9_mid_fleet(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kill -9` while a fleet step runs, two targets at a time: the next attempt (after the
+    operator's retry of the non-idempotent step) runs only the targets that had not
+    completed; every target acts exactly once."""
+    worker = await one_worker(rig)
+    run = new_run(rig, "k9-fleet")
+    fleet = {**shell("roll", run.command("roll", 1.5)), "targets": list(FLEET),
+             "max_concurrency": 2}
+    run.resp = await rig.client.execute(request([fleet], timeouts=TIMEOUTS), wait=False)
+    ident = uuid.UUID(run.resp.execution_id)
+
+    async def completed_rows() -> int:
+        return int(await rig.db(lambda pool: pool.fetchval(
+            "SELECT count(*) FROM execution.step_targets WHERE execution_id = $1"
+            " AND status = 'completed'", ident)))
+
+    async def two_done() -> bool:  # targets run in pairs: the next pair has just started
+        return await completed_rows() >= 2
+
+    await wait_for(two_done, timeout=60, what="the first two targets to complete")
+    replacement = rig.worker()
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.to_thread(worker.wait, 10)
+    done_before = await completed_rows()
+    await rig.ready(replacement)
+
+    async def paused() -> bool:
+        progress = await _progress(rig, run.resp.workflow_id)  # type: ignore[union-attr]
+        return bool(progress and progress.waiting_on and "unknown outcome" in
+                    progress.waiting_on)
+
+    await wait_for(paused, timeout=60, what="the fleet step to pause on its unknown outcome")
+    outcome = await rig.client.resolve(run.resp.workflow_id, OPERATOR, "retry")
+    assert outcome.accepted, outcome.reason
+    result = await asyncio.wait_for(rig.client.result(run.resp.execution_id), 120)
+    effects = len(run.lines("roll", "effects"))
+    starts = len(run.lines("roll", "pids"))
+    rows = await rig.db(lambda pool: pool.fetch(
+        "SELECT target, status, attempt FROM execution.step_targets WHERE execution_id = $1",
+        ident))
+    with capsys.disabled():
+        print(f"\n[faults] worker kill -9 mid-fleet: 6 targets, {done_before} completed before "
+              f"the kill, {starts} command starts, {effects} effects, "
+              f"{sum(r['attempt'] > 1 for r in rows)} targets run by the retry")
+    assert result.status.value == "completed", result.error
+    assert effects == len(FLEET), (effects, starts)  # each target acted exactly once
+    assert sorted(r["target"] for r in rows) == sorted(FLEET)
+    assert {r["status"] for r in rows} == {"completed"}
+    assert sum(r["attempt"] == 1 for r in rows) == done_before

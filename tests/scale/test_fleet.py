@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from opsconductor.schema.validation import RequestValidationError
+from opsconductor.starter.client import SubmissionRefused
 from tests.helpers import request, shell, wait_for
 from tests.processes import alive
 
@@ -172,3 +173,23 @@ async def test_rollback_undoes_a_fleet_on_each_target_it_acted_on(engine: Any) -
         uuid.UUID(resp.execution_id))
     undone = sorted(json.loads(r["data"])["target"] for r in rows)
     assert undone == targets
+
+
+async def test_submission_judges_every_target_of_a_fleet(engine: Any, tmp_path: Path) -> None:
+    tenant = f"fleet-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "ran"
+    listed = {**shell("restart", f"touch {marker}"), "targets": FLEET[:20]}
+    selected = {**shell("restart", f"touch {marker}"), "targets": {"groups": ["odd"]}}
+    for fleet in (listed, selected):
+        with pytest.raises(SubmissionRefused, match="no-node-013-for-fred"):
+            await engine.execute(request([fleet], tenant=tenant, actor="fred"), wait=True)
+    assert not marker.exists()
+    assert await engine.pool.fetchval(
+        "SELECT count(*) FROM execution.executions WHERE tenant = $1", tenant) == 0
+    denied = await engine.pool.fetch(
+        "SELECT DISTINCT resource FROM execution.rbac_audit WHERE tenant = $1"
+        " AND decision = 'deny'", tenant)
+    assert [r["resource"] for r in denied] == ["node-013"]
+    fine = {**shell("restart", "true"), "targets": FLEET[:5]}  # node-013 not among them
+    resp = await engine.execute(request([fine], tenant=tenant, actor="fred"), wait=True)
+    assert resp.result.status.value == "completed", resp.result.error
