@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opsconductor.activities.assets import load_inventory
+from opsconductor.activities.executors.asset_query import tag_list
 from opsconductor.activities.fanout import VariantOutcome
 from opsconductor.activities.outputs import StoredStream, store_streams
+from opsconductor.activities.service_clients import AssetServiceClient
 from opsconductor.schema.config import Settings
-from opsconductor.schema.fleet import Fleet
+from opsconductor.schema.fleet import MAX_TARGETS, Fleet, TargetSelector
 from opsconductor.schema.messages import OutputRef
 from opsconductor.schema.outputs import escape_text, truncated_bytes
 from opsconductor.schema.spec import StepSpec
@@ -30,23 +32,50 @@ class FleetTargetsError(ValueError):
     """A selector that cannot be resolved or names nothing."""
 
 
-def fleet_targets(fleet: Fleet, settings: Settings) -> list[str]:
-    """The fleet's targets in a stable order: as listed, or the selected assets by id."""
+async def fleet_targets(fleet: Fleet, settings: Settings) -> list[str]:
+    """The fleet's targets in a stable order: as listed, or the selected assets by id (from
+    the Asset Service when one is configured, else the inventory file). An Asset Service
+    that cannot be reached raises `AssetServiceError` (retryable: not the plan's fault)."""
     if fleet.targets is not None:
         return list(fleet.targets)
-    assert fleet.selector is not None
-    if settings.asset_service_url:
-        raise FleetTargetsError("a target selector needs the inventory file; with the Asset "
-                                "Service list the targets")
-    path = settings.inventory_path()
-    if path is None:
-        raise FleetTargetsError("a target selector needs an inventory: set OPSC_INVENTORY")
-    chosen = sorted(a.id for a in load_inventory(path).assets
-                    if fleet.selector.matches(a.tags))
+    selector = fleet.selector
+    assert selector is not None
+    client = AssetServiceClient.from_settings(settings)
+    if client is not None:
+        records, where = await _service_records(client, selector), "the Asset Service"
+    else:
+        path = settings.inventory_path()
+        if path is None:
+            raise FleetTargetsError("a target selector needs an inventory or the Asset "
+                                    "Service: set OPSC_INVENTORY or OPSC_ASSET_SERVICE_URL")
+        records = [{"id": a.id, "tags": list(a.tags)} for a in load_inventory(path).assets]
+        where = str(path)
+    chosen = sorted({str(r["id"]) for r in records if "id" in r
+                     and selector.matches(tag_list(r.get("tags")))})
     if not chosen:
-        raise FleetTargetsError(f"the selector {fleet.selector.model_dump()} matches no asset "
-                                f"in {path}")
+        raise FleetTargetsError(f"the selector {selector.model_dump()} matches no asset "
+                                f"in {where}")
+    if len(chosen) > MAX_TARGETS:
+        raise FleetTargetsError(f"the selector {selector.model_dump()} matches {len(chosen)} "
+                                f"assets; a fleet step may have at most {MAX_TARGETS}")
     return chosen
+
+
+async def _service_records(client: AssetServiceClient,
+                           selector: TargetSelector) -> list[dict[str, Any]]:
+    """Candidates from the service, narrowed by one tag per query (a tag filter is what its
+    read API offers); the selector's full rule is applied to what comes back."""
+    probes: list[str | None] = ([selector.tags[0]] if selector.tags
+                                else [f"group:{g}" for g in selector.groups] or [None])
+    found: dict[str, dict[str, Any]] = {}
+    async with client:
+        for tag in probes:
+            params: dict[str, Any] = {"limit": MAX_TARGETS + 1}
+            if tag is not None:
+                params["tags"] = tag
+            for record in await client.query(**params):
+                found[str(record.get("id"))] = record
+    return list(found.values())
 
 
 def fleet_variants(step: StepSpec, targets: list[str]) -> list[StepSpec]:

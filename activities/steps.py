@@ -118,11 +118,15 @@ async def _run_fleet(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool
         fleet_targets,
         fleet_variants,
     )
+    from opsconductor.activities.service_clients import AssetServiceError
 
     step = inp.step
     assert step.fleet is not None
     try:
-        targets = fleet_targets(step.fleet, settings)
+        targets = await fleet_targets(step.fleet, settings)
+    except AssetServiceError as err:
+        return StepOutcome(ok=False, error=f"step {step.id}: asset service: {err}",
+                           error_type=ErrorType.EXECUTOR_ERROR, retryable=True)
     except (FleetTargetsError, OSError, ValueError) as err:
         return StepOutcome(ok=False, error=f"step {step.id}: {err}",
                            error_type=ErrorType.INVALID_STEP, retryable=False)

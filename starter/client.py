@@ -670,7 +670,7 @@ async def fleet_problems(request: ExecutionRequest, settings: Settings) -> list[
         path = f"plan.plan.steps[{i}].targets"
         if fleet.targets is None:
             try:
-                fleet_targets(fleet, settings)
+                await fleet_targets(fleet, settings)
             except (FleetTargetsError, OSError, ValueError) as err:
                 problems.append(Problem(path=path, message=str(err)))
             continue
@@ -689,7 +689,7 @@ async def fleet_resources(request: ExecutionRequest, settings: Settings,
     out: dict[str, list[str]] = {}
     for step in request.steps:
         if step.fleet is not None:
-            targets = fleet_targets(step.fleet, settings)
+            targets = await fleet_targets(step.fleet, settings)
             ids, _ = await resolve_targets(targets, settings)
             out[step.id] = [ids.get(t) or t for t in targets]
     return out

@@ -28,7 +28,7 @@ from opsconductor.schema.upstream_tools import AssetQueryInputs
 IDENTITY_FIELDS = ("id", "hostname", "ip_address")
 
 
-def _tags(value: Any) -> list[str]:
+def tag_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
     return [str(t) for t in value or []]
@@ -47,7 +47,7 @@ def matches(record: dict[str, Any], q: AssetQueryInputs) -> bool:
     """The inventory's answer to a query, by the rules in the module docstring."""
     for key, want in q.filters.items():
         if key == "tags":
-            if not set(_tags(want)) <= set(_tags(record.get("tags"))):
+            if not set(tag_list(want)) <= set(tag_list(record.get("tags"))):
                 return False
         elif str(record.get(key, "")).lower() != str(want).lower():
             return False
@@ -73,7 +73,7 @@ async def query_service(client: AssetServiceClient, q: AssetQueryInputs) -> list
         return [await client.get(str(q.asset_id))]
     if q.query_type == "get_by_hostname":
         return [await client.get_by_hostname(str(q.hostname))]
-    params: dict[str, Any] = {k: (",".join(_tags(v)) if k == "tags" else v)
+    params: dict[str, Any] = {k: (",".join(tag_list(v)) if k == "tags" else v)
                               for k, v in q.filters.items()}
     if q.query_type == "search":
         params["search"] = q.search_term

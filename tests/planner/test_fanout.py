@@ -113,3 +113,20 @@ def test_many_variants_stay_small_enough_for_one_step_result() -> None:
     assert folded.ok and folded.output["count"] == 200
     assert size < 600 * 1024
     assert folded.output["variants"][0]["stdout"].endswith("bytes]")
+
+
+async def test_a_fleet_selector_asks_the_asset_service(asset_service: str) -> None:
+    from opsconductor.activities.fleet import FleetTargetsError, fleet_targets
+    from opsconductor.activities.service_clients import AssetServiceError
+    from opsconductor.schema.config import load_settings
+    from opsconductor.schema.fleet import fleet_from
+
+    settings = load_settings()
+    assert await fleet_targets(fleet_from({"tags": ["win10"]}, None, None), settings) == \
+        ["a1", "a2"]
+    assert SEEN[-1]["query"]["tags"] == "win10"
+    with pytest.raises(FleetTargetsError, match="matches no asset in the Asset Service"):
+        await fleet_targets(fleet_from({"tags": ["win10", "gpu"]}, None, None), settings)
+    down = settings.model_copy(update={"asset_service_url": "http://127.0.0.1:9"})
+    with pytest.raises(AssetServiceError):
+        await fleet_targets(fleet_from({"tags": ["win10"]}, None, None), down)
