@@ -22,6 +22,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
@@ -29,8 +30,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, start_http_server
-from temporalio.contrib.opentelemetry import MetricsExporter, TracingInterceptor
-from temporalio.runtime import MetricBuffer, MetricBufferDurationFormat, Runtime, TelemetryConfig
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.runtime import (
+    BUFFERED_METRIC_KIND_COUNTER,
+    BUFFERED_METRIC_KIND_HISTOGRAM,
+    MetricBuffer,
+    MetricBufferDurationFormat,
+    Runtime,
+    TelemetryConfig,
+)
 
 from opsconductor.activities.telemetry import SCOPE, SECONDS_BUCKETS, StepTelemetry
 
@@ -73,6 +81,64 @@ def seconds_views() -> list[View]:
     buckets are milliseconds-shaped)."""
     return [View(instrument_name="opsc_*_seconds",
                  aggregation=ExplicitBucketHistogramAggregation(list(SECONDS_BUCKETS)))]
+
+
+class MetricBufferDrain:
+    """Moves Temporal's buffered metric updates into an OpenTelemetry meter.
+
+    Not `temporalio.contrib.opentelemetry.MetricsExporter`: it caches converted attributes by
+    `id()`, but the attribute set of a workflow's `record(value, {...})` is a fresh object
+    each time, freed once drained, so a later set can reuse the address and be recorded
+    under the earlier set's labels (a failed run's duration counted as a completed one's).
+    Here instruments are keyed by name and kind, and attributes are read on every update."""
+
+    def __init__(self, buffer: MetricBuffer, meter_provider: MeterProvider, *,
+                 meter_name: str, poll_interval: timedelta) -> None:
+        self.buffer = buffer
+        self.meter = meter_provider.get_meter(meter_name)
+        self.poll_seconds = poll_interval.total_seconds()
+        self.instruments: dict[tuple[str, int], Any] = {}
+        self.gauges: dict[str, dict[frozenset[tuple[str, Any]], tuple[dict[str, Any], float]]] = {}
+
+    def _instrument(self, metric: Any) -> Any:
+        key = (metric.name, metric.kind)
+        found = self.instruments.get(key)
+        if found is None:
+            unit, text = metric.unit or "", metric.description or ""
+            if metric.kind == BUFFERED_METRIC_KIND_COUNTER:
+                found = self.meter.create_counter(metric.name, unit=unit, description=text)
+            elif metric.kind == BUFFERED_METRIC_KIND_HISTOGRAM:
+                found = self.meter.create_histogram(metric.name, unit=unit, description=text)
+            else:
+                values = self.gauges.setdefault(metric.name, {})
+                found = self.meter.create_observable_gauge(
+                    metric.name, unit=unit, description=text, callbacks=[
+                        lambda _options, v=values: [Observation(value, attributes=attrs)
+                                                    for attrs, value in list(v.values())]])
+            self.instruments[key] = found
+        return found
+
+    def drain(self) -> None:
+        for update in self.buffer.retrieve_updates():
+            try:
+                metric, attrs = update.metric, dict(update.attributes)
+                instrument = self._instrument(metric)
+                if metric.kind == BUFFERED_METRIC_KIND_COUNTER:
+                    instrument.add(update.value, attributes=attrs)
+                elif metric.kind == BUFFERED_METRIC_KIND_HISTOGRAM:
+                    instrument.record(update.value, attributes=attrs)
+                else:
+                    self.gauges[metric.name][frozenset(attrs.items())] = (attrs, update.value)
+            except Exception:  # one bad update must not stop the others
+                log.exception("could not export a buffered Temporal metric")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain every `poll_interval` until `stop` is set, then once more."""
+        while not stop.is_set():
+            self.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_seconds)
+        self.drain()
 
 
 @dataclass
@@ -137,12 +203,15 @@ class Telemetry:
     async def running(self) -> AsyncIterator[Telemetry]:
         """Drain Temporal's metric buffer into the meter provider while the block runs; on
         exit stop `/metrics` and flush the providers."""
+        drain = MetricBufferDrain(self.buffer, self.meter_provider, meter_name="temporalio",
+                                  poll_interval=timedelta(milliseconds=500))
+        stop = asyncio.Event()
+        task = asyncio.create_task(drain.run(stop))
         try:
-            async with MetricsExporter(self.buffer, self.meter_provider,
-                                       meter_name="temporalio",
-                                       poll_interval=timedelta(milliseconds=500)):
-                yield self
+            yield self
         finally:
+            stop.set()
+            await task
             for server in self._servers:
                 server.shutdown()
                 server.server_close()
