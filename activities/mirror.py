@@ -221,8 +221,14 @@ async def write_approvals(conn: asyncpg.Connection, execution_id: str,
             json.dumps(a.decisions, default=str))
 
 
+# A batch waits this long for a row lock, then fails retryably (retried with backoff, shown
+# by `health` once it persists) rather than hanging on whoever holds it.
+MIRROR_LOCK_TIMEOUT = "2s"
+
+
 async def apply_mirror_write(conn: asyncpg.Connection, w: MirrorWrite) -> None:
     async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{MIRROR_LOCK_TIMEOUT}'")
         if w.spec is not None:
             await _create(conn, w.spec, w.run_id)
         await write_steps(conn, w.execution_id, w.steps)

@@ -6,6 +6,7 @@ silently make it retryable. Pure: nothing here touches the workflow's state.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio.common import RetryPolicy
@@ -19,9 +20,15 @@ LEASE_SECONDS = 60.0  # asset leases: renewed by running steps and during approv
 # The activity's own command timeout fires first; the grace lets it report the timeout.
 STEP_TIMEOUT_GRACE = timedelta(seconds=10)
 MIRROR_TIMEOUT = timedelta(seconds=30)
+# How often a mirror batch is tried as a local activity (invisible outside the worker; about
+# 20 s of backoff) before it goes on as a regular activity, retried for as long as it takes
+# and shown by Temporal and `opsconductor health`. (A local activity's schedule-to-close
+# timeout would bound it by time, but panics this SDK's core when it fires.)
+MIRROR_LOCAL_ATTEMPTS = 8
 MIRROR_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=10),
                            non_retryable_error_types=names(ErrorType.ILLEGAL_TRANSITION))
+MIRROR_LOCAL_RETRY = dataclasses.replace(MIRROR_RETRY, maximum_attempts=MIRROR_LOCAL_ATTEMPTS)
 # A cancel reaches a waiting activity with its next heartbeat (at most 0.8 x this timeout).
 LOCK_HEARTBEAT = timedelta(seconds=3)
 LOCK_EXTRA = timedelta(seconds=30)  # beyond the lock wait itself: the activity's own work

@@ -12,12 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.enums import ApprovalState, ExecutionStatus, StepStatus
+from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import EventRecord, MirrorWrite, MirrorWriteResult
 from opsconductor.schema.spec import ExecutionSpec
-from opsconductor.workflows.options import MIRROR_RETRY, MIRROR_TIMEOUT
+from opsconductor.workflows.options import MIRROR_LOCAL_RETRY, MIRROR_RETRY, MIRROR_TIMEOUT
+
+VISIBLE_MIRROR_RETRY = "mirror-retry-visible"
+NEVER_RETRIED = (ErrorType.ILLEGAL_TRANSITION.value, ErrorType.MIRROR_WRITE_REFUSED.value)
 
 if TYPE_CHECKING:
     from opsconductor.workflows.state import RunState
@@ -112,7 +118,25 @@ class Recorder:
                                 workflow_id=self.spec.workflow_id, status=self.state.status,
                                 approval_state=self.state.approval_state,
                                 events=self.state.journal.take(), **fields)
-            return await workflow.execute_local_activity(
+            try:
+                return await workflow.execute_local_activity(
+                    "mirror_write", write, result_type=MirrorWriteResult,
+                    start_to_close_timeout=MIRROR_TIMEOUT, retry_policy=MIRROR_LOCAL_RETRY,
+                    summary="mirror")
+            except ActivityError as err:
+                if not (transient(err) and workflow.patched(VISIBLE_MIRROR_RETRY)):
+                    raise
+            # PostgreSQL has failed this batch for a while: keep trying where it shows (a
+            # pending activity with its attempts and last failure; `opsconductor health`).
+            return await workflow.execute_activity(
                 "mirror_write", write, result_type=MirrorWriteResult,
                 start_to_close_timeout=MIRROR_TIMEOUT, retry_policy=MIRROR_RETRY,
-                summary="mirror")
+                summary="mirror (PostgreSQL failing: retrying)")
+
+
+def transient(err: ActivityError) -> bool:
+    """A batch that ran out of its local window (or failed retryably), not one refused."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return not cause.non_retryable and cause.type not in NEVER_RETRIED
+    return isinstance(cause, ActivityTimeoutError)

@@ -3,6 +3,7 @@ run as the real `opsconductor` binary against the test session's servers."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import assert_eventually, request, shell, step
+from tests.helpers import assert_eventually, request, shell, step, until
 from tests.integration.helpers import opsc_env, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -107,6 +108,38 @@ async def test_health_reports_activities_being_retried(engine: Any,
     assert found["activity"] == "run_step" and found["last_failure"], found
     await engine.cancel(resp.execution_id, actor="alice", reason="test over")
     await engine.result(resp.execution_id)
+
+
+@pytest.mark.faults
+async def test_a_mirror_that_keeps_failing_shows_in_health_and_then_catches_up(
+        engine: Any, env: dict[str, str], tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    resp = await engine.execute(request([shell("a", f"while [ ! -e {go} ]; do sleep 0.05;"
+                                                     " done")]), wait=False)
+    await until(engine, resp.workflow_id, lambda p: p.steps_running == 1)
+    async with engine.pool.acquire() as conn, conn.transaction():
+        # the execution's row stays locked: its final mirror batch fails (lock timeout)
+        # (NO KEY UPDATE: the step's own rows, which reference it, are still written)
+        await conn.execute("SELECT 1 FROM execution.executions WHERE execution_id = $1"
+                           " FOR NO KEY UPDATE", uuid.UUID(resp.execution_id))
+        go.touch()
+
+        async def retried() -> Any:
+            cli = await run_cli(env, "health", "--json")
+            mine = [r for r in cli.json["retrying"].get("retrying", [])
+                    if r["workflow_id"] == resp.workflow_id]
+            assert mine and mine[0]["activity"] == "mirror_write", cli.json["retrying"]
+            return mine[0]
+
+        found = await assert_eventually(retried, what="the failing mirror batch in health",
+                                        timeout=90)
+        assert "lock timeout" in found["last_failure"], found
+    result = await asyncio.wait_for(engine.result(resp.execution_id), 60)
+    assert result.status.value == "completed"
+    row = await engine.pool.fetchrow("SELECT status::text, completed_at FROM"
+                                     " execution.executions WHERE execution_id = $1",
+                                     uuid.UUID(resp.execution_id))
+    assert row["status"] == "completed" and row["completed_at"] is not None
 
 
 async def test_tenant_filters_and_dlq_discard(engine: Any, env: dict[str, str]) -> None:
