@@ -567,6 +567,11 @@ class StepActivities:
             await tap.close()
             self.live.forget(secret_values)
 
+        if outcome.error_type == ErrorType.STEP_TIMEOUT and not step.idempotent:
+            # Killed midway, it may have acted: running it again could do it twice.
+            outcome.retryable = False
+            outcome.error = (f"{outcome.error}; not retried: the step is not idempotent and "
+                             "may have acted before it was stopped")
         if outcome.ok and step.success_criteria:
             context = {**result_context(outcome), "steps": inp.prior_outputs}
             results = await run_checks(step.success_criteria, context=context, asset=asset,

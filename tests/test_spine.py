@@ -139,6 +139,18 @@ async def test_hanging_step_is_retried_per_policy_then_fails_and_its_group_is_go
         "step.attempt_failed") == 1
 
 
+async def test_a_non_idempotent_step_killed_at_its_timeout_is_not_run_again(
+        engine: Any, tmp_path: Path) -> None:
+    effects = tmp_path / "effects"
+    req = request([shell("pay", f"echo paid >> {effects}; sleep 300", timeout_seconds=1)],
+                  timeouts={"max_attempts": 3, "step_timeout_seconds": 1})
+    resp = await engine.execute(req, wait=True)
+    pay = resp.result.steps[0]
+    assert pay.status.value == "timeout" and pay.attempts == 1
+    assert "not retried: the step is not idempotent" in (pay.error or "")
+    assert effects.read_text().split() == ["paid"]  # it acted once, and only once
+
+
 async def test_execution_deadline_ends_the_run_as_timeout(engine: Any) -> None:
     req = request([
         shell("slow", "sleep 30", idempotent=True),
