@@ -21,7 +21,7 @@ from opsconductor.schema.validation import RequestValidationError
 from tests.helpers import events, request, shell, step, until, wait_for
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.scale]
-STEPS = int(os.environ.get("OPSC_TEST_BIG_PLAN_STEPS", "5000"))
+STEPS = int(os.environ.get("BIG_PLAN_STEPS", "5000"))
 
 
 def plan(count: int, prefix: str = "s") -> list[dict]:
