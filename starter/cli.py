@@ -119,12 +119,32 @@ def _load_request(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+async def _read_only_db() -> tuple[Any, str | None]:
+    """A connection for reads (the dry run's rule tables), or why there is none."""
+    import asyncpg
+
+    from opsconductor.schema.config import load_settings
+
+    url = load_settings().database_url
+    if not url:
+        return None, "no database configured"
+    try:
+        return await asyncio.wait_for(asyncpg.connect(url), 5), None
+    except Exception as err:
+        return None, f"database not reachable: {err or type(err).__name__}"
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     doc = _load_request(args)
     if getattr(args, "dry_run", False):
         from opsconductor.starter.dry_run import dry_run, render_text
 
-        report = await dry_run(doc)
+        conn, why = await _read_only_db()
+        try:
+            report = await dry_run(doc, conn, db_problem=why)
+        finally:
+            if conn is not None:
+                await conn.close()
         _out(args, report, lambda: lines(render_text(report).split("\n")))
         return EXIT_OK if report.would_run else EXIT_INPUT
 

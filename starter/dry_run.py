@@ -2,8 +2,9 @@
 
 Validates the request (every problem with its field path), resolves targets from the
 inventory file (an Asset Service is not called: such targets are shown as resolved at run
-time), authorizes every step against the RBAC policy file (the database's rule tables are
-not read), and describes each step: tool -> executor, the command or request, target and
+time), authorizes every step against the RBAC policy as the worker would (the policy file,
+and the database's rule tables when the caller passes a connection: read, never written), and
+describes each step: tool -> executor, the command or request, target and
 connector, failure handling as interpreted beside the text as written, dependencies after
 wildcard expansion, approval gates and checkpoints. What only run time can know (an asset
 query's results, the steps that fan out over them) is shown as such.
@@ -54,6 +55,7 @@ class DryRunReport(BaseModel):
     sla_class: str | None = None
     mode: str | None = None
     steps: list[StepPlan] = Field(default_factory=list)
+    policy_source: str = "policy file"  # what the RBAC decisions above were made on
 
 
 def _runs(step: StepSpec) -> str:
@@ -118,8 +120,10 @@ def _judge(policy: Any, req: Any, tool: str, resource: str, command: str | None,
     return True, reason
 
 
-async def dry_run(raw: Any) -> DryRunReport:
-    """Everything `run` would check and decide, described, with nothing started or written."""
+async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) -> DryRunReport:
+    """Everything `run` would check and decide, described, with nothing started or written.
+    `db`: a PostgreSQL connection or pool whose rule tables join the policy file;
+    `db_problem`: why there is none (said in the report)."""
     from opsconductor.activities.authorization import planned_actions
     from opsconductor.activities.checks import expression_problems
     from opsconductor.activities.executors.command import connection_problems
@@ -140,7 +144,9 @@ async def dry_run(raw: Any) -> DryRunReport:
             problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",
                                     message=f"unknown asset {s.target!r} (not in {where})"))
     problems += [Problem(path=path, message=why) for path, why in expression_problems(spec)]
-    policy = await rbac.load_policy(None)
+    policy = await rbac.load_policy(db)
+    source = ("policy file and rule tables" if db is not None else
+              f"policy file only ({db_problem or 'no database given'})")
     for action in planned_actions(spec):
         if action.what == "step":
             continue  # judged with its step below
@@ -212,7 +218,8 @@ async def dry_run(raw: Any) -> DryRunReport:
             allowed=allowed, rbac_reason=reason))
     return DryRunReport(would_run=not problems, problems=problems, tenant=req.tenant,
                         environment=req.environment.value, approval_level=req.approval_level,
-                        sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps)
+                        sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps,
+                        policy_source=source)
 
 
 def render_text(report: DryRunReport) -> str:
@@ -221,7 +228,8 @@ def render_text(report: DryRunReport) -> str:
         return "\n".join([f"refused: {len(report.problems)} problem(s)",
                           *(f"  - {p}" for p in report.problems)])
     out = [f"dry run: {report.tenant} in {report.environment}, approval level "
-           f"{report.approval_level}, SLA {report.sla_class} ({report.mode})"]
+           f"{report.approval_level}, SLA {report.sla_class} ({report.mode}); RBAC judged on "
+           f"the {report.policy_source}"]
     for s in report.steps:
         out.append(f"{s.id}  {s.tool} -> {s.executor} [{s.action_class}]")
         out.append(f"    runs:      {s.runs}")

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from opsconductor.safety import rbac
+from tests.helpers import request, shell
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "starter" / "examples" / "rbac_policy.yaml"
 
@@ -143,3 +144,22 @@ async def test_engine_from_env(monkeypatch: pytest.MonkeyPatch, db_pool: asyncpg
     policy = await rbac.load_policy(db_pool)
     assert policy.strict == frozenset({"prod", "staging"})
     assert policy.roles_of("acme", "alice", "prod") >= {"sre"}
+
+
+async def test_the_dry_run_judges_on_the_rule_tables_too(db_pool: asyncpg.Pool) -> None:
+    from opsconductor.starter.dry_run import dry_run
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    doc = request([shell("s", "uptime")], tenant=tenant)
+    await db_pool.execute(
+        "INSERT INTO execution.rbac_rules (id, effect, tenants, actions) VALUES ($1, 'deny',"
+        " $2, '{execute}')", f"deny-all-{tenant}", [tenant])
+    try:
+        without = await dry_run(doc, db_problem="not given")
+        judged = await dry_run(doc, db_pool)
+    finally:
+        await db_pool.execute("DELETE FROM execution.rbac_rules WHERE id = $1",
+                              f"deny-all-{tenant}")
+    assert without.would_run and without.policy_source == "policy file only (not given)"
+    assert not judged.would_run and judged.policy_source == "policy file and rule tables"
+    assert f"deny-all-{tenant}" in judged.steps[0].rbac_reason
