@@ -142,17 +142,21 @@ async def run_variants(variants: list[StepSpec], run_variant: RunVariant, *,
 
 Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]
 Guard = Callable[[StepSpec, Any], contextlib.AbstractAsyncContextManager[None]]
+Precheck = Callable[[StepSpec, Any], Awaitable[StepOutcome | None]]
 
 
 def executor_variant_runner(base: StepContext, *, authorize: Authorize,
-                            guard: Guard | None = None) -> RunVariant:
+                            guard: Guard | None = None,
+                            precheck: Precheck | None = None) -> RunVariant:
     """A `run_variant` that resolves the variant's asset and secrets and runs its executor,
     with the rest of the context (execution, timeout, heartbeat) from `base`.
 
     A variant's host is known only now, so RBAC must be decided per variant: `authorize`
     (variant, asset) returns None to allow or the denial's reason; a denied variant does not
     run and fails as RbacDenied. An unknown asset fails as UnknownAsset. `guard` (variant,
-    asset) is held while the variant acts: the step activity holds the asset's lease there."""
+    asset) is held while the variant acts: the step activity holds the asset's lease there.
+    `precheck` (variant, asset) returns an outcome when the variant must not act (a fleet
+    step's preconditions, checked on each target)."""
     from opsconductor.activities.assets import UnknownAsset, resolve_asset
     from opsconductor.activities.executors.registry import executor_for
     from opsconductor.safety.secrets import resolver_from_env
@@ -167,6 +171,8 @@ def executor_variant_runner(base: StepContext, *, authorize: Authorize,
         if denied is not None:
             return StepOutcome(ok=False, error=denied, error_type=ErrorType.RBAC_DENIED,
                                retryable=False)
+        if precheck is not None and (stopped := await precheck(variant, asset)) is not None:
+            return stopped
         inputs, _values = await (base.secrets or resolver_from_env()).resolve(variant.inputs)
         ctx = dataclasses.replace(base, step=variant, inputs=inputs, asset=asset)
         async with (guard(variant, asset) if guard is not None

@@ -191,7 +191,22 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
         finally:
             await mutex.release(pool, inp.tenant, inp.execution_id, [key])
 
-    return executor_variant_runner(ctx, authorize=authorize, guard=leased)
+    async def precheck(variant: StepSpec, asset: Any) -> StepOutcome | None:
+        """A fleet step's preconditions hold on each target, or that target does not act."""
+        if inp.step.fleet is None or not inp.step.preconditions:
+            return None
+        results = await run_checks(inp.step.preconditions,
+                                   context={"steps": inp.prior_outputs}, asset=asset, gate=gate)
+        failed = [r for r in results if not r.passed]
+        if not failed:
+            return None
+        return StepOutcome(ok=False, error=f"precondition failed on {variant.target}: "
+                                           f"{failed[0].expr}: {failed[0].detail}",
+                           error_type=ErrorType.PRECONDITION_FAILED, retryable=False,
+                           output={"checks": [{"kind": "precondition", **r.to_dict()}
+                                              for r in results]})
+
+    return executor_variant_runner(ctx, authorize=authorize, guard=leased, precheck=precheck)
 
 
 def _gate(inp: StepRunInput, pool: Any, engine: RbacEngine) -> ActionGate:
@@ -477,7 +492,7 @@ class StepActivities:
         masker = self.masker.with_secrets(secret_values)
         self.live.register(secret_values)
         checks: list[dict[str, Any]] = []
-        if step.preconditions:
+        if step.preconditions and step.fleet is None:  # a fleet checks them per target
             results = await run_checks(step.preconditions, context={"steps": inp.prior_outputs},
                                        asset=asset, gate=gate)
             checks += [{"kind": "precondition", **r.to_dict()} for r in results]

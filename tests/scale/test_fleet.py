@@ -193,3 +193,24 @@ async def test_submission_judges_every_target_of_a_fleet(engine: Any, tmp_path: 
     fine = {**shell("restart", "true"), "targets": FLEET[:5]}  # node-013 not among them
     resp = await engine.execute(request([fine], tenant=tenant, actor="fred"), wait=True)
     assert resp.result.status.value == "completed", resp.result.error
+
+
+async def test_a_fleet_steps_preconditions_hold_on_each_target(engine: Any,
+                                                               tmp_path: Path) -> None:
+    checked, ran = tmp_path / "checked", tmp_path / "ran"
+    step = {**shell("restart", f"echo ran >> {ran}"), "targets": FLEET[:6],
+            "max_concurrency": 3, "preconditions": [f"command: echo checked >> {checked}"]}
+    resp = await engine.execute(request([step]), wait=True)
+    assert resp.result.status.value == "completed", resp.result.error
+    assert len(checked.read_text().split()) == 6 and len(ran.read_text().split()) == 6
+    blocked = {**shell("restart", f"echo ran >> {ran}.2"), "targets": FLEET[:6],
+               "max_concurrency": 1, "max_errors": 1,
+               "preconditions": [f"command: test -e {tmp_path / 'absent'}"]}
+    resp = await engine.execute(request([blocked]), wait=True)
+    restart = resp.result.steps[0]
+    assert restart.status.value == "failed" and not Path(f"{ran}.2").exists()
+    assert "precondition failed on node-000" in (restart.error or "")
+    rows = await engine.pool.fetch(
+        "SELECT status, count(*) AS n FROM execution.step_targets WHERE execution_id = $1"
+        " GROUP BY status", uuid.UUID(resp.execution_id))
+    assert {r["status"]: r["n"] for r in rows} == {"failed": 2, "skipped": 4}
