@@ -107,7 +107,6 @@ class ExecutionResponse(BaseModel):
     result: ExecutionResult | None = None
 
 
-
 async def _check_encoded_size(request: ExecutionRequest,
                               asset_ids: dict[str, str | None] | None, key: str) -> None:
     """Refuse, before anything is claimed or written, a plan whose spec Temporal would refuse
@@ -120,6 +119,7 @@ async def _check_encoded_size(request: ExecutionRequest,
             path="plan", message=f"the execution spec is {size:,} bytes once encoded and "
                                  f"compressed; Temporal accepts at most {PAYLOAD_LIMIT:,}: "
                                  "split the plan")])
+
 
 @dataclass
 class ExecutionClient:
@@ -459,17 +459,19 @@ class ExecutionClient:
         it cancels the call), or `TimeoutError` if the cancel lands first."""
         handle = await self.handle(ident)
         wait = self.update_wait_seconds
+
+        async def send() -> DecisionOutcome:
+            return await asyncio.wait_for(  # type: ignore[no-any-return]
+                handle.execute_update(update, payload, result_type=DecisionOutcome,
+                                      rpc_timeout=timedelta(seconds=wait)), wait)
+
         try:
             try:
-                return await asyncio.wait_for(  # type: ignore[no-any-return]
-                    handle.execute_update(update, payload, result_type=DecisionOutcome,
-                                          rpc_timeout=timedelta(seconds=wait)), wait)
+                return await send()
             except WorkflowUpdateFailedError as err:
                 if not await self._gate_opened(ident, err):
                     raise
-                return await asyncio.wait_for(  # type: ignore[no-any-return]
-                    handle.execute_update(update, payload, result_type=DecisionOutcome,
-                                          rpc_timeout=timedelta(seconds=wait)), wait)
+                return await send()
         except WorkflowUpdateFailedError as err:
             # A validator's refusal never reaches history: record it in the mirror here.
             cause = err.cause
