@@ -107,13 +107,20 @@ class ExecutionResponse(BaseModel):
     result: ExecutionResult | None = None
 
 
-async def _check_encoded_size(request: ExecutionRequest,
-                              asset_ids: dict[str, str | None] | None, key: str) -> None:
+@dataclass(frozen=True)
+class Prepared:
+    """A request that passed every check needing no write: the model, the spec it becomes
+    (built once; ids filled in after the claim) and each fleet step's resources."""
+
+    request: ExecutionRequest
+    draft: ExecutionSpec
+    fleets: dict[str, list[str]]
+
+
+async def _check_encoded_size(draft: ExecutionSpec) -> None:
     """Refuse, before anything is claimed or written, a plan whose spec Temporal would refuse
     as the workflow's input even compressed (a start that fails would leave a claim behind)."""
-    probe = build_spec(request, execution_id=str(uuid.UUID(int=0)), workflow_id="size-probe",
-                       idempotency_key=key, asset_ids=asset_ids)
-    size = await encoded_size(probe)
+    size = await encoded_size(draft)
     if size > PAYLOAD_LIMIT:
         raise RequestValidationError([Problem(
             path="plan", message=f"the execution spec is {size:,} bytes once encoded and "
@@ -166,9 +173,8 @@ class ExecutionClient:
 
     # ------------------------------------------------------------------ submit
 
-    async def prepare(self, raw: Any) -> tuple[ExecutionRequest, dict[str, str | None]]:
-        """Every check that needs no write: structure, tools, inputs, assets. Returns the
-        request and each target's asset id (None for this machine)."""
+    async def prepare(self, raw: Any) -> Prepared:
+        """Every check that needs no write: structure, tools, inputs, assets."""
         request = validate_request(raw)
         targets = sorted({t for s in request.steps
                           if isinstance(t := s.target, str) and t})
@@ -176,23 +182,23 @@ class ExecutionClient:
         problems = [Problem(path=f"plan.plan.steps[{i}].inputs.target",
                             message=f"unknown asset {s.target!r}")
                     for i, s in enumerate(request.steps) if s.target in unknown]
-        problems += await fleet_problems(request, self.settings)
-        draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="")
+        fleet_issues, fleets = await check_fleets(request, self.settings)
+        problems += fleet_issues
+        draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="",
+                           asset_ids=asset_ids)
         problems += [Problem(path=path, message=why) for path, why in expression_problems(draft)]
         if problems:
             raise RequestValidationError(problems)
-        return request, asset_ids
+        return Prepared(request, draft, fleets)
 
-    async def _authorize_submission(self, request: ExecutionRequest,
-                                    asset_ids: dict[str, str | None]) -> None:
+    async def _authorize_submission(self, prepared: Prepared) -> None:
         """Everything the plan can run on a host (steps, `command:` checks wherever they
-        stand, rollback actions), judged as the worker will judge it and audited, before
-        anything is written."""
-        draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="",
-                           asset_ids=asset_ids)
+        stand, rollback actions, every fleet target), judged as the worker will judge it and
+        audited, before anything is written."""
+        request = prepared.request
         entries: list[rbac.AuditEntry] = []
         refusal: str | None = None
-        for action in planned_actions(draft, await fleet_resources(request, self.settings)):
+        for action in planned_actions(prepared.draft, prepared.fleets):
             gate = ActionGate(engine=self.rbac_engine, pool=self.pool, tenant=request.tenant,
                               actor=request.actor, environment=request.environment.value,
                               step_id=action.step_id)
@@ -221,13 +227,14 @@ class ExecutionClient:
 
     async def _execute(self, raw: Any, wait: bool | None, span: trace.Span,
                        carried: list[CarriedStep]) -> ExecutionResponse:
-        request, asset_ids = await self.prepare(raw)
-        await self._authorize_submission(request, asset_ids)
+        prepared = await self.prepare(raw)
+        request = prepared.request
+        await self._authorize_submission(prepared)
         fingerprint = idempotency.request_fingerprint(
             request.model_dump(mode="json", by_alias=True, exclude_none=True))
         key = (idempotency.caller_key(request.tenant, request.idempotency_key)
                if request.idempotency_key else fingerprint)
-        await _check_encoded_size(request, asset_ids, key)
+        await _check_encoded_size(prepared.draft)
         try:
             claim = await idempotency.claim(self.pool, request.tenant, key,
                                             self.settings.idempotency_window_seconds,
@@ -235,11 +242,10 @@ class ExecutionClient:
                                             supplied_key=request.idempotency_key)
         except idempotency.IdempotencyConflict as err:
             raise DuplicateKeyConflict(str(err)) from None
-        spec = build_spec(request, execution_id=claim.execution_id,
-                          workflow_id=claim.workflow_id, idempotency_key=key,
-                          previous_execution_id=claim.previous_execution_id,
-                          asset_ids=asset_ids,
-                          submitted_at=claim.created_at or datetime.now(UTC))
+        spec = prepared.draft.model_copy(update={
+            "execution_id": claim.execution_id, "workflow_id": claim.workflow_id,
+            "idempotency_key": key, "previous_execution_id": claim.previous_execution_id,
+            "submitted_at": claim.created_at or datetime.now(UTC)})
         linked = [c for c in carried if claim.is_new
                   and c.from_execution_id == claim.previous_execution_id]
         if linked:
@@ -660,41 +666,31 @@ class ExecutionClient:
         return out
 
 
-async def fleet_problems(request: ExecutionRequest, settings: Settings) -> list[Problem]:
-    """A fleet step's targets must exist now: listed ones resolve, a selector matches."""
+async def check_fleets(request: ExecutionRequest, settings: Settings,
+                       ) -> tuple[list[Problem], dict[str, list[str]]]:
+    """A fleet step's targets must exist now (listed ones resolve, a selector matches); and
+    each fleet step's resources as the worker will authorize them (the targets' asset ids),
+    so that submission judges every target, not the fleet as one."""
     from opsconductor.activities.fleet import FleetTargetsError, fleet_targets
 
     problems: list[Problem] = []
+    resources: dict[str, list[str]] = {}
     for i, step in enumerate(request.steps):
         fleet = step.fleet
         if fleet is None:
             continue
         path = f"plan.plan.steps[{i}].targets"
         if fleet.targets is None:
-            try:
-                await fleet_targets(fleet, settings)
+            try:  # a selector answers with asset ids
+                resources[step.id] = await fleet_targets(fleet, settings)
             except (FleetTargetsError, OSError, ValueError) as err:
                 problems.append(Problem(path=path, message=str(err)))
             continue
-        _, unknown = await resolve_targets(fleet.targets, settings)
+        ids, unknown = await resolve_targets(fleet.targets, settings)
         problems += [Problem(path=f"{path}[{j}]", message=f"unknown asset {t!r}")
                      for j, t in enumerate(fleet.targets) if t in unknown]
-    return problems
-
-
-async def fleet_resources(request: ExecutionRequest, settings: Settings,
-                          ) -> dict[str, list[str]]:
-    """Each fleet step's targets as the worker will authorize them (their asset ids), so
-    that submission judges every target, not the fleet as one."""
-    from opsconductor.activities.fleet import fleet_targets
-
-    out: dict[str, list[str]] = {}
-    for step in request.steps:
-        if step.fleet is not None:
-            targets = await fleet_targets(step.fleet, settings)
-            ids, _ = await resolve_targets(targets, settings)
-            out[step.id] = [ids.get(t) or t for t in targets]
-    return out
+        resources[step.id] = [ids.get(t) or t for t in fleet.targets]
+    return problems, resources
 
 
 def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:
