@@ -1,6 +1,9 @@
-"""Opening the Postgres pool a worker or a client holds and hands to whatever needs it."""
+"""Opening the Postgres pool a worker or a client holds and hands to whatever needs it, and
+the one-off connections of health checks and the dry run."""
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 
@@ -41,3 +44,10 @@ async def open_pool(settings: Settings, *, min_size: int = 2,
         raise DatabaseUnavailable("no database configured: set OPSC_DATABASE_URL or "
                                   "start `opsconductor dev`")
     return await create_pool(settings.database_url, min_size=min_size, max_size=max_size)
+
+
+async def connect_once(url: str | None, *, timeout: float = 5.0) -> asyncpg.Connection:
+    """One short-lived connection (health checks, the dry run's reads), bounded in time."""
+    if not url:
+        raise RuntimeError("no database configured")
+    return await asyncio.wait_for(asyncpg.connect(url), timeout)

@@ -121,15 +121,11 @@ def _load_request(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _read_only_db() -> tuple[Any, str | None]:
     """A connection for reads (the dry run's rule tables), or why there is none."""
-    import asyncpg
-
+    from opsconductor.activities.db import connect_once
     from opsconductor.schema.config import load_settings
 
-    url = load_settings().database_url
-    if not url:
-        return None, "no database configured"
     try:
-        return await asyncio.wait_for(asyncpg.connect(url), 5), None
+        return await connect_once(load_settings().database_url), None
     except Exception as err:
         return None, f"database not reachable: {err or type(err).__name__}"
 

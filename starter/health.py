@@ -16,18 +16,15 @@ import asyncio
 import socket
 from typing import Any
 
+from opsconductor.activities.db import connect_once
 from opsconductor.schema.config import load_settings
 
 SERVERS = ("postgres", "temporal")
 
 
 async def _check_postgres(url: str | None) -> dict[str, Any]:
-    import asyncpg
-
     try:
-        if not url:
-            raise RuntimeError("no database configured")
-        conn = await asyncio.wait_for(asyncpg.connect(url), 5)
+        conn = await connect_once(url)
         try:
             versions = await conn.fetch(
                 "SELECT version FROM execution.schema_migrations ORDER BY version")
@@ -40,12 +37,8 @@ async def _check_postgres(url: str | None) -> dict[str, Any]:
 
 async def _check_progress(url: str | None, stall_seconds: float) -> dict[str, Any]:
     """Executions in flight (not waiting for approval) with no event for `stall_seconds`."""
-    import asyncpg
-
     try:
-        if not url:
-            raise RuntimeError("no database configured")
-        conn = await asyncio.wait_for(asyncpg.connect(url), 5)
+        conn = await connect_once(url)
         try:
             rows = await conn.fetch(
                 """

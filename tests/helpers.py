@@ -8,10 +8,12 @@ the last value seen. Test modules import from here (or from a conftest), never f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +97,28 @@ def pids_in(path: Path, count: int) -> Callable[[], list[int] | None]:
 def unique_queue(prefix: str = "opsc-test") -> str:
     """A task queue of its own, so no other test's worker or workflow can interfere."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------------------- inventory
+
+@contextlib.contextmanager
+def inventory_in_use(engine: Any, path: Path, assets: list[dict[str, Any]]) -> Iterator[Path]:
+    """Write `assets` to the inventory at `path` and point both the submitting client
+    (`OPSC_INVENTORY`) and the session's worker (its settings) at it, until the block ends."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"assets": assets}))
+    old = os.environ.get("OPSC_INVENTORY")
+    os.environ["OPSC_INVENTORY"] = str(path)
+    old_worker, engine.settings.inventory = engine.settings.inventory, path
+    try:
+        yield path
+    finally:
+        engine.settings.inventory = old_worker
+        if old is None:
+            os.environ.pop("OPSC_INVENTORY", None)
+        else:
+            os.environ["OPSC_INVENTORY"] = old
 
 
 # ---------------------------------------------------------------------------- requests

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from opsconductor.starter.pids import pid_alive
 
 
 def _state(pid: int | str) -> str | None:
@@ -15,12 +16,8 @@ def _state(pid: int | str) -> str | None:
 
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     state = _state(pid)
     return state is not None and state != "Z"
 

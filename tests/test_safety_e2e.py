@@ -11,14 +11,12 @@ import io
 import itertools
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -30,6 +28,7 @@ from opsconductor.schema.messages import StepRunInput, TimeoutPolicy
 from opsconductor.schema.spec import StepSpec
 from tests.helpers import (
     file_exists,
+    inventory_in_use,
     lease_expired,
     lock_waiting,
     request,
@@ -45,19 +44,10 @@ CANARY = "canary-" + uuid.uuid4().hex  # a secret value that must never leave th
 @pytest.fixture(scope="module", autouse=True)
 def local_assets(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Path]:
     """Assets reached through the worker's own machine: locks apply, nothing remote."""
-    path = tmp_path_factory.mktemp("inventory") / "inventory.yaml"
-    path.write_text(yaml.safe_dump({"assets": [
-        {"id": name, "hostname": f"{name}.test", "connector": "local"}
-        for name in ("shared-host", "asset-a", "asset-b", "locked-host")]}))
-    old = os.environ.get("OPSC_INVENTORY")
-    os.environ["OPSC_INVENTORY"] = str(path)  # the submitting client's settings
-    old_worker, engine.settings.inventory = engine.settings.inventory, path  # the worker's
-    yield path
-    engine.settings.inventory = old_worker
-    if old is None:
-        os.environ.pop("OPSC_INVENTORY", None)
-    else:
-        os.environ["OPSC_INVENTORY"] = old
+    with inventory_in_use(engine, tmp_path_factory.mktemp("inventory") / "inventory.yaml", [
+            {"id": name, "hostname": f"{name}.test", "connector": "local"}
+            for name in ("shared-host", "asset-a", "asset-b", "locked-host")]) as path:
+        yield path
 
 
 @pytest.fixture

@@ -8,18 +8,16 @@ from what the commands themselves record (start and end times, one file per run)
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from opsconductor.schema.validation import RequestValidationError
 from opsconductor.starter.client import SubmissionRefused
-from tests.helpers import request, shell, wait_for
+from tests.helpers import inventory_in_use, request, shell, wait_for
 from tests.processes import alive
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.scale]
@@ -28,20 +26,11 @@ FLEET = [f"node-{i:03d}" for i in range(200)]
 
 @pytest.fixture(scope="module", autouse=True)
 def fleet_inventory(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("fleet") / "inventory.yaml"
-    path.write_text(yaml.safe_dump({"assets": [
-        {"id": name, "hostname": f"{name}.fleet.test", "connector": "local",
-         "tags": ["fleet", "group:odd" if i % 2 else "group:even"]}
-        for i, name in enumerate(FLEET)]}))
-    old = os.environ.get("OPSC_INVENTORY")
-    os.environ["OPSC_INVENTORY"] = str(path)
-    old_worker, engine.settings.inventory = engine.settings.inventory, path
-    yield path
-    engine.settings.inventory = old_worker
-    if old is None:
-        os.environ.pop("OPSC_INVENTORY", None)
-    else:
-        os.environ["OPSC_INVENTORY"] = old
+    with inventory_in_use(engine, tmp_path_factory.mktemp("fleet") / "inventory.yaml", [
+            {"id": name, "hostname": f"{name}.fleet.test", "connector": "local",
+             "tags": ["fleet", "group:odd" if i % 2 else "group:even"]}
+            for i, name in enumerate(FLEET)]) as path:
+        yield path
 
 
 def intervals(folder: Path) -> list[tuple[int, int]]:
