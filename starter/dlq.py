@@ -34,23 +34,31 @@ async def list_dlq(client: ExecutionClient, include_all: bool = False,
     return [dict(r) for r in rows]
 
 
-async def discard(client: ExecutionClient, entry_id: int, actor: str) -> int:
-    """Close an open entry (and the other open entries of its execution) without running it
-    again; the operator needs the `requeue` permission. Returns how many entries closed."""
+async def _open_entry(client: ExecutionClient, entry_id: int, actor: str,
+                      what: str) -> Any:
+    """The open entry `actor` may act on (the `requeue` permission in its execution's tenant
+    and environment); a missing one is "not found", a closed or denied one a refusal."""
     row = await client.pool.fetchrow(
-        "SELECT d.status, d.execution_id, e.tenant, e.environment::text AS environment "
-        "FROM execution.execution_dlq d JOIN execution.executions e USING (execution_id) "
-        "WHERE d.id = $1", entry_id)
+        "SELECT d.status, d.execution_id, e.tenant, e.environment::text AS environment, e.spec"
+        " FROM execution.execution_dlq d JOIN execution.executions e USING (execution_id)"
+        " WHERE d.id = $1", entry_id)
     if row is None:
         raise ExecutionNotFound(f"no DLQ entry {entry_id}")
-    if row["status"] != "open":
+    if row["status"] != "open":  # it exists: a refusal (exit 1), not "not found"
         raise SubmissionRefused(f"DLQ entry {entry_id} is already {row['status']}")
     decision = await rbac.check(client.pool, tenant=row["tenant"], actor=actor,
                                 action="requeue", environment=row["environment"],
                                 execution_id=str(row["execution_id"]))
     if not decision.allowed:
-        raise SubmissionRefused(f"denied: {actor} may not discard DLQ entries of "
-                                f"{row['tenant']} in {row['environment']}: {decision.reason}")
+        raise SubmissionRefused(f"denied: {actor} may not {what} of {row['tenant']} in "
+                                f"{row['environment']}: {decision.reason}")
+    return row
+
+
+async def discard(client: ExecutionClient, entry_id: int, actor: str) -> int:
+    """Close an open entry (and the other open entries of its execution) without running it
+    again; the operator needs the `requeue` permission. Returns how many entries closed."""
+    row = await _open_entry(client, entry_id, actor, "discard DLQ entries")
     closed = await client.pool.execute(
         "UPDATE execution.execution_dlq SET status = 'discarded', requeued_at = now(), "
         "requeued_by = $2 WHERE execution_id = $1 AND status = 'open'",
@@ -63,21 +71,8 @@ async def requeue(client: ExecutionClient, entry_id: int, actor: str, *,
     """Run the entry's plan again as a new run linked to the failed one; `from_failed`
     resumes at the failed step: the steps the failed run completed are not run again, their
     results are taken over."""
-    row = await client.pool.fetchrow(
-        "SELECT d.status, d.execution_id, e.spec FROM execution.execution_dlq d "
-        "JOIN execution.executions e USING (execution_id) WHERE d.id = $1", entry_id)
-    if row is None:
-        raise ExecutionNotFound(f"no DLQ entry {entry_id}")
-    if row["status"] != "open":  # it exists: a refusal (exit 1), not "not found"
-        raise SubmissionRefused(f"DLQ entry {entry_id} is already {row['status']}")
-    spec = json.loads(row["spec"])
-    request = spec["request"]
-    decision = await rbac.check(client.pool, tenant=spec["tenant"], actor=actor,
-                                action="requeue", environment=spec["environment"],
-                                execution_id=str(row["execution_id"]))
-    if not decision.allowed:
-        raise SubmissionRefused(f"denied: {actor} may not requeue executions of "
-                                f"{spec['tenant']} in {spec['environment']}: {decision.reason}")
+    row = await _open_entry(client, entry_id, actor, "requeue executions")
+    request = json.loads(row["spec"])["request"]
     carried: list[CarriedStep] = []
     if from_failed:
         carried = [CarriedStep(step_id=r["step_id"], from_execution_id=str(row["execution_id"]),
