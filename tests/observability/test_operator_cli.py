@@ -134,6 +134,8 @@ async def test_a_mirror_that_keeps_failing_shows_in_health_and_then_catches_up(
         found = await assert_eventually(retried, what="the failing mirror batch in health",
                                         timeout=90)
         assert "lock timeout" in found["last_failure"], found
+        print(f"\nmirror blocked: health shows {found['activity']} on attempt "
+              f"{found['attempt']}: {found['last_failure'][:60]}")
     result = await asyncio.wait_for(engine.result(resp.execution_id), 60)
     assert result.status.value == "completed"
     row = await engine.pool.fetchrow("SELECT status::text, completed_at FROM"
