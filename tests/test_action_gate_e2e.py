@@ -82,8 +82,11 @@ async def test_refused_at_submission(engine: Any, tmp_path: Path, path: str) -> 
     marker = tmp_path / "MARKER"
     with pytest.raises(SubmissionRefused, match="shell"):
         await engine.execute(hostile(PATHS[path](marker), tenant), wait=False)
+    refusals = await shell_refusals(engine.pool, tenant)
+    print(f"\n[attack] {path} via the client: refused; marker written: {marker.exists()}; "
+          f"{refusals} audited refusal(s)")
     assert not marker.exists()
-    assert await shell_refusals(engine.pool, tenant) >= 1
+    assert refusals >= 1
     assert await engine.pool.fetchval(
         "SELECT count(*) FROM execution.idempotency_records WHERE tenant = $1", tenant) == 0
 
@@ -103,5 +106,8 @@ async def test_refused_by_the_worker_when_submission_is_bypassed(
         "SELECT status::text FROM execution.executions WHERE execution_id = $1"
         " AND status IN ('completed', 'failed', 'partial', 'cancelled', 'timeout')",
         uuid.UUID(execution_id)), timeout=60, what=f"the {path} run to end")
+    refusals = await shell_refusals(engine.pool, tenant, execution_id)
+    print(f"\n[attack] {path} started directly in Temporal: run {status}; marker written: "
+          f"{marker.exists()}; {refusals} audited refusal(s)")
     assert not marker.exists(), f"{path}: the marker was written ({status})"
-    assert await shell_refusals(engine.pool, tenant, execution_id) >= 1, path
+    assert refusals >= 1, path
