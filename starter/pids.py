@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+
+def process_state(pid: int | str) -> str | None:
+    """The one-letter state from `/proc/<pid>/stat` (`R`, `S`, `Z`...), None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:
-    """True while `pid` exists (owned by us or not)."""
+    """True while `pid` exists (owned by us or not) and is not a zombie: a killed postmaster
+    whose parent has not reaped it yet is gone, though `kill(pid, 0)` still finds it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return process_state(pid) != "Z"

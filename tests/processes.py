@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opsconductor.starter.pids import pid_alive
+from opsconductor.starter.pids import pid_alive as alive
 
-
-def _state(pid: int | str) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    if not pid_alive(pid):
-        return False
-    state = _state(pid)
-    return state is not None and state != "Z"
+__all__ = ["alive", "group_members", "shell_leftover_check"]
 
 
 def group_members(pgid: int) -> list[int]:

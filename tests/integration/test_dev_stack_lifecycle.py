@@ -22,6 +22,7 @@ import pytest
 from opsconductor.starter.binaries import temporal_cli
 from tests.helpers import wait_for
 from tests.integration.helpers import OPSCONDUCTOR, run_binary, run_cli
+from tests.processes import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -56,14 +57,6 @@ class DevProcess:
         await wait_for(lambda: self.proc.poll() is not None, timeout=timeout, interval=0.1,
                        what="`opsconductor dev` to exit")
         return int(self.proc.returncode)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _dev_env(home: Path) -> dict[str, str]:
@@ -144,7 +137,7 @@ async def test_a_second_dev_refuses_with_the_pid_and_touches_nothing(
     # Nothing of the first stack was touched: same stack.json, same children, all serving.
     assert first.stack_file.read_bytes() == before
     assert first.proc.poll() is None
-    assert _alive(temporal_pid) and _alive(postgres_pid)
+    assert alive(temporal_pid) and alive(postgres_pid)
     assert await _temporal_healthy(stack["temporal_address"])
     health = await run_cli(env, "health", "--json")
     assert health.code == 0, health
@@ -153,7 +146,7 @@ async def test_a_second_dev_refuses_with_the_pid_and_touches_nothing(
     first.proc.send_signal(signal.SIGTERM)
     assert await first.exit_code() == 0, first.output()
     assert not first.stack_file.exists()
-    await wait_for(lambda: not _alive(temporal_pid) and not _alive(postgres_pid), timeout=30,
+    await wait_for(lambda: not alive(temporal_pid) and not alive(postgres_pid), timeout=30,
                    what="the stack's servers to stop")
     # Its PostgreSQL ran as its own user without opening the private directory to others.
     assert private_dir.stat().st_mode & 0o777 == 0o700
@@ -168,7 +161,7 @@ async def test_a_dead_child_stops_the_stack_and_says_why(start_dev: Any) -> None
     assert "Traceback" not in dev.output()
     assert not dev.stack_file.exists()
     postgres_pid = stack["pids"]["postgres"]
-    await wait_for(lambda: not _alive(postgres_pid), timeout=30, what="PostgreSQL to stop")
+    await wait_for(lambda: not alive(postgres_pid), timeout=30, what="PostgreSQL to stop")
 
     # The lock went with it: the same home starts again; now PostgreSQL dies.
     again = start_dev("postgres-dies")
@@ -179,4 +172,4 @@ async def test_a_dead_child_stops_the_stack_and_says_why(start_dev: Any) -> None
     assert "Traceback" not in again.output()
     assert not again.stack_file.exists()
     temporal_pid = stack["pids"]["temporal"]
-    await wait_for(lambda: not _alive(temporal_pid), timeout=30, what="Temporal to stop")
+    await wait_for(lambda: not alive(temporal_pid), timeout=30, what="Temporal to stop")
