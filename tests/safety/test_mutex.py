@@ -139,14 +139,14 @@ async def test_reap_expired(db_pool: asyncpg.Pool) -> None:
 
 async def test_expired_lease_fails_fencing_and_renew(db_pool: asyncpg.Pool) -> None:
     tenant = _tenant()
-    tokens = await mutex.acquire(db_pool, tenant, ["x"], "e", "w", 0.2, timeout=1)
-    expires = await mutex.renew(db_pool, tenant, ["x"], "e", 0.2)
+    tokens = await mutex.acquire(db_pool, tenant, ["x"], "e", "w", 1.0, timeout=1)
+    expires = await mutex.renew(db_pool, tenant, ["x"], "e", 1.0)
     assert "x" in expires
     async with db_pool.acquire() as conn, conn.transaction():
         assert await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"])
         assert not await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"] - 1)
     await wait_for(lambda: lease_expired(db_pool, tenant, "x", "e"), timeout=5,
-                   interval=0.02, what="the renewed 0.2 s lease to expire")
+                   interval=0.02, what="the renewed 1 s lease to expire")
     async with db_pool.acquire() as conn, conn.transaction():
         assert not await mutex.check_fencing(conn, tenant, "x", "e", tokens["x"])
     with pytest.raises(mutex.LockLost):
@@ -156,14 +156,14 @@ async def test_expired_lease_fails_fencing_and_renew(db_pool: asyncpg.Pool) -> N
 
 async def test_fencing_blocks_takeover_until_commit(db_pool: asyncpg.Pool) -> None:
     tenant = _tenant()
-    tokens = await mutex.acquire(db_pool, tenant, ["f"], "old", "w", 0.3, timeout=1)
+    tokens = await mutex.acquire(db_pool, tenant, ["f"], "old", "w", 1.0, timeout=1)
     async with db_pool.acquire() as conn:
         tr = conn.transaction()
         await tr.start()
         assert await mutex.check_fencing(conn, tenant, "f", "old", tokens["f"])
         # the lease expires while the step's transaction is open
         await wait_for(lambda: lease_expired(db_pool, tenant, "f", "old"), timeout=5,
-                       interval=0.02, what="the 0.3 s lease to expire")
+                       interval=0.02, what="the 1 s lease to expire")
         taker = asyncio.create_task(
             mutex.try_acquire(db_pool, tenant, ["f"], "new", "w", 30))
         # the takeover's backend is visibly blocked by the step's transaction (FOR SHARE)
@@ -198,14 +198,14 @@ async def test_timeout_and_cancel_leave_the_queue(db_pool: asyncpg.Pool) -> None
 
 async def test_keep_renewed(db_pool: asyncpg.Pool) -> None:
     tenant = _tenant()
-    await mutex.acquire(db_pool, tenant, ["k"], "e", "w", 0.3, timeout=1)
+    await mutex.acquire(db_pool, tenant, ["k"], "e", "w", 1.0, timeout=1)
     first = await mutex.holder_of(db_pool, tenant, "k")
     assert first is not None
-    async with mutex.keep_renewed(db_pool, tenant, ["k"], "e", 0.3) as lost:
+    async with mutex.keep_renewed(db_pool, tenant, ["k"], "e", 1.0) as lost:
         # live at a moment two lease lengths past the first expiry: only renewals explain it
         async def outlived() -> bool:
             return lost.is_set() or bool(await db_pool.fetchval(
-                "SELECT clock_timestamp() > $4::timestamptz + interval '0.6 seconds' AND "
+                "SELECT clock_timestamp() > $4::timestamptz + interval '2 seconds' AND "
                 "expires_at > clock_timestamp() FROM execution.execution_locks "
                 "WHERE tenant = $1 AND asset = $2 AND execution_id = $3",
                 tenant, "k", "e", first.expires_at))
