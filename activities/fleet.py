@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from opsconductor.activities.assets import load_inventory
+from opsconductor.activities.assets import load_inventory, resolve_targets
 from opsconductor.activities.executors.asset_query import tag_list
 from opsconductor.activities.fanout import VariantOutcome
 from opsconductor.activities.outputs import StoredStream, store_streams
@@ -25,7 +25,9 @@ from opsconductor.schema.config import Settings
 from opsconductor.schema.fleet import MAX_TARGETS, Fleet, TargetSelector
 from opsconductor.schema.messages import OutputRef
 from opsconductor.schema.outputs import escape_text, truncated_bytes
+from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.spec import StepSpec
+from opsconductor.schema.validation import Problem
 
 
 class FleetTargetsError(ValueError):
@@ -59,6 +61,31 @@ async def fleet_targets(fleet: Fleet, settings: Settings) -> list[str]:
         raise FleetTargetsError(f"the selector {selector.model_dump()} matches {len(chosen)} "
                                 f"assets; a fleet step may have at most {MAX_TARGETS}")
     return chosen
+
+
+async def check_fleets(request: ExecutionRequest, settings: Settings,
+                       ) -> tuple[list[Problem], dict[str, list[str]]]:
+    """A fleet step's targets must exist now (listed ones resolve, a selector matches); and
+    each fleet step's resources as the worker will authorize them (the targets' asset ids),
+    so that submission judges every target, not the fleet as one."""
+    problems: list[Problem] = []
+    resources: dict[str, list[str]] = {}
+    for i, step in enumerate(request.steps):
+        fleet = step.fleet
+        if fleet is None:
+            continue
+        path = f"plan.plan.steps[{i}].targets"
+        if fleet.targets is None:
+            try:  # a selector answers with asset ids
+                resources[step.id] = await fleet_targets(fleet, settings)
+            except (FleetTargetsError, OSError, ValueError) as err:
+                problems.append(Problem(path=path, message=str(err)))
+            continue
+        ids, unknown = await resolve_targets(fleet.targets, settings)
+        problems += [Problem(path=f"{path}[{j}]", message=f"unknown asset {t!r}")
+                     for j, t in enumerate(fleet.targets) if t in unknown]
+        resources[step.id] = [ids.get(t) or t for t in fleet.targets]
+    return problems, resources
 
 
 async def _service_records(client: AssetServiceClient,

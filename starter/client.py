@@ -43,6 +43,7 @@ from opsconductor.activities import db
 from opsconductor.activities.assets import resolve_targets
 from opsconductor.activities.authorization import ActionGate, planned_actions
 from opsconductor.activities.checks import expression_problems
+from opsconductor.activities.fleet import check_fleets
 from opsconductor.activities.mirror import write_events
 from opsconductor.activities.telemetry import SCOPE
 from opsconductor.safety import idempotency, rbac
@@ -664,33 +665,6 @@ class ExecutionClient:
                     continue
             out.append(item)
         return out
-
-
-async def check_fleets(request: ExecutionRequest, settings: Settings,
-                       ) -> tuple[list[Problem], dict[str, list[str]]]:
-    """A fleet step's targets must exist now (listed ones resolve, a selector matches); and
-    each fleet step's resources as the worker will authorize them (the targets' asset ids),
-    so that submission judges every target, not the fleet as one."""
-    from opsconductor.activities.fleet import FleetTargetsError, fleet_targets
-
-    problems: list[Problem] = []
-    resources: dict[str, list[str]] = {}
-    for i, step in enumerate(request.steps):
-        fleet = step.fleet
-        if fleet is None:
-            continue
-        path = f"plan.plan.steps[{i}].targets"
-        if fleet.targets is None:
-            try:  # a selector answers with asset ids
-                resources[step.id] = await fleet_targets(fleet, settings)
-            except (FleetTargetsError, OSError, ValueError) as err:
-                problems.append(Problem(path=path, message=str(err)))
-            continue
-        ids, unknown = await resolve_targets(fleet.targets, settings)
-        problems += [Problem(path=f"{path}[{j}]", message=f"unknown asset {t!r}")
-                     for j, t in enumerate(fleet.targets) if t in unknown]
-        resources[step.id] = [ids.get(t) or t for t in fleet.targets]
-    return problems, resources
 
 
 def search_attributes(spec: ExecutionSpec) -> TypedSearchAttributes:

@@ -1,8 +1,10 @@
-"""Dry run: how a plan would run, with no side effect and no remote call.
+"""Dry run: how a plan would run, with no side effect.
 
 Validates the request (every problem with its field path), resolves targets from the
 inventory file (an Asset Service is not called: such targets are shown as resolved at run
-time), authorizes every step against the RBAC policy as the worker would (the policy file,
+time) and a fleet's targets as submission does (a selector asks the Asset Service when one is
+configured, read only), authorizes every step, and each fleet target on its own asset,
+against the RBAC policy as the worker would (the policy file,
 and the database's rule tables when the caller passes a connection: read, never written), and
 describes each step: tool -> executor, the command or request, target and
 connector, failure handling as interpreted beside the text as written, dependencies after
@@ -127,7 +129,9 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
     from opsconductor.activities.authorization import planned_actions
     from opsconductor.activities.checks import expression_problems
     from opsconductor.activities.executors.command import connection_problems
+    from opsconductor.activities.fleet import check_fleets
     from opsconductor.safety import rbac
+    from opsconductor.schema.config import load_settings
 
     try:
         req = validate_request(raw)
@@ -144,20 +148,26 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
             problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",
                                     message=f"unknown asset {s.target!r} (not in {where})"))
     problems += [Problem(path=path, message=why) for path, why in expression_problems(spec)]
+    fleet_problems, fleets = await check_fleets(req, load_settings())
+    problems += fleet_problems
     policy = await rbac.load_policy(db)
     source = ("policy file and rule tables" if db is not None else
               f"policy file only ({db_problem or 'no database given'})")
-    for action in planned_actions(spec):
-        if action.what == "step":
+    denied_targets: dict[str, list[str]] = {}  # fleet step -> targets it may not act on
+    for action in planned_actions(spec, fleets):
+        if action.what == "step" and action.step_id not in fleets:
             continue  # judged with its step below
         resource = (assets[action.resource].id if action.resource in assets
                     and assets[action.resource] is not None else action.resource)
         ok, why = _judge(policy, req, action.tool, resource or "localhost", action.command,
                          action.read_only_expected)
+        if not ok and action.what == "step":
+            denied_targets.setdefault(action.step_id, []).append(resource or "localhost")
         if not ok:
             path = (f"plan.plan.{action.step_id}" if action.step_id not in index
                     else f"plan.plan.steps[{index[action.step_id]}]")
-            problems.append(Problem(path=path, message=f"{action.what}: {why}"))
+            where = f" on {resource}" if action.step_id in fleets else ""
+            problems.append(Problem(path=path, message=f"{action.what}{where}: {why}"))
     gates = {p.step_id: p for p in approval_points_for(req)}
     steps: list[StepPlan] = []
     for s in specs:
@@ -175,10 +185,16 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                 problems.append(Problem(path=f"plan.plan.steps[{i}].{field}", message=message))
         resource = (asset.id if asset is not None else s.target) or "localhost"
         allowed, reason = True, "decided per asset at run time (the hosts are not known yet)"
-        if not s.fan_out_from:
+        if s.id in fleets:
+            denied = denied_targets.get(s.id, [])
+            allowed = not denied
+            reason = (f"denied on {len(denied)} of {len(fleets[s.id])} targets: "
+                      f"{_listed(denied)}" if denied else
+                      f"allowed on each of its {len(fleets[s.id])} targets")
+        elif not s.fan_out_from:
             allowed, reason = _judge(policy, req, s.tool, resource,
                                      s.command if s.kind.value == "command" else None, False)
-        if not allowed:
+        if not allowed and s.id not in fleets:  # a fleet's denials are listed per target
             problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
                 f"denied: {req.actor} may not execute {s.tool} on {resource} in "
                 f"{req.environment.value}: {reason}")))
@@ -197,6 +213,8 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
             f = s.fleet
             which = (f"{len(f.targets)} listed target(s)" if f.targets is not None else
                      f"the assets selected by {f.selector.model_dump() if f.selector else {}}")
+            if s.id in fleets:
+                which += f" ({_listed(fleets[s.id])})"
             run_time.append(f"fleet: runs on {which}, max_concurrency {f.max_concurrency}, "
                             f"max_errors {f.max_errors}; each target authorized and leased "
                             "on its own (variants <step>@<target>)")
@@ -220,6 +238,12 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                         environment=req.environment.value, approval_level=req.approval_level,
                         sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps,
                         policy_source=source)
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """A list short enough to read: the first `most` and how many more."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def render_text(report: DryRunReport) -> str:

@@ -184,6 +184,26 @@ async def test_submission_judges_every_target_of_a_fleet(engine: Any, tmp_path: 
     assert resp.result.status.value == "completed", resp.result.error
 
 
+async def test_dry_run_judges_every_target_of_a_fleet() -> None:
+    from opsconductor.starter.dry_run import dry_run, render_text
+
+    listed = {**shell("restart", "true"), "targets": FLEET[:20]}
+    selected = {**shell("restart", "true"), "targets": {"groups": ["odd"]}}
+    for fleet, count in ((listed, 20), (selected, 100)):
+        report = await dry_run(request([fleet], actor="fred"), db_problem="not given")
+        assert not report.would_run
+        assert [p.message for p in report.problems] == [
+            "step on node-013: denied by rule no-node-013-for-fred"], report.problems
+        step = report.steps[0]
+        assert not step.allowed and step.rbac_reason.startswith(
+            f"denied on 1 of {count} targets: node-013"), step.rbac_reason
+        print(f"[fleet] dry run of {count} targets: {step.rbac_reason}")
+    fine = await dry_run(request([{**shell("restart", "true"), "targets": FLEET[:5]}],
+                                 actor="fred"), db_problem="not given")
+    assert fine.would_run and fine.steps[0].rbac_reason == "allowed on each of its 5 targets"
+    assert "node-000, node-001, node-002, node-003, node-004" in render_text(fine)
+
+
 async def test_a_fleet_steps_preconditions_hold_on_each_target(engine: Any,
                                                                tmp_path: Path) -> None:
     checked, ran = tmp_path / "checked", tmp_path / "ran"
