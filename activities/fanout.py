@@ -143,11 +143,13 @@ async def run_variants(variants: list[StepSpec], run_variant: RunVariant, *,
 Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]
 Guard = Callable[[StepSpec, Any], contextlib.AbstractAsyncContextManager[None]]
 Precheck = Callable[[StepSpec, Any], Awaitable[StepOutcome | None]]
+Postcheck = Callable[[StepSpec, Any, StepOutcome], Awaitable[StepOutcome]]
 
 
 def executor_variant_runner(base: StepContext, *, authorize: Authorize,
                             guard: Guard | None = None,
-                            precheck: Precheck | None = None) -> RunVariant:
+                            precheck: Precheck | None = None,
+                            postcheck: Postcheck | None = None) -> RunVariant:
     """A `run_variant` that resolves the variant's asset and secrets and runs its executor,
     with the rest of the context (execution, timeout, heartbeat) from `base`.
 
@@ -156,7 +158,9 @@ def executor_variant_runner(base: StepContext, *, authorize: Authorize,
     run and fails as RbacDenied. An unknown asset fails as UnknownAsset. `guard` (variant,
     asset) is held while the variant acts: the step activity holds the asset's lease there.
     `precheck` (variant, asset) returns an outcome when the variant must not act (a fleet
-    step's preconditions, checked on each target)."""
+    step's preconditions, checked on each target). `postcheck` (variant, asset, outcome)
+    judges what the variant did (the step's success criteria, on each host's own result)
+    while its lease is still held."""
     from opsconductor.activities.assets import UnknownAsset, resolve_asset
     from opsconductor.activities.executors.registry import executor_for
     from opsconductor.safety.secrets import resolver_from_env
@@ -177,6 +181,7 @@ def executor_variant_runner(base: StepContext, *, authorize: Authorize,
         ctx = dataclasses.replace(base, step=variant, inputs=inputs, asset=asset)
         async with (guard(variant, asset) if guard is not None
                     else contextlib.nullcontext()):
-            return await executor_for(variant.kind).run(ctx)
+            outcome = await executor_for(variant.kind).run(ctx)
+            return outcome if postcheck is None else await postcheck(variant, asset, outcome)
 
     return run

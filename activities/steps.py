@@ -206,7 +206,34 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
                            output={"checks": [{"kind": "precondition", **r.to_dict()}
                                               for r in results]})
 
-    return executor_variant_runner(ctx, authorize=authorize, guard=leased, precheck=precheck)
+    async def postcheck(variant: StepSpec, asset: Any, outcome: StepOutcome) -> StepOutcome:
+        """Success criteria hold on each variant's own result: one host's failure is that
+        host's, not hidden in (or blamed on) the step's combined output."""
+        checks = await judge_success(variant, outcome, inp.prior_outputs, asset, gate,
+                                     where=f" on {variant.target or 'localhost'}")
+        if checks:
+            outcome.output = {"result": outcome.output, "checks": checks}
+        return outcome
+
+    return executor_variant_runner(ctx, authorize=authorize, guard=leased, precheck=precheck,
+                                   postcheck=postcheck)
+
+
+async def judge_success(step: StepSpec, outcome: StepOutcome, prior: Any, asset: Any,
+                        gate: ActionGate, *, where: str = "") -> list[dict[str, Any]]:
+    """Run the step's success criteria on an outcome that succeeded; a failed one turns the
+    outcome failed (retryable only for an idempotent step). Returns the checks' records."""
+    if not outcome.ok or not step.success_criteria:
+        return []
+    context = {**result_context(outcome), "steps": prior}
+    results = await run_checks(step.success_criteria, context=context, asset=asset, gate=gate)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        outcome.ok = False
+        outcome.error = f"success criterion failed{where}: {failed[0].expr}: {failed[0].detail}"
+        outcome.error_type = ErrorType.SUCCESS_CRITERION_FAILED
+        outcome.retryable = step.idempotent
+    return [{"kind": "success_criterion", **r.to_dict()} for r in results]
 
 
 def _gate(inp: StepRunInput, pool: Any, engine: RbacEngine) -> ActionGate:
@@ -587,18 +614,8 @@ class StepActivities:
             outcome.retryable = False
             outcome.error = (f"{outcome.error}; not retried: the step is not idempotent and "
                              "may have acted before it was stopped")
-        if outcome.ok and step.success_criteria:
-            context = {**result_context(outcome), "steps": inp.prior_outputs}
-            results = await run_checks(step.success_criteria, context=context, asset=asset,
-                                       gate=gate)
-            checks += [{"kind": "success_criterion", **r.to_dict()} for r in results]
-            failed = [r for r in results if not r.passed]
-            if failed:
-                outcome.ok = False
-                outcome.error = (f"success criterion failed: {failed[0].expr}: "
-                                 f"{failed[0].detail}")
-                outcome.error_type = ErrorType.SUCCESS_CRITERION_FAILED
-                outcome.retryable = step.idempotent
+        if not step.templated and step.fleet is None:  # those judged each variant's own
+            checks += await judge_success(step, outcome, inp.prior_outputs, asset, gate)
         if checks:
             outcome.output = {"result": outcome.output, "checks": checks}
         completed = _now()

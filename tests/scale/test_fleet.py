@@ -184,6 +184,32 @@ async def test_submission_judges_every_target_of_a_fleet(engine: Any, tmp_path: 
     assert resp.result.status.value == "completed", resp.result.error
 
 
+async def test_a_fleet_steps_success_criteria_hold_on_each_target(engine: Any,
+                                                                   tmp_path: Path) -> None:
+    """The third target prints 3: that target fails its criterion on its own output and counts
+    against max_errors; the combined output (where some line is 3) does not fail the step."""
+    ran = tmp_path / "ran"
+    step = {**shell("restart", f"echo run >> {ran}; wc -l < {ran}"), "targets": FLEET[:6],
+            "max_concurrency": 1, "max_errors": 1,
+            "success_criteria": ["stdout not matches '^3$'"]}
+    resp = await engine.execute(request([step]), wait=True)
+    assert resp.result.status.value == "completed", resp.result.error
+    rows = await engine.pool.fetch(
+        "SELECT target, status, error FROM execution.step_targets WHERE execution_id = $1"
+        " ORDER BY target", uuid.UUID(resp.execution_id))
+    failed = [(r["target"], r["error"]) for r in rows if r["status"] == "failed"]
+    print(f"[fleet] per-target success criteria: {len(rows)} targets, failed: {failed}")
+    assert failed == [("node-002", "success criterion failed on node-002: "
+                                   "stdout not matches '^3$': stdout: matched '3'")]
+    assert len(ran.read_text().split()) == 6
+    strict = {**shell("restart", f"echo run >> {ran}.2; wc -l < {ran}.2"),
+              "targets": FLEET[:6], "max_concurrency": 1, "max_errors": 0,
+              "success_criteria": ["stdout not matches '^3$'"]}
+    resp = await engine.execute(request([strict]), wait=True)
+    assert resp.result.status.value == "failed"
+    assert "success criterion failed on node-002" in (resp.result.steps[0].error or "")
+
+
 async def test_dry_run_judges_every_target_of_a_fleet() -> None:
     from opsconductor.starter.dry_run import dry_run, render_text
 
