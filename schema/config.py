@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     ui_url: str | None = Field(None, description=(
         "Temporal Web UI base URL, for links; normally written to stack.json by the dev "
         "stack."))
+    codec_origins: str | None = Field(None, description=(
+        "Comma list of Web UI origins (scheme://host:port) allowed to call the payload codec "
+        "at `/codec` (CORS), so the UI can show compressed payloads; unset: the origin of "
+        "`OPSC_UI_URL`. Point the UI at it with `--ui-codec-endpoint` (the dev stack does)."))
     # -- behaviour
     idempotency_window_seconds: float = Field(86_400.0, description=(
         "A duplicate request within this window returns the existing execution."))

@@ -40,10 +40,21 @@ class LargePayloadCodec(PayloadCodec):
                        data=zlib.compress(payload.SerializeToString(), 6))
 
     @staticmethod
-    def _decompress(payload: Payload) -> Payload:
+    def _decompress(payload: Payload, limit: int = 0) -> Payload:
+        """`limit` (bytes; 0: none) refuses a payload that inflates past it, for a codec
+        endpoint that decodes what anyone sends."""
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(payload.data, limit)
+        if limit and (inflater.unconsumed_tail or not inflater.eof):
+            raise ValueError(f"the payload inflates past {limit} bytes")
         inner = Payload()
-        inner.ParseFromString(zlib.decompress(payload.data))
+        inner.ParseFromString(data)
         return inner
+
+    async def decode_bounded(self, payloads: Sequence[Payload], limit: int) -> list[Payload]:
+        """`decode`, refusing any payload that inflates past `limit` bytes."""
+        return [self._decompress(p, limit) if p.metadata.get("encoding") == ENCODING else p
+                for p in payloads]
 
 
 DATA_CONVERTER: DataConverter = dataclasses.replace(pydantic_data_converter,

@@ -3,7 +3,8 @@
 Executions (filters and a cursor), one execution with its steps, a step's output, the
 execution's events as Server-Sent Events (each with its event id, so a client that reconnects
 with `Last-Event-ID` continues exactly where it stopped), `/metrics`, `/healthz` (the
-process answers), `/readyz` (Postgres and Temporal answer) and `/openapi.json`.
+process answers), `/readyz` (Postgres and Temporal answer), `/openapi.json`, and the Web
+UI's payload codec at `/codec` (`opsconductor.starter.codec_server`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from opsconductor.activities.outputs import read_streams
 from opsconductor.schema.outputs import escape_bytes
+from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
 from opsconductor.starter.events import EventHub
 
 SSE_KEEPALIVE_SECONDS = 15.0
@@ -72,6 +74,12 @@ def openapi() -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": ok("ok")}},
             "/readyz": {"get": {"summary": "Readiness: Postgres and Temporal answer",
                                 "responses": ok("ready"), }},
+            "/codec/decode": {"post": {
+                "summary": "Temporal codec protocol: Payloads JSON in, decoded Payloads out "
+                           "(the Web UI's --ui-codec-endpoint is <base>/codec)",
+                "responses": ok("payloads")}},
+            "/codec/encode": {"post": {"summary": "Temporal codec protocol: encode Payloads",
+                                       "responses": ok("payloads")}},
         }}
 
 
@@ -203,4 +211,6 @@ def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Sta
         Route("/executions/{id}/steps/{step}/output", step_output),
         Route("/executions/{id}/events", events), Route("/metrics", metrics),
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/openapi.json", spec),
+        Mount(CODEC_PATH, codec_app(ui_origins(client.settings.ui_url,
+                                               client.settings.codec_origins))),
     ], lifespan=contextlib.asynccontextmanager(lifespan))

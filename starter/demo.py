@@ -60,7 +60,7 @@ async def run_demo(json_output: bool = False) -> int:
         except StackAlreadyRunning as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        say(describe(settings) + f"\n(up in {time.monotonic() - t0:.1f}s)")
+        say(describe(settings, stack.codec_url) + f"\n(up in {time.monotonic() - t0:.1f}s)")
     try:
         client = await ExecutionClient.connect(settings)
         try:

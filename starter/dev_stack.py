@@ -22,9 +22,11 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
+from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.pids import pid_alive
 from opsconductor.starter.ports import free_port, port_open
@@ -36,6 +38,7 @@ DEFAULT_UI_PORT = 8233
 DEFAULT_PG_PORT = 55432
 LOCK_FILE = "dev.lock"
 CHILD_CHECK_INTERVAL = 0.5
+log = logging.getLogger(__name__)
 
 
 class StackAlreadyRunning(RuntimeError):
@@ -117,6 +120,9 @@ class DevStack:
     policy_file: Path | None = None
     lock: HomeLock | None = None
     postgres_pid: int | None = None
+    codec_url: str | None = None  # the Web UI's payload codec, served by this process
+    codec_server: Any = None  # uvicorn.Server
+    codec_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -136,10 +142,11 @@ class DevStack:
         self.lock = lock
         try:
             if not self.settings.temporal_address:
+                self.codec_url = f"http://127.0.0.1:{free_port()}{CODEC_PATH}"
                 self.temporal = TemporalDevServer(
                     db_file=home / "temporal.db", log_file=home / "temporal.log",
                     port=_port(DEFAULT_TEMPORAL_PORT), ui_port=_port(DEFAULT_UI_PORT),
-                    namespace=self.settings.namespace)
+                    namespace=self.settings.namespace, codec_endpoint=self.codec_url)
                 self.settings.temporal_address = self.temporal.start()
                 self.settings.ui_url = self.temporal.ui_url
             if not self.settings.database_url:
@@ -163,6 +170,7 @@ class DevStack:
             "rbac_strict": self.settings.rbac_strict,
             "inventory": _path_or_none(self.settings.inventory_path()),
             "asset_service_url": self.settings.asset_service_url,
+            "codec_url": self.codec_url,
             "pid": os.getpid(),
             "pids": self.child_pids(),
         }, indent=2) + "\n")
@@ -231,6 +239,7 @@ class DevStack:
         try:
             assert settings.database_url
             await migrate(settings.database_url)
+            await self.serve_codec()
             self.write_stack_file()
             self.worker_task = asyncio.create_task(run_worker(settings, self.stop_event))
             await asyncio.sleep(0)
@@ -239,21 +248,51 @@ class DevStack:
             raise
         return settings
 
+    async def serve_codec(self) -> None:
+        """The payload codec the Web UI was started with (`--ui-codec-endpoint`), in this
+        process: it shows our compressed payloads as JSON."""
+        if self.codec_url is None or self.temporal is None:
+            return
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import Mount
+
+        port = int(self.codec_url.split(":")[2].split("/")[0])
+        app = Starlette(routes=[Mount(CODEC_PATH, codec_app(
+            ui_origins(self.temporal.ui_url, self.settings.codec_origins)))])
+        self.codec_server = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        self.codec_task = asyncio.create_task(self.codec_server.serve())
+        while not self.codec_server.started:
+            if self.codec_task.done():  # the port was taken meanwhile: the UI shows binary
+                log.warning("payload codec not served: %s", self.codec_task.exception()
+                            if not self.codec_task.cancelled() else "cancelled")
+                self.codec_url = None
+                return
+            await asyncio.sleep(0.02)
+
     async def stop(self, worker_grace: float = 30.0) -> None:
         self.stop_event.set()
         if self.worker_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.worker_task, worker_grace)
             self.worker_task = None
+        if self.codec_task is not None:
+            self.codec_server.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.codec_task, 5)
+            self.codec_task = None
         await asyncio.to_thread(self.stop_servers)
 
 
-def describe(settings: Settings) -> str:
+def describe(settings: Settings, codec_url: str | None = None) -> str:
     lines = [f"Temporal:   {settings.temporal_address} (namespace {settings.namespace}, "
              f"task queue {settings.task_queue})",
              f"Postgres:   {_redacted(settings.database_url)}"]
     if settings.ui_url:
         lines.append(f"Web UI:     {settings.ui_url}/namespaces/{settings.namespace}/workflows")
+    if codec_url:
+        lines.append(f"UI codec:   {codec_url} (shows compressed payloads as JSON)")
     lines.append(f"State:      {settings.home}")
     return "\n".join(lines)
 
@@ -299,7 +338,7 @@ async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
     if stack.lock and stack.lock.stale_pid:
         print_fn(f"(a stack with pid {stack.lock.stale_pid} ended without cleaning up; "
                  "its lock was stale)")
-    print_fn("OpsConductor dev stack is up.\n" + describe(settings))
+    print_fn("OpsConductor dev stack is up.\n" + describe(settings, stack.codec_url))
     if stack.policy_file:
         print_fn(f"RBAC:       {stack.policy_file} (OPSC_RBAC_POLICY overrides)")
     print_fn(f"Stack file: {settings.stack_file}\nPress Ctrl-C to stop.")

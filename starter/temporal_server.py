@@ -26,8 +26,10 @@ def _die_with_parent() -> None:
 class TemporalDevServer:
     def __init__(self, *, db_file: Path | None = None, log_file: Path | None = None,
                  port: int | None = None, ui_port: int | None = None, headless: bool = False,
-                 namespace: str = "default", host: str = "127.0.0.1"):
+                 namespace: str = "default", host: str = "127.0.0.1",
+                 codec_endpoint: str | None = None):
         self.host = host
+        self.codec_endpoint = codec_endpoint  # the Web UI decodes payloads through it
         self.port = port or free_port(host)
         self.ui_port = None if headless else (ui_port or free_port(host))
         self.db_file = db_file
@@ -48,6 +50,8 @@ class TemporalDevServer:
                "--namespace", self.namespace, "--log-level", "warn"]
         if self.ui_port:
             cmd += ["--ui-port", str(self.ui_port), "--ui-ip", self.host]
+            if self.codec_endpoint:
+                cmd += ["--ui-codec-endpoint", self.codec_endpoint]
         else:
             cmd += ["--headless"]
         if self.db_file:

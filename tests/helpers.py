@@ -237,3 +237,22 @@ async def assert_ended(engine: Any, execution_id: str, *, status: str, steps: di
     missing = [k for k in event_types if k not in kinds]
     assert not missing, f"events {missing} not among {kinds}"
     return result
+
+
+# ---------------------------------------------------------------------------- payloads
+
+def payload_as_json(payload: Any) -> dict[str, Any]:
+    """A Temporal payload as the codec protocol (protobuf JSON) writes it."""
+    import base64
+
+    return {"metadata": {k: base64.b64encode(v).decode() for k, v in payload.metadata.items()},
+            "data": base64.b64encode(payload.data).decode()}
+
+
+def payload_from_json(doc: dict[str, Any]) -> Any:
+    import base64
+
+    from temporalio.api.common.v1 import Payload
+
+    return Payload(metadata={k: base64.b64decode(v) for k, v in doc["metadata"].items()},
+                   data=base64.b64decode(doc.get("data", "")))

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.binaries import temporal_cli
-from tests.helpers import wait_for
+from tests.helpers import payload_as_json, payload_from_json, wait_for
 from tests.integration.helpers import OPSCONDUCTOR, run_binary, run_cli
 from tests.processes import alive
 
@@ -173,3 +175,29 @@ async def test_a_dead_child_stops_the_stack_and_says_why(start_dev: Any) -> None
     assert not again.stack_file.exists()
     temporal_pid = stack["pids"]["temporal"]
     await wait_for(lambda: not alive(temporal_pid), timeout=30, what="Temporal to stop")
+
+
+async def test_the_web_ui_decodes_payloads_through_the_stacks_codec(start_dev: Any) -> None:
+    dev = start_dev("codec")
+    stack = await dev.up()
+    codec_url = stack["codec_url"]
+    assert codec_url and f"UI codec:   {codec_url}" in dev.output()
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def ui_settings() -> dict[str, Any] | None:
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await http.get(f"{stack['ui_url']}/api/v1/settings")
+                if resp.status_code == 200:
+                    return dict(resp.json())
+            return None
+
+        settings = await wait_for(ui_settings, timeout=30, what="the Web UI's settings")
+        assert settings["Codec"]["Endpoint"] == codec_url  # the UI was started with it
+        [big] = await DATA_CONVERTER.encode([{"steps": ["restart"] * 50_000}])
+        resp = await http.post(f"{codec_url}/decode", headers={"Origin": stack["ui_url"]},
+                               json={"payloads": [payload_as_json(big)]})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["access-control-allow-origin"] == stack["ui_url"]
+    shown = payload_from_json(resp.json()["payloads"][0])
+    assert json.loads(shown.data) == {"steps": ["restart"] * 50_000}
+    dev.proc.send_signal(signal.SIGTERM)
+    assert await dev.exit_code() == 0, dev.output()

@@ -1,0 +1,116 @@
+"""The Web UI's payload codec over real HTTP: a compressed payload (a big plan's spec) comes
+back as the JSON it carries, anything else unchanged; the UI's origin may call it and no other;
+a bad body or an inflation bomb is refused with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from temporalio.api.common.v1 import Payload
+
+from opsconductor.schema.payloads import DATA_CONVERTER, ENCODING, LargePayloadCodec
+from opsconductor.starter.api import create_app
+from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
+from tests.helpers import payload_as_json, payload_from_json, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+UI = "http://127.0.0.1:8233"
+
+
+async def _serve(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started, what="the codec server to start", timeout=20)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        yield http
+    server.should_exit = True
+    await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+async def codec() -> AsyncIterator[httpx.AsyncClient]:
+    app = Starlette(routes=[Mount(CODEC_PATH, codec_app(ui_origins(UI)))])
+    async for http in _serve(app):
+        yield http
+
+
+async def test_the_ui_sees_a_compressed_payload_as_its_json(codec: httpx.AsyncClient) -> None:
+    big = {"steps": [{"id": f"s{i}", "command": f"echo {i}" * 20} for i in range(3000)]}
+    small = {"status": "completed"}
+    encoded = await DATA_CONVERTER.encode([big, small])
+    assert encoded[0].metadata["encoding"] == ENCODING  # what the UI would show as binary
+    resp = await codec.post("/codec/decode",
+                            json={"payloads": [payload_as_json(p) for p in encoded]},
+                            headers={"X-Namespace": "default", "Origin": UI})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["access-control-allow-origin"] == UI
+    shown = [payload_from_json(p) for p in resp.json()["payloads"]]
+    assert shown[0].metadata["encoding"] == b"json/plain"
+    assert json.loads(shown[0].data) == big
+    assert shown[1] == encoded[1]  # not ours to decode: passed through untouched
+    print(f"[codec] {encoded[0].ByteSize()} compressed bytes shown as {len(shown[0].data)} "
+          "bytes of JSON")
+    back = await codec.post("/codec/encode", json=resp.json())
+    assert back.status_code == 200
+    assert payload_from_json(back.json()["payloads"][0]).metadata["encoding"] == ENCODING
+
+
+async def test_only_the_ui_origin_may_call_it(codec: httpx.AsyncClient) -> None:
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type,x-namespace"}
+    for origin in (UI, "http://localhost:8233"):
+        ok = await codec.options("/codec/decode", headers={"Origin": origin, **preflight})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
+    other = await codec.options("/codec/decode",
+                                headers={"Origin": "http://evil.test", **preflight})
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+async def test_bad_bodies_are_refused_with_the_reason(codec: httpx.AsyncClient) -> None:
+    garbled = await codec.post("/codec/decode", content=b"{not json")
+    assert garbled.status_code == 400
+    assert "not a Payloads protobuf as JSON" in garbled.json()["error"]
+    broken = Payload(metadata={"encoding": ENCODING}, data=b"not zlib at all")
+    bad = await codec.post("/codec/decode", json={"payloads": [payload_as_json(broken)]})
+    assert bad.status_code == 400 and "could not be decoded" in bad.json()["error"]
+    assert (await codec.get("/codec/decode")).status_code == 405
+
+
+async def test_an_inflation_bomb_stops_at_the_bound() -> None:
+    bomb = Payload(metadata={"encoding": ENCODING},
+                   data=zlib.compress(Payload(data=b"0" * 1_000_000).SerializeToString(), 9))
+    assert len(bomb.data) < 2_000
+    with pytest.raises(ValueError, match="inflates past 100000 bytes"):
+        await LargePayloadCodec().decode_bounded([bomb], 100_000)
+    whole = await LargePayloadCodec().decode_bounded([bomb], 2_000_000)
+    assert len(whole[0].data) == 1_000_000
+
+
+async def test_serve_mounts_the_codec(engine: Any) -> None:
+    encoded = await DATA_CONVERTER.encode([{"n": "x" * 200_000}])
+    async for http in _serve(create_app(engine)):
+        resp = await http.post("/codec/decode", json={"payloads": [payload_as_json(encoded[0])]})
+        assert resp.status_code == 200, resp.text
+        shown = payload_from_json(resp.json()["payloads"][0])
+        assert json.loads(shown.data) == {"n": "x" * 200_000}
+        assert "/codec/decode" in (await http.get("/openapi.json")).json()["paths"]
+
+
+async def test_ui_origins() -> None:
+    assert ui_origins("http://127.0.0.1:8233") == ["http://127.0.0.1:8233",
+                                                   "http://localhost:8233"]
+    assert ui_origins("https://temporal.example.com/ui") == ["https://temporal.example.com"]
+    assert ui_origins(UI, "https://a.example, https://b.example/") == [
+        "https://a.example", "https://b.example"]
+    assert ui_origins(None) == []
