@@ -13,7 +13,7 @@ import inspect
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -237,6 +237,27 @@ async def assert_ended(engine: Any, execution_id: str, *, status: str, steps: di
     missing = [k for k in event_types if k not in kinds]
     assert not missing, f"events {missing} not among {kinds}"
     return result
+
+
+# ---------------------------------------------------------------------------- servers
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
+    """Serve an ASGI app over real HTTP (uvicorn on a free loopback port) while the block
+    runs; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan=lifespan))
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started or task.done(), what="the HTTP server to start",
+                   timeout=20)
+    assert server.started, task.exception()
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
 
 
 # ---------------------------------------------------------------------------- payloads

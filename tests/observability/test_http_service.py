@@ -11,11 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry, Counter
 
 from opsconductor.starter.api import create_app
-from tests.helpers import events, request, shell, step, wait_for
+from tests.helpers import events, request, serving, shell, step, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -24,16 +23,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 async def api(engine: Any) -> AsyncIterator[httpx.AsyncClient]:
     registry = CollectorRegistry()
     Counter("opsc_api_probe", "a sample the endpoint must show", registry=registry).inc()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, registry=registry),
-                                           host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, what="the HTTP service to start", timeout=20)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    async with (serving(create_app(engine, registry=registry), lifespan="on") as url,
+                httpx.AsyncClient(base_url=url, timeout=30) as http):
         yield http
-    server.should_exit = True
-    await asyncio.wait_for(task, 20)
 
 
 async def read_sse(response: httpx.Response, *, stop_after: int | None = None

@@ -4,14 +4,12 @@ metric and one HMAC-signed POST, raised once however often the check runs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic import SecretStr
@@ -21,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from opsconductor.activities.sla import SlaMonitor, sign
-from tests.helpers import assert_eventually, events, request, shell, step, wait_for
+from tests.helpers import assert_eventually, events, request, serving, shell, step
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 SECRET = "webhook-test-secret"
@@ -45,15 +43,9 @@ async def receiver() -> AsyncIterator[Receiver]:
         got.received.append((dict(request.headers), await request.body()))
         return Response(status_code=204)
 
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/hook", hook,
-                                                                   methods=["POST"])]),
-                                           host="127.0.0.1", port=0, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, what="the webhook receiver to start")
-    got.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/hook"
-    yield got
-    server.should_exit = True
-    await asyncio.wait_for(task, 20)
+    async with serving(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        got.url = f"{url}/hook"
+        yield got
 
 
 def monitor(engine: Any, receiver: Receiver) -> tuple[SlaMonitor, InMemoryMetricReader]:

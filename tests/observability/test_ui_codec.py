@@ -4,7 +4,6 @@ a bad body or an inflation bomb is refused with the reason."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import zlib
 from collections.abc import AsyncIterator
@@ -12,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from temporalio.api.common.v1 import Payload
@@ -20,28 +18,16 @@ from temporalio.api.common.v1 import Payload
 from opsconductor.schema.payloads import DATA_CONVERTER, ENCODING, LargePayloadCodec
 from opsconductor.starter.api import create_app
 from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
-from tests.helpers import payload_as_json, payload_from_json, wait_for
+from tests.helpers import payload_as_json, payload_from_json, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 UI = "http://127.0.0.1:8233"
 
 
-async def _serve(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, what="the codec server to start", timeout=20)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        yield http
-    server.should_exit = True
-    await asyncio.wait_for(task, 20)
-
-
 @pytest.fixture
 async def codec() -> AsyncIterator[httpx.AsyncClient]:
     app = Starlette(routes=[Mount(CODEC_PATH, codec_app(ui_origins(UI)))])
-    async for http in _serve(app):
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
         yield http
 
 
@@ -99,7 +85,8 @@ async def test_an_inflation_bomb_stops_at_the_bound() -> None:
 
 async def test_serve_mounts_the_codec(engine: Any) -> None:
     encoded = await DATA_CONVERTER.encode([{"n": "x" * 200_000}])
-    async for http in _serve(create_app(engine)):
+    async with (serving(create_app(engine)) as url,
+                httpx.AsyncClient(base_url=url, timeout=30) as http):
         resp = await http.post("/codec/decode", json={"payloads": [payload_as_json(encoded[0])]})
         assert resp.status_code == 200, resp.text
         shown = payload_from_json(resp.json()["payloads"][0])
