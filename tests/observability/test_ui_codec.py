@@ -1,10 +1,13 @@
 """The Web UI's payload codec over real HTTP: a compressed payload (a big plan's spec) comes
 back as the JSON it carries, anything else unchanged; the UI's origin may call it and no other;
-a bad body or an inflation bomb is refused with the reason."""
+a bad body or an inflation bomb is refused with the reason; the `temporal` CLI reads a
+compressed workflow input through it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,8 +20,9 @@ from temporalio.api.common.v1 import Payload
 
 from opsconductor.schema.payloads import DATA_CONVERTER, ENCODING, LargePayloadCodec
 from opsconductor.starter.api import create_app
+from opsconductor.starter.binaries import temporal_cli
 from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
-from tests.helpers import payload_as_json, payload_from_json, serving
+from tests.helpers import payload_as_json, payload_from_json, serving, unique_queue
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 UI = "http://127.0.0.1:8233"
@@ -101,3 +105,30 @@ async def test_ui_origins() -> None:
     assert ui_origins(UI, "https://a.example, https://b.example/") == [
         "https://a.example", "https://b.example"]
     assert ui_origins(None) == []
+
+
+async def test_the_temporal_cli_reads_a_compressed_input_through_the_codec(
+        codec: httpx.AsyncClient, temporal_client: Any, temporal_server: Any) -> None:
+    big = {"steps": [{"id": f"s{i}", "command": f"echo {i}" * 20} for i in range(3000)]}
+    workflow_id = f"codec-probe-{uuid.uuid4().hex}"
+    handle = await temporal_client.start_workflow("CodecProbe", big, id=workflow_id,
+                                                  task_queue=unique_queue("codec"))
+    try:
+        async def show(*extra: str) -> Any:
+            proc = await asyncio.create_subprocess_exec(
+                temporal_cli(), "workflow", "show", "--address", temporal_server.address,
+                "--workflow-id", workflow_id, "--output", "json", *extra,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err.decode()
+            started = json.loads(out)["events"][0]["workflowExecutionStartedEventAttributes"]
+            return started["input"]["payloads"][0]
+
+        raw = await show()
+        assert payload_from_json(raw).metadata["encoding"] == ENCODING  # binary without it
+        decoded = payload_from_json(await show("--codec-endpoint",
+                                               f"{codec.base_url}{CODEC_PATH}"))
+        assert decoded.metadata["encoding"] == b"json/plain"
+        assert json.loads(decoded.data) == big
+    finally:
+        await handle.terminate("codec probe done")
