@@ -31,8 +31,7 @@ class LargePayloadCodec(PayloadCodec):
         return [self._compress(p) if p.ByteSize() > COMPRESS_ABOVE else p for p in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self._decompress(p) if p.metadata.get("encoding") == ENCODING else p
-                for p in payloads]
+        return await self.decode_bounded(payloads, 0)
 
     @staticmethod
     def _compress(payload: Payload) -> Payload:
@@ -52,7 +51,7 @@ class LargePayloadCodec(PayloadCodec):
         return inner
 
     async def decode_bounded(self, payloads: Sequence[Payload], limit: int) -> list[Payload]:
-        """`decode`, refusing any payload that inflates past `limit` bytes."""
+        """`decode`, refusing any payload that inflates past `limit` bytes (0: no bound)."""
         return [self._decompress(p, limit) if p.metadata.get("encoding") == ENCODING else p
                 for p in payloads]
 

@@ -161,9 +161,9 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                     and assets[action.resource] is not None else action.resource)
         ok, why = _judge(policy, req, action.tool, resource or "localhost", action.command,
                          action.read_only_expected)
-        if not ok and action.what == "step":
-            denied_targets.setdefault(action.step_id, []).append(resource or "localhost")
         if not ok:
+            if action.what == "step":
+                denied_targets.setdefault(action.step_id, []).append(resource or "localhost")
             path = (f"plan.plan.{action.step_id}" if action.step_id not in index
                     else f"plan.plan.steps[{index[action.step_id]}]")
             where = f" on {resource}" if action.step_id in fleets else ""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from opsconductor.activities.executors.supervise import proc_stat
 
 
 def process_state(pid: int | str) -> str | None:
     """The one-letter state from `/proc/<pid>/stat` (`R`, `S`, `Z`...), None when unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return fields[0].decode() if fields else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -25,7 +25,7 @@ from opsconductor.activities.executors.base import (
     StepOutcome,
     cap_text,
 )
-from opsconductor.activities.executors.supervise import proc_start_ticks
+from opsconductor.activities.executors.supervise import proc_start_ticks, proc_stat
 from opsconductor.schema.errors import ErrorType
 
 SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
@@ -61,13 +61,9 @@ def live_members(pgid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+        fields = proc_stat(entry.name)
+        if fields is not None and len(fields) > 2 and int(fields[2]) == pgid \
+                and fields[0] != b"Z":
             out.append(int(entry.name))
     return out
 

@@ -38,15 +38,21 @@ class _Stop(Exception):
     """Raised by the signal handler to leave the wait loop."""
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if gone."""
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first: field 3 of proc(5)
+    is index 0), None if the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             raw = fh.read()
     except OSError:
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    return raw[raw.rfind(b")") + 2:].split()
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if gone."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields is not None and len(fields) > 19 else None
 
 
 def _children() -> list[int]:
