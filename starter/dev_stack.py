@@ -22,10 +22,13 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
+from opsconductor.starter.asgi_server import BackgroundServer, serve_in_background
 from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.pids import pid_alive
@@ -120,9 +123,8 @@ class DevStack:
     policy_file: Path | None = None
     lock: HomeLock | None = None
     postgres_pid: int | None = None
-    codec_url: str | None = None  # the Web UI's payload codec, served by this process
-    codec_server: Any = None  # uvicorn.Server
-    codec_task: asyncio.Task[None] | None = None
+    codec_port: int | None = None  # the Web UI's payload codec, served by this process
+    codec: BackgroundServer | None = None
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -142,7 +144,7 @@ class DevStack:
         self.lock = lock
         try:
             if not self.settings.temporal_address:
-                self.codec_url = f"http://127.0.0.1:{free_port()}{CODEC_PATH}"
+                self.codec_port = free_port()
                 self.temporal = TemporalDevServer(
                     db_file=home / "temporal.db", log_file=home / "temporal.log",
                     port=_port(DEFAULT_TEMPORAL_PORT), ui_port=_port(DEFAULT_UI_PORT),
@@ -248,28 +250,23 @@ class DevStack:
             raise
         return settings
 
+    @property
+    def codec_url(self) -> str | None:
+        return (f"http://127.0.0.1:{self.codec_port}{CODEC_PATH}" if self.codec_port
+                else None)
+
     async def serve_codec(self) -> None:
         """The payload codec the Web UI was started with (`--ui-codec-endpoint`), in this
         process: it shows our compressed payloads as JSON."""
-        if self.codec_url is None or self.temporal is None:
+        if self.codec_port is None or self.temporal is None:
             return
-        import uvicorn
-        from starlette.applications import Starlette
-        from starlette.routing import Mount
-
-        port = int(self.codec_url.split(":")[2].split("/")[0])
         app = Starlette(routes=[Mount(CODEC_PATH, codec_app(
             ui_origins(self.temporal.ui_url, self.settings.codec_origins)))])
-        self.codec_server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-        self.codec_task = asyncio.create_task(self.codec_server.serve())
-        while not self.codec_server.started:
-            if self.codec_task.done():  # the port was taken meanwhile: the UI shows binary
-                log.warning("payload codec not served: %s", self.codec_task.exception()
-                            if not self.codec_task.cancelled() else "cancelled")
-                self.codec_url = None
-                return
-            await asyncio.sleep(0.02)
+        try:
+            self.codec = await serve_in_background(app, "127.0.0.1", self.codec_port)
+        except OSError as err:  # the port was taken meanwhile: the UI shows binary
+            log.warning("payload codec not served: %s", err)
+            self.codec_port = None
 
     async def stop(self, worker_grace: float = 30.0) -> None:
         self.stop_event.set()
@@ -277,11 +274,10 @@ class DevStack:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.worker_task, worker_grace)
             self.worker_task = None
-        if self.codec_task is not None:
-            self.codec_server.should_exit = True
+        if self.codec is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self.codec_task, 5)
-            self.codec_task = None
+                await self.codec.stop(timeout=5)
+            self.codec = None
         await asyncio.to_thread(self.stop_servers)
 
 

@@ -245,19 +245,13 @@ async def assert_ended(engine: Any, execution_id: str, *, status: str, steps: di
 async def serving(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
     """Serve an ASGI app over real HTTP (uvicorn on a free loopback port) while the block
     runs; yields its base URL."""
-    import uvicorn
+    from opsconductor.starter.asgi_server import serve_in_background
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan=lifespan))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started or task.done(), what="the HTTP server to start",
-                   timeout=20)
-    assert server.started, task.exception()
+    server = await serve_in_background(app, lifespan=lifespan)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        yield server.url
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 20)
+        await server.stop()
 
 
 # ---------------------------------------------------------------------------- payloads
