@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-
-from opsconductor.activities.executors.supervise import proc_stat
+from pathlib import Path
 
 
 def process_state(pid: int | str) -> str | None:
-    """The one-letter state from `/proc/<pid>/stat` (`R`, `S`, `Z`...), None when unknown."""
-    fields = proc_stat(pid)
-    return fields[0].decode() if fields else None
+    """The one-letter state from `/proc/<pid>/stat` (`R`, `S`, `Z`...), None when unknown.
+    Read here, not through the supervisor's `proc_stat`: the embedded PostgreSQL starter
+    imports this module where the activities package is not installed."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def pid_alive(pid: int) -> bool:
