@@ -137,6 +137,53 @@ class Settings(BaseSettings):
         "Comma list of Web UI origins (scheme://host:port) allowed to call the payload codec "
         "at `/codec` (CORS), so the UI can show compressed payloads; unset: the origin of "
         "`OPSC_UI_URL`. Point the UI at it with `--ui-codec-endpoint` (the dev stack does)."))
+    # -- the HTTP API's authentication (opsconductor.starter.auth)
+    oidc_issuer: str | None = Field(None, description=(
+        "OIDC issuer URL (Keycloak: `https://<host>/realms/<realm>`) whose bearer tokens the "
+        "HTTP API and the payload codec accept; the token's `iss` must equal it. Unset: "
+        "`serve` binds only to loopback and accepts only its local token "
+        "(`OPSC_API_TOKEN_FILE`)."))
+    oidc_audience: str | None = Field(None, description=(
+        "Comma list of accepted `aud` values (the client id of the API in Keycloak); "
+        "required with `OPSC_OIDC_ISSUER`."))
+    oidc_jwks: str | None = Field(None, description=(
+        "The issuer's signing keys: an https URL (a loopback http URL is accepted too) or a "
+        "JWKS file. Cached; fetched again on an unknown `kid` (at most once per "
+        "`OPSC_OIDC_JWKS_REFRESH_SECONDS`). Unset: the `jwks_uri` of the issuer's "
+        "`/.well-known/openid-configuration`."))
+    oidc_tenant_claim: str = Field("tenant", description=(
+        "The claim naming the token's tenant; a token without it is refused (unless it holds "
+        "`OPSC_OIDC_ALL_TENANTS_ROLE`)."))
+    oidc_actor_claim: str = Field("preferred_username", description=(
+        "The claim naming the actor (the RBAC principal `actor:<name>`); `sub` when the "
+        "token lacks it."))
+    oidc_client_id: str | None = Field(None, description=(
+        "Comma list of clients whose Keycloak `resource_access.<client>.roles` count as "
+        "roles (beside `realm_access.roles` and a `roles` claim); default: the audiences."))
+    oidc_algorithms: str = Field("RS256,RS384,RS512,PS256,PS384,PS512,ES256,ES384,ES512,EdDSA",
+                                 description=(
+        "Comma list of accepted signature algorithms; only asymmetric ones may be named "
+        "(never `none`, never HS*)."))
+    oidc_all_tenants_role: str | None = Field(None, description=(
+        "A role that lets a token see every tenant (an operator's); unset: no token sees "
+        "more than its own tenant."))
+    oidc_leeway_seconds: float = Field(30.0, ge=0, le=300, description=(
+        "Clock skew allowed when checking `exp` and `nbf`."))
+    oidc_jwks_cache_seconds: float = Field(300.0, gt=0, description=(
+        "How long fetched signing keys are used before they are fetched again."))
+    oidc_jwks_refresh_seconds: float = Field(30.0, ge=0, description=(
+        "At most one fetch of the keys per this many seconds on account of unknown `kid`s, "
+        "so forged tokens cannot make the API hammer the issuer."))
+    api_roles: str | None = Field(None, description=(
+        "Comma list of roles of which an OIDC token must hold one to use the API (403 "
+        "otherwise); unset: any valid token of a tenant reads that tenant."))
+    api_metrics_public: bool = Field(False, description=(
+        "Serve the HTTP API's `/metrics` without a token (for a scraper inside the network); "
+        "`/healthz` and `/readyz` are always public."))
+    api_token_file: Path | None = Field(None, description=(
+        "The local API token of `serve` without an issuer (and of the dev stack's API): "
+        "random, made on first start with mode 0600, reused while the file exists; default "
+        "`$OPSC_HOME/api-token`."))
     # -- behaviour
     idempotency_window_seconds: float = Field(86_400.0, description=(
         "A duplicate request within this window returns the existing execution."))

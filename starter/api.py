@@ -5,6 +5,11 @@ execution's events as Server-Sent Events (each with its event id, so a client th
 with `Last-Event-ID` continues exactly where it stopped), `/metrics`, `/healthz` (the
 process answers), `/readyz` (Postgres and Temporal answer), `/openapi.json`, and the Web
 UI's payload codec at `/codec` (`opsconductor.starter.codec_server`).
+
+Every route but `/healthz` and `/readyz` (and `/metrics` with `OPSC_API_METRICS_PUBLIC`) needs
+a bearer token (`opsconductor.starter.auth`). A token sees only its tenant: lists are filtered
+to it and another tenant's execution, outputs and events answer 404, exactly as an unknown id
+does, so nothing tells a caller that the id exists.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from opsconductor.activities.outputs import read_streams
 from opsconductor.schema.outputs import escape_bytes
+from opsconductor.starter.auth import Authenticator, AuthMiddleware, Principal, principal_of
 from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
 from opsconductor.starter.events import EventHub
 
 SSE_KEEPALIVE_SECONDS = 15.0
+PUBLIC_PATHS = ("/healthz", "/readyz")
+BEARER = "bearer"
 
 
 def openapi() -> dict[str, Any]:
@@ -41,10 +50,18 @@ def openapi() -> dict[str, Any]:
                 "description": text}
 
     def ok(text: str, media: str = "application/json") -> dict[str, Any]:
-        return {"200": {"description": text, "content": {media: {}}}}
+        return {"200": {"description": text, "content": {media: {}}},
+                "401": {"description": "no valid bearer token"}}
 
+    public: dict[str, Any] = {"security": []}
     return {
         "openapi": "3.1.0",
+        "components": {"securitySchemes": {BEARER: {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "An OIDC access token of OPSC_OIDC_ISSUER for OPSC_OIDC_AUDIENCE, "
+                           "or without an issuer the local token in $OPSC_HOME/api-token. A "
+                           "token sees only its tenant."}}},
+        "security": [{BEARER: []}],
         "info": {"title": "OpsConductor Execution", "version": "1",
                  "description": "Read-only view of executions, steps and events."},
         "paths": {
@@ -71,9 +88,9 @@ def openapi() -> dict[str, Any]:
                 "responses": ok("event stream", "text/event-stream")}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": ok("exposition", "text/plain")}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": ok("ok")}},
+            "/healthz": {"get": {"summary": "Liveness", "responses": ok("ok"), **public}},
             "/readyz": {"get": {"summary": "Readiness: Postgres and Temporal answer",
-                                "responses": ok("ready"), }},
+                                "responses": ok("ready"), **public}},
             "/codec/decode": {"post": {
                 "summary": "Temporal codec protocol: Payloads JSON in, decoded Payloads out "
                            "(the Web UI's --ui-codec-endpoint is <base>/codec)",
@@ -96,15 +113,47 @@ def sse(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
 
-def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Starlette:
-    """The app over `client` (an ExecutionClient); `/metrics` renders `registry`."""
+async def tenant_of(pool: Any, execution_id: str) -> str | None:
+    """The execution's tenant, from the mirror or (before its first row) its claim."""
+    return await pool.fetchval(  # type: ignore[no-any-return]
+        "SELECT tenant FROM execution.executions WHERE execution_id = $1 UNION ALL "
+        "SELECT tenant FROM execution.idempotency_records WHERE execution_id = $1 LIMIT 1",
+        uuid.UUID(execution_id))
+
+
+def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry | None = None,
+               metrics_public: bool | None = None) -> Starlette:
+    """The app over `client` (an ExecutionClient), every request authenticated by `auth`;
+    `/metrics` renders `registry` (without a token when `metrics_public`, default the
+    setting `api_metrics_public`)."""
+    from opsconductor.starter.client import ExecutionNotFound
+
     hub = EventHub(client.pool)
+    if metrics_public is None:
+        metrics_public = bool(client.settings.api_metrics_public)
+
+    async def visible(request: Request) -> tuple[str, str]:
+        """The execution's ids when the caller's tenant may see it; ExecutionNotFound (the
+        same as for an unknown id) otherwise."""
+        ident = request.path_params["id"]
+        execution_id, workflow_id = await client.resolve_ids(ident)
+        principal: Principal = principal_of(request)
+        if principal.tenant is not None and (
+                await tenant_of(client.pool, execution_id)) != principal.tenant:
+            raise ExecutionNotFound(f"no execution with id {ident!r}")
+        return execution_id, workflow_id
 
     async def executions(request: Request) -> Response:
         q = request.query_params
+        tenant = q.get("tenant")
+        own = principal_of(request).tenant
+        if own is not None:
+            if tenant is not None and tenant != own:
+                return JSONResponse({"items": [], "next_cursor": None})
+            tenant = own
         try:
             items, cursor = await client.page(
-                status=q.get("status"), tenant=q.get("tenant"), actor=q.get("actor"),
+                status=q.get("status"), tenant=tenant, actor=q.get("actor"),
                 asset=q.get("asset"), since=_time(q.get("since")), until=_time(q.get("until")),
                 limit=int(q.get("limit", "50")), cursor=q.get("cursor"))
         except ValueError as err:
@@ -112,19 +161,16 @@ def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Sta
         return JSONResponse({"items": items, "next_cursor": cursor})
 
     async def execution(request: Request) -> Response:
-        from opsconductor.starter.client import ExecutionNotFound
-
         try:
-            view = await client.status(request.path_params["id"])
+            execution_id, _ = await visible(request)
+            view = await client.status(execution_id)
         except ExecutionNotFound as err:
             return _problem(404, str(err))
         return JSONResponse(json.loads(json.dumps(view, default=str)))
 
     async def step_output(request: Request) -> Response:
-        from opsconductor.starter.client import ExecutionNotFound
-
         try:
-            execution_id, _ = await client.resolve_ids(request.path_params["id"])
+            execution_id, _ = await visible(request)
         except ExecutionNotFound as err:
             return _problem(404, str(err))
         step_id = request.path_params["step"]
@@ -138,10 +184,8 @@ def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Sta
              "final": r.final, "truncated": r.truncated} for r in rows]})
 
     async def events(request: Request) -> Response:
-        from opsconductor.starter.client import ExecutionNotFound
-
         try:
-            execution_id, _ = await client.resolve_ids(request.path_params["id"])
+            execution_id, _ = await visible(request)
             after = int(request.headers.get("last-event-id")
                         or request.query_params.get("after", "0"))
         except ExecutionNotFound as err:
@@ -206,11 +250,14 @@ def create_app(client: Any, *, registry: CollectorRegistry | None = None) -> Sta
         finally:
             await hub.close()
 
+    public = PUBLIC_PATHS + (("/metrics",) if metrics_public else ())
     return Starlette(routes=[
         Route("/executions", executions), Route("/executions/{id}", execution),
         Route("/executions/{id}/steps/{step}/output", step_output),
         Route("/executions/{id}/events", events), Route("/metrics", metrics),
         Route("/healthz", healthz), Route("/readyz", readyz), Route("/openapi.json", spec),
         Mount(CODEC_PATH, codec_app(ui_origins(client.settings.ui_url,
-                                               client.settings.codec_origins))),
-    ], lifespan=contextlib.asynccontextmanager(lifespan))
+                                               client.settings.codec_origins), auth=auth)),
+    ], middleware=[Middleware(AuthMiddleware, auth=auth, public=public,
+                              delegated=(CODEC_PATH,))],
+       lifespan=contextlib.asynccontextmanager(lifespan))

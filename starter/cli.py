@@ -460,17 +460,45 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from opsconductor.activities.telemetry import SCOPE, MirrorGauges
+    from opsconductor.schema.config import load_settings
     from opsconductor.starter.api import create_app
+    from opsconductor.starter.auth import (
+        LocalTokenAuth,
+        authenticator_from_settings,
+        is_loopback,
+        token_path,
+    )
+    from opsconductor.starter.codec_server import codec_endpoint
     from opsconductor.starter.telemetry import Telemetry
     from opsconductor.starter.worker import refreshing
+
+    settings = load_settings()
+    if not settings.oidc_issuer and not is_loopback(args.host):
+        return _err(args, f"refusing to serve on {args.host}: without OPSC_OIDC_ISSUER the API "
+                    "accepts only its local token and binds only to loopback (127.0.0.1, ::1, "
+                    "localhost); set OPSC_OIDC_ISSUER and OPSC_OIDC_AUDIENCE to serve other "
+                    "hosts", EXIT_INPUT)
+    try:
+        auth, new_token = authenticator_from_settings(settings)
+    except (ValueError, OSError) as err:
+        return _err(args, str(err), EXIT_INPUT)
+    base = f"http://{args.host}:{args.port}"
+    note = f"bearer tokens of {settings.oidc_issuer}"
+    if isinstance(auth, LocalTokenAuth):
+        note = f"the local token in {token_path(settings)}"
+        if new_token:
+            print(f"API token (shown once; kept in {token_path(settings)}, mode 0600): "
+                  f"{new_token}", file=sys.stderr, flush=True)
+        print(f"Web UI codec endpoint: {codec_endpoint(base, auth.codec_key)}",
+              file=sys.stderr, flush=True)
 
     async def go(client: Any) -> int:
         telemetry = Telemetry.create()
         gauges = MirrorGauges(client.pool, telemetry.meter_provider.get_meter(SCOPE))
-        app = create_app(client, registry=telemetry.registry)
+        app = create_app(client, auth=auth, registry=telemetry.registry)
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                                log_level="warning", lifespan="on"))
-        print(f"serving on http://{args.host}:{args.port} (OpenAPI at /openapi.json)",
+        print(f"serving on {base} (OpenAPI at /openapi.json; requires {note})",
               file=sys.stderr, flush=True)
         async with refreshing(gauges, client.settings):
             await server.serve()
@@ -687,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("asset")
     hi.add_argument("--limit", type=int, default=50)
     sv = add("serve", cmd_serve, "read-only HTTP service: executions, events (SSE), /metrics")
-    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="without OPSC_OIDC_ISSUER only a loopback address is accepted")
     sv.add_argument("--port", type=int, default=8080)
     ev = add("events", cmd_events, "an execution's events (one JSON object a line with --json)")
     ev.add_argument("id", help="execution id or workflow id")

@@ -7,10 +7,13 @@ as JSON to `.../decode` (and `.../encode`), answered in kind. `opsconductor serv
 this at `/codec`; `opsconductor dev` runs it beside its Temporal and starts the UI with
 `--ui-codec-endpoint` pointing at it. Payloads not ours pass through untouched.
 
-The browser calls it from the UI's origin, so the allowed origins (CORS) are the UI's.
-Compression is no secret, so decoding needs no credential: it shows what anyone with access
-to the namespace could inflate themselves. A request is bounded (`MAX_REQUEST_BYTES`) and so is
-what one payload may inflate to (`MAX_INFLATED_BYTES`).
+The browser calls it from the UI's origin, so the allowed origins (CORS) are the UI's. Every
+call needs a credential (`opsconductor.starter.auth`): a bearer token at `/codec/decode`
+(the UI server sends the user's access token with `codec.passAccessToken`, over https), or,
+with the local token only, the codec key in the path, `/codec/key/<key>/decode`: the dev
+stack's UI has no login and so no token to pass, and is started with that endpoint instead. A
+request is bounded (`MAX_REQUEST_BYTES`) and so is what one payload may inflate to
+(`MAX_INFLATED_BYTES`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 
 from opsconductor.schema.payloads import LargePayloadCodec
+from opsconductor.starter.auth import (
+    Authenticator,
+    AuthError,
+    AuthUnavailable,
+    authenticate_request,
+    refusal,
+)
 
 CODEC_PATH = "/codec"
+KEY_PATH = "/key"
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_INFLATED_BYTES = 256 * 1024 * 1024
 
@@ -53,11 +64,27 @@ def _problem(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def codec_app(origins: Sequence[str]) -> Starlette:
-    """The codec endpoints (`/encode`, `/decode`) as an app to serve or mount."""
+def codec_endpoint(base_url: str, codec_key: str | None = None) -> str:
+    """What the Web UI's `--ui-codec-endpoint` is set to: `<base>/codec`, or with the local
+    token's codec key `<base>/codec/key/<key>` (the UI appends `/decode`)."""
+    base = base_url.rstrip("/") + CODEC_PATH
+    return f"{base}{KEY_PATH}/{codec_key}" if codec_key else base
+
+
+def codec_app(origins: Sequence[str], *, auth: Authenticator) -> Starlette:
+    """The codec endpoints (`/encode`, `/decode`, and under `/key/<key>`) as an app to serve
+    or mount; every call authenticated by `auth`."""
     codec = LargePayloadCodec()
 
     async def convert(request: Request, decode: bool) -> Response:
+        try:
+            key = request.path_params.get("key")
+            if key is None:
+                await authenticate_request(auth, request)
+            elif not auth.codec_key_valid(key):
+                raise AuthError("the codec key in the path is not this service's")
+        except (AuthError, AuthUnavailable) as err:
+            return refusal(err)
         size = int(request.headers.get("content-length") or 0)
         if size > MAX_REQUEST_BYTES:
             return _problem(f"the request is {size} bytes; at most {MAX_REQUEST_BYTES}", 413)
@@ -84,7 +111,9 @@ def codec_app(origins: Sequence[str]) -> Starlette:
         return await convert(request, False)
 
     return Starlette(routes=[Route("/decode", decode, methods=["POST"]),
-                             Route("/encode", encode, methods=["POST"])],
+                             Route("/encode", encode, methods=["POST"]),
+                             Route(KEY_PATH + "/{key}/decode", decode, methods=["POST"]),
+                             Route(KEY_PATH + "/{key}/encode", encode, methods=["POST"])],
                      middleware=[Middleware(
                          CORSMiddleware, allow_origins=list(origins), allow_methods=["POST"],
                          allow_headers=["Content-Type", "X-Namespace", "Authorization"])])

@@ -7,6 +7,12 @@ With OPSC_TEMPORAL_ADDRESS / OPSC_DATABASE_URL set, that part is not started.
 One stack per `$OPSC_HOME`: `dev.lock` holds the running stack's pid under `fcntl.flock`
 (released by the kernel when that process dies, so a stale pid never blocks). A stack whose
 child (Temporal, PostgreSQL, the worker) dies stops the others and says why.
+
+The stack serves the HTTP API (`opsconductor.starter.api`, with the Web UI's payload codec) on
+loopback as `serve` does without an issuer: it requires the local token
+(`$OPSC_HOME/api-token`, 0600; its path goes to stack.json as `api_token_file`). The Web UI
+is started with the codec endpoint that carries the token's codec key in its path: the dev UI
+has no login, so it has no access token to pass.
 """
 
 from __future__ import annotations
@@ -22,14 +28,18 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-from starlette.applications import Starlette
-from starlette.routing import Mount
+from typing import Any
 
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
 from opsconductor.starter.asgi_server import BackgroundServer, serve_in_background
-from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
+from opsconductor.starter.auth import (
+    Authenticator,
+    LocalTokenAuth,
+    authenticator_from_settings,
+    token_path,
+)
+from opsconductor.starter.codec_server import codec_endpoint
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.pids import pid_alive
 from opsconductor.starter.ports import free_port, port_open
@@ -123,8 +133,11 @@ class DevStack:
     policy_file: Path | None = None
     lock: HomeLock | None = None
     postgres_pid: int | None = None
-    codec_port: int | None = None  # the Web UI's payload codec, served by this process
-    codec: BackgroundServer | None = None
+    api_port: int | None = None  # the HTTP API and the Web UI's codec, served by this process
+    api: BackgroundServer | None = None
+    api_client: Any = None
+    auth: Authenticator | None = None
+    new_token: str | None = None  # made on this start: printed once
 
     @classmethod
     def from_env(cls) -> DevStack:
@@ -143,8 +156,9 @@ class DevStack:
         lock.acquire()  # before anything else: a second stack must touch nothing
         self.lock = lock
         try:
+            self.auth, self.new_token = authenticator_from_settings(self.settings)
+            self.api_port = free_port()
             if not self.settings.temporal_address:
-                self.codec_port = free_port()
                 self.temporal = TemporalDevServer(
                     db_file=home / "temporal.db", log_file=home / "temporal.log",
                     port=_port(DEFAULT_TEMPORAL_PORT), ui_port=_port(DEFAULT_UI_PORT),
@@ -173,6 +187,9 @@ class DevStack:
             "inventory": _path_or_none(self.settings.inventory_path()),
             "asset_service_url": self.settings.asset_service_url,
             "codec_url": self.codec_url,
+            "api_url": self.api_url,
+            "api_token_file": (str(token_path(self.settings))
+                               if isinstance(self.auth, LocalTokenAuth) else None),
             "pid": os.getpid(),
             "pids": self.child_pids(),
         }, indent=2) + "\n")
@@ -241,7 +258,7 @@ class DevStack:
         try:
             assert settings.database_url
             await migrate(settings.database_url)
-            await self.serve_codec()
+            await self.serve_api()
             self.write_stack_file()
             self.worker_task = asyncio.create_task(run_worker(settings, self.stop_event))
             await asyncio.sleep(0)
@@ -251,22 +268,35 @@ class DevStack:
         return settings
 
     @property
-    def codec_url(self) -> str | None:
-        return (f"http://127.0.0.1:{self.codec_port}{CODEC_PATH}" if self.codec_port
-                else None)
+    def api_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.api_port}" if self.api_port else None
 
-    async def serve_codec(self) -> None:
-        """The payload codec the Web UI was started with (`--ui-codec-endpoint`), in this
-        process: it shows our compressed payloads as JSON."""
-        if self.codec_port is None or self.temporal is None:
+    @property
+    def codec_url(self) -> str | None:
+        """The endpoint the Web UI decodes payloads through (`--ui-codec-endpoint`)."""
+        if not self.api_url:
+            return None
+        key = self.auth.codec_key if isinstance(self.auth, LocalTokenAuth) else None
+        return codec_endpoint(self.api_url, key)
+
+    async def serve_api(self) -> None:
+        """The HTTP API with the payload codec, in this process, on loopback, behind the
+        stack's authenticator."""
+        from opsconductor.starter.api import create_app
+        from opsconductor.starter.client import ExecutionClient
+
+        if self.api_port is None or self.auth is None:
             return
-        app = Starlette(routes=[Mount(CODEC_PATH, codec_app(
-            ui_origins(self.temporal.ui_url, self.settings.codec_origins)))])
+        self.api_client = await ExecutionClient.connect(self.settings)
+        app = create_app(self.api_client, auth=self.auth)
         try:
-            self.codec = await serve_in_background(app, "127.0.0.1", self.codec_port)
-        except OSError as err:  # the port was taken meanwhile: the UI shows binary
-            log.warning("payload codec not served: %s", err)
-            self.codec_port = None
+            self.api = await serve_in_background(app, "127.0.0.1", self.api_port,
+                                                 lifespan="on")
+        except OSError as err:  # the port was taken meanwhile: no API, the UI shows binary
+            log.warning("HTTP API not served: %s", err)
+            self.api_port = None
+            await self.api_client.close()
+            self.api_client = None
 
     async def stop(self, worker_grace: float = 30.0) -> None:
         self.stop_event.set()
@@ -274,19 +304,26 @@ class DevStack:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.worker_task, worker_grace)
             self.worker_task = None
-        if self.codec is not None:
+        if self.api is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self.codec.stop(timeout=5)
-            self.codec = None
+                await self.api.stop(timeout=5)
+            self.api = None
+        if self.api_client is not None:
+            with contextlib.suppress(Exception):
+                await self.api_client.close()
+            self.api_client = None
         await asyncio.to_thread(self.stop_servers)
 
 
-def describe(settings: Settings, codec_url: str | None = None) -> str:
+def describe(settings: Settings, codec_url: str | None = None, api_url: str | None = None,
+             token_file: str | None = None) -> str:
     lines = [f"Temporal:   {settings.temporal_address} (namespace {settings.namespace}, "
              f"task queue {settings.task_queue})",
              f"Postgres:   {_redacted(settings.database_url)}"]
     if settings.ui_url:
         lines.append(f"Web UI:     {settings.ui_url}/namespaces/{settings.namespace}/workflows")
+    if api_url:
+        lines.append(f"HTTP API:   {api_url} (bearer token in {token_file or 'the issuer'})")
     if codec_url:
         lines.append(f"UI codec:   {codec_url} (shows compressed payloads as JSON)")
     lines.append(f"State:      {settings.home}")
@@ -334,7 +371,12 @@ async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
     if stack.lock and stack.lock.stale_pid:
         print_fn(f"(a stack with pid {stack.lock.stale_pid} ended without cleaning up; "
                  "its lock was stale)")
-    print_fn("OpsConductor dev stack is up.\n" + describe(settings, stack.codec_url))
+    token_file = (str(token_path(settings)) if isinstance(stack.auth, LocalTokenAuth)
+                  else None)
+    print_fn("OpsConductor dev stack is up.\n" + describe(settings, stack.codec_url,
+                                                         stack.api_url, token_file))
+    if stack.new_token:
+        print_fn(f"API token:  {stack.new_token} (shown once)")
     if stack.policy_file:
         print_fn(f"RBAC:       {stack.policy_file} (OPSC_RBAC_POLICY overrides)")
     print_fn(f"Stack file: {settings.stack_file}\nPress Ctrl-C to stop.")
