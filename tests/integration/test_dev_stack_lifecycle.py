@@ -50,7 +50,8 @@ class DevProcess:
     async def up(self) -> dict[str, Any]:
         def ready() -> bool:
             assert self.proc.poll() is None, f"dev exited early:\n{self.output()}"
-            return self.stack_file.exists()
+            # stack.json is written just before the stack prints what it serves
+            return self.stack_file.exists() and "Press Ctrl-C to stop." in self.output()
 
         await wait_for(ready, timeout=START_TIMEOUT, interval=0.2, what="stack.json")
         return self.stack()
@@ -177,11 +178,26 @@ async def test_a_dead_child_stops_the_stack_and_says_why(start_dev: Any) -> None
     await wait_for(lambda: not alive(temporal_pid), timeout=30, what="Temporal to stop")
 
 
-async def test_the_web_ui_decodes_payloads_through_the_stacks_codec(start_dev: Any) -> None:
+async def test_the_stacks_api_needs_its_token_and_the_web_ui_decodes_through_its_codec(
+        start_dev: Any) -> None:
     dev = start_dev("codec")
     stack = await dev.up()
     codec_url = stack["codec_url"]
     assert codec_url and f"UI codec:   {codec_url}" in dev.output()
+    token_file = Path(stack["api_token_file"])
+    assert token_file == dev.home / "api-token" and token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert f"API token:  {token} (shown once)" in dev.output()
+    api = stack["api_url"]
+    assert api.startswith("http://127.0.0.1:") and codec_url.startswith(f"{api}/codec/key/")
+    async with httpx.AsyncClient(base_url=api, timeout=30) as http:
+        refused = [(await http.get(path)).status_code
+                   for path in ("/executions", "/metrics", "/openapi.json")]
+        refused.append((await http.post("/codec/decode", json={"payloads": []})).status_code)
+        assert refused == [401] * 4, refused
+        listed = await http.get("/executions", headers={"Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200 and listed.json()["items"] == []
+        assert (await http.get("/healthz")).status_code == 200
     async with httpx.AsyncClient(timeout=30) as http:
         async def ui_settings() -> dict[str, Any] | None:
             with contextlib.suppress(httpx.HTTPError):

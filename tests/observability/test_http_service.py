@@ -14,17 +14,24 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from opsconductor.starter.api import create_app
+from opsconductor.starter.auth import LocalTokenAuth
 from tests.helpers import events, request, serving, shell, step, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
+TOKEN = "t" * 43
+
+
 @pytest.fixture
 async def api(engine: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app behind a local token; the client sends it (tests/api_auth proves the rest)."""
     registry = CollectorRegistry()
     Counter("opsc_api_probe", "a sample the endpoint must show", registry=registry).inc()
-    async with (serving(create_app(engine, registry=registry), lifespan="on") as url,
-                httpx.AsyncClient(base_url=url, timeout=30) as http):
+    app = create_app(engine, auth=LocalTokenAuth(TOKEN), registry=registry)
+    async with (serving(app, lifespan="on") as url,
+                httpx.AsyncClient(base_url=url, timeout=30,
+                                  headers={"Authorization": f"Bearer {TOKEN}"}) as http):
         yield http
 
 
@@ -94,6 +101,7 @@ async def test_read_endpoints(api: httpx.AsyncClient, engine: Any) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
     spec = (await api.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.") and "/executions/{id}/events" in spec["paths"]
+    assert (await api.get("/executions", headers={"Authorization": ""})).status_code == 401
 
 
 async def test_serve_command_answers_over_http(engine: Any, temporal_server: Any, pg_url: str,
@@ -119,10 +127,19 @@ async def test_serve_command_answers_over_http(engine: Any, temporal_server: Any
 
             assert (await wait_for(ready, what="`opsconductor serve` to be ready")).json()[
                 "ready"] is True
-            metrics = (await http.get("/metrics")).text
+            token_file = tmp_path / "home" / "api-token"
+            assert token_file.stat().st_mode & 0o777 == 0o600
+            token = token_file.read_text().strip()
+            assert (await http.get("/executions")).status_code == 401
+            assert (await http.get("/metrics")).status_code == 401
+            auth = {"Authorization": f"Bearer {token}"}
+            metrics = (await http.get("/metrics", headers=auth)).text
             assert "opsc_dlq_depth" in metrics  # the mirror's gauges, read at start
-            listed = (await http.get("/executions", params={"limit": 1})).json()
+            listed = (await http.get("/executions", params={"limit": 1}, headers=auth)).json()
             assert len(listed["items"]) == 1
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
+    assert proc.stderr is not None
+    said = (await proc.stderr.read()).decode()
+    assert f"API token (shown once; kept in {token_file}" in said and token in said

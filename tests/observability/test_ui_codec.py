@@ -20,18 +20,23 @@ from temporalio.api.common.v1 import Payload
 
 from opsconductor.schema.payloads import DATA_CONVERTER, ENCODING, LargePayloadCodec
 from opsconductor.starter.api import create_app
+from opsconductor.starter.auth import LocalTokenAuth
 from opsconductor.starter.binaries import temporal_cli
 from opsconductor.starter.codec_server import CODEC_PATH, codec_app, ui_origins
 from tests.helpers import payload_as_json, payload_from_json, serving, unique_queue
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 UI = "http://127.0.0.1:8233"
+AUTH = LocalTokenAuth("c" * 43)
 
 
 @pytest.fixture
 async def codec() -> AsyncIterator[httpx.AsyncClient]:
-    app = Starlette(routes=[Mount(CODEC_PATH, codec_app(ui_origins(UI)))])
-    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+    """The codec behind a local token; the client sends it as the UI server would
+    (`codec.passAccessToken`)."""
+    app = Starlette(routes=[Mount(CODEC_PATH, codec_app(ui_origins(UI), auth=AUTH))])
+    async with serving(app) as url, httpx.AsyncClient(
+            base_url=url, timeout=30, headers={"Authorization": "Bearer " + "c" * 43}) as http:
         yield http
 
 
@@ -65,6 +70,10 @@ async def test_only_the_ui_origin_may_call_it(codec: httpx.AsyncClient) -> None:
     other = await codec.options("/codec/decode",
                                 headers={"Origin": "http://evil.test", **preflight})
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    # The origin is the browser's business; the credential is the codec's own.
+    bare = await codec.post("/codec/decode", json={"payloads": []},
+                            headers={"Origin": UI, "Authorization": ""})
+    assert bare.status_code == 401 and "bearer token is required" in bare.json()["error"]
 
 
 async def test_bad_bodies_are_refused_with_the_reason(codec: httpx.AsyncClient) -> None:
@@ -89,9 +98,13 @@ async def test_an_inflation_bomb_stops_at_the_bound() -> None:
 
 async def test_serve_mounts_the_codec(engine: Any) -> None:
     encoded = await DATA_CONVERTER.encode([{"n": "x" * 200_000}])
-    async with (serving(create_app(engine)) as url,
-                httpx.AsyncClient(base_url=url, timeout=30) as http):
-        resp = await http.post("/codec/decode", json={"payloads": [payload_as_json(encoded[0])]})
+    async with (serving(create_app(engine, auth=AUTH)) as url,
+                httpx.AsyncClient(base_url=url, timeout=30,
+                                  headers={"Authorization": "Bearer " + "c" * 43}) as http):
+        body = {"payloads": [payload_as_json(encoded[0])]}
+        assert (await http.post("/codec/decode", json=body, headers={"Authorization": ""})
+                ).status_code == 401
+        resp = await http.post("/codec/decode", json=body)
         assert resp.status_code == 200, resp.text
         shown = payload_from_json(resp.json()["payloads"][0])
         assert json.loads(shown.data) == {"n": "x" * 200_000}
@@ -126,8 +139,9 @@ async def test_the_temporal_cli_reads_a_compressed_input_through_the_codec(
 
         raw = await show()
         assert payload_from_json(raw).metadata["encoding"] == ENCODING  # binary without it
-        decoded = payload_from_json(await show("--codec-endpoint",
-                                               f"{codec.base_url}{CODEC_PATH}"))
+        decoded = payload_from_json(await show(
+            "--codec-endpoint", f"{codec.base_url}{CODEC_PATH}",
+            "--codec-auth", f"Bearer {'c' * 43}"))
         assert decoded.metadata["encoding"] == b"json/plain"
         assert json.loads(decoded.data) == big
     finally:
