@@ -2,7 +2,8 @@
 
 Executions (filters and a cursor), one execution with its steps, a step's output, the
 execution's events as Server-Sent Events (each with its event id, so a client that reconnects
-with `Last-Event-ID` continues exactly where it stopped), `/metrics`, `/healthz` (the
+with `Last-Event-ID` continues exactly where it stopped; a stream ends with `token-expired`
+when the token it was opened with expires), `/metrics`, `/healthz` (the
 process answers), `/readyz` (Postgres and Temporal answer), `/openapi.json`, and the Web
 UI's payload codec at `/codec` (`opsconductor.starter.codec_server`).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -138,8 +140,8 @@ def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry 
         ident = request.path_params["id"]
         execution_id, workflow_id = await client.resolve_ids(ident)
         principal: Principal = principal_of(request)
-        if principal.tenant is not None and (
-                await tenant_of(client.pool, execution_id)) != principal.tenant:
+        if principal.tenant is not None and not principal.sees(
+                await tenant_of(client.pool, execution_id)):
             raise ExecutionNotFound(f"no execution with id {ident!r}")
         return execution_id, workflow_id
 
@@ -193,13 +195,21 @@ def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry 
         except ValueError:
             return _problem(400, "Last-Event-ID and after must be event ids (integers)")
 
+        expires_at = principal_of(request).expires_at
+
         async def stream() -> AsyncIterator[str]:
             source = hub.follow(execution_id, after).__aiter__()
             pending: asyncio.Future[dict[str, Any]] | None = None
             try:
                 while True:
+                    wait = SSE_KEEPALIVE_SECONDS
+                    if expires_at is not None:
+                        wait = min(wait, expires_at - time.time())
+                        if wait <= 0:  # reconnect with a fresh token and Last-Event-ID
+                            yield "event: token-expired\ndata: {}\n\n"
+                            return
                     pending = pending or asyncio.ensure_future(source.__anext__())
-                    done, _ = await asyncio.wait({pending}, timeout=SSE_KEEPALIVE_SECONDS)
+                    done, _ = await asyncio.wait({pending}, timeout=wait)
                     if not done:
                         yield ": keep-alive\n\n"
                         continue
@@ -212,7 +222,9 @@ def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry 
                     yield sse(event)
             finally:
                 if pending is not None:
-                    pending.cancel()
+                    pending.cancel()  # and let it end before the generator is closed
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pending
                 await source.aclose()
 
         return StreamingResponse(stream(), media_type="text/event-stream",

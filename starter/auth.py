@@ -70,8 +70,8 @@ class Principal(BaseModel):
     actor: str
     tenant: str | None
     roles: frozenset[str] = frozenset()
-    codec_only: bool = False  # the dev UI's codec key: decode/encode, nothing else
     issuer: str | None = None
+    expires_at: float | None = None  # the token's `exp` (+ leeway): long streams end there
 
     @property
     def subjects(self) -> frozenset[str]:
@@ -232,7 +232,10 @@ class AuthMiddleware:
         try:
             principal = await authenticate_request(self.auth, request)
         except (AuthError, AuthUnavailable) as err:
-            await refusal(err)(scope, receive, send)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await refusal(err)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -250,7 +250,8 @@ class OidcAuth:
             tenant = None
         elif not isinstance(tenant, str) or not tenant:
             raise AuthError(f"the token has no tenant (claim {self.tenant_claim!r})")
-        return Principal(actor=actor, tenant=tenant, roles=roles, issuer=self.issuer)
+        return Principal(actor=actor, tenant=tenant, roles=roles, issuer=self.issuer,
+                         expires_at=float(claims["exp"]) + self.leeway)
 
     def codec_key_valid(self, key: str) -> bool:
         return False  # with an issuer, only its tokens

@@ -60,12 +60,18 @@ class Issuer:
         return path
 
     def app(self) -> Starlette:
-        """The issuer's JWKS endpoint (`/certs`), counting its fetches."""
+        """The issuer's JWKS endpoint (`/certs`), counting its fetches, and its discovery
+        document (naming `/certs` under the base URL it was reached at)."""
         async def certs(_request: Request) -> JSONResponse:
             self.jwks_fetches += 1
             return JSONResponse(self.jwks())
 
-        return Starlette(routes=[Route("/certs", certs)])
+        async def discovery(request: Request) -> JSONResponse:
+            base = str(request.base_url).rstrip("/")
+            return JSONResponse({"issuer": self.issuer, "jwks_uri": f"{base}/certs"})
+
+        return Starlette(routes=[Route("/certs", certs),
+                                 Route("/.well-known/openid-configuration", discovery)])
 
     def claims(self, tenant: str | None = "acme", **extra: Any) -> dict[str, Any]:
         now = int(time.time())

@@ -190,8 +190,9 @@ async def test_a_token_sees_only_its_tenant(engine: Any, api_with: ApiFactory, i
 async def test_claims_map_onto_rbac_principals(issuer: Issuer, tmp_path: Path) -> None:
     jwks = str(issuer.write_jwks(tmp_path / "jwks.json"))
     auth = oidc_auth(tmp_path, jwks)
-    p = await auth.authenticate(issuer.token(tenant="acme", roles=["approver"]))
-    assert p == Principal(actor="alice", tenant="acme", issuer=ISSUER,
+    exp = int(time.time()) + 300
+    p = await auth.authenticate(issuer.token(tenant="acme", roles=["approver"], exp=exp))
+    assert p == Principal(actor="alice", tenant="acme", issuer=ISSUER, expires_at=exp + 30,
                           roles=frozenset({"sre", "reader", "approver"}))  # not "not-ours"
     assert p.subjects == {"actor:alice", "role:sre", "role:reader", "role:approver"}
     by_sub = await auth.authenticate(issuer.token(preferred_username=None, sub="svc-1"))
@@ -222,3 +223,62 @@ async def test_unsafe_or_incomplete_configuration_is_refused(env: dict[str, str]
                               "OPSC_OIDC_JWKS": str(tmp_path), **env})
     with pytest.raises(ValueError, match=named):
         OidcAuth.from_settings(settings)
+
+
+async def test_keys_from_the_issuers_discovery_and_a_rotated_jwks_file(
+        api_with: ApiFactory, keys: dict[str, Key], tmp_path: Path) -> None:
+    published = Issuer(keys=[keys["k1"]])
+    async with serving(published.app()) as base:
+        published.issuer = base  # a local issuer: discovery at <issuer>/.well-known/...
+        settings = load_settings({"OPSC_HOME": str(tmp_path), "OPSC_OIDC_ISSUER": base,
+                                  "OPSC_OIDC_AUDIENCE": AUDIENCE})
+        async with api_with(OidcAuth.from_settings(settings)) as http:
+            resp = await http.get("/executions", headers={
+                "Authorization": f"Bearer {published.token()}"})
+            assert resp.status_code == 200, resp.text
+        assert published.jwks_fetches == 1
+    issuer = Issuer(keys=[keys["k1"]])
+    jwks = issuer.write_jwks(tmp_path / "jwks.json")
+    async with api_with(oidc_auth(tmp_path, str(jwks))) as http:
+        def get(key: Key) -> Any:
+            return http.get("/executions", headers={
+                "Authorization": f"Bearer {issuer.token(key)}"})
+
+        assert (await get(keys["k1"])).status_code == 200
+        issuer.keys = [keys["k2"]]  # rotated: k1 withdrawn, k2 published in the file
+        issuer.write_jwks(jwks)
+        assert (await get(keys["k2"])).status_code == 200  # unknown kid: the file re-read
+    print("[oidc-jwks] discovery found the keys; a rotated JWKS file was re-read on the new kid")
+
+
+async def test_an_event_stream_ends_when_its_token_expires_and_resumes_with_a_new_one(
+        engine: Any, api_with: ApiFactory, issuer: Issuer, tmp_path: Path) -> None:
+    from tests.helpers import events, pending, step, until
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    resp = await engine.execute(request([step("a")], tenant=tenant, approval_level=1,
+                                        environment="staging"), wait=False)
+    await until(engine, resp.workflow_id, pending)
+    auth = oidc_auth(tmp_path, str(issuer.write_jwks(tmp_path / "jwks.json")),
+                     OPSC_OIDC_LEEWAY_SECONDS="0")
+    path = f"/executions/{resp.execution_id}/events"
+    async with api_with(auth) as http:
+        short = issuer.token(tenant=tenant, exp=int(time.time()) + 3)
+        started = time.monotonic()
+        async with http.stream("GET", path, headers={"Authorization": f"Bearer {short}"}) as r:
+            assert r.status_code == 200
+            lines = [line async for line in r.aiter_lines()]
+        took = time.monotonic() - started
+        assert "event: token-expired" in lines, lines
+        first = [int(x.removeprefix("id: ")) for x in lines if x.startswith("id: ")]
+        assert first and took < 30
+        assert (await engine.approve(resp.execution_id, "bob")).accepted
+        fresh = {"Authorization": f"Bearer {issuer.token(tenant=tenant)}",
+                 "Last-Event-ID": str(first[-1])}
+        async with http.stream("GET", path, headers=fresh) as r:
+            rest = [line async for line in r.aiter_lines()]
+        assert "event: end" in rest
+    second = [int(x.removeprefix("id: ")) for x in rest if x.startswith("id: ")]
+    assert first + second == [e["id"] for e in await events(engine.pool, resp.execution_id)]
+    print(f"[oidc-sse] the stream ended {took:.1f}s after a 3 s token was issued; "
+          f"{len(first)} + {len(second)} events, none lost or repeated after reconnecting")
