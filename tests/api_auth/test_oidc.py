@@ -282,3 +282,20 @@ async def test_an_event_stream_ends_when_its_token_expires_and_resumes_with_a_ne
     assert first + second == [e["id"] for e in await events(engine.pool, resp.execution_id)]
     print(f"[oidc-sse] the stream ended {took:.1f}s after a 3 s token was issued; "
           f"{len(first)} + {len(second)} events, none lost or repeated after reconnecting")
+
+
+async def test_unreachable_keys_are_503_with_the_reason_and_metrics_public_only_when_set(
+        engine: Any, issuer: Issuer, tmp_path: Path) -> None:
+    from opsconductor.starter.api import create_app
+    from opsconductor.starter.ports import free_port
+
+    closed = f"http://127.0.0.1:{free_port('127.0.0.1')}/certs"  # nothing listens there
+    auth = oidc_auth(tmp_path, closed)
+    async with (serving(create_app(engine, auth=auth, metrics_public=True), lifespan="on")
+                as url, httpx.AsyncClient(base_url=url, timeout=30) as http):
+        resp = await http.get("/executions",
+                              headers={"Authorization": f"Bearer {issuer.token()}"})
+        assert resp.status_code == 503 and "signing keys could not be read" in resp.text
+        assert resp.headers["retry-after"] == "5"
+        assert (await http.get("/metrics")).status_code == 200  # configured public
+        assert (await http.get("/openapi.json")).status_code == 401  # still not
