@@ -57,6 +57,11 @@ class AuthError(Exception):
         self.error = error
 
 
+class AuthConfigError(ValueError):
+    """A setting of authentication is missing or unsafe, or the token file unusable; the
+    message names it. Nothing is served."""
+
+
 class AuthUnavailable(Exception):
     """The issuer's keys could not be had: nobody can be authenticated right now (503)."""
 
@@ -97,13 +102,13 @@ def token_path(settings: Settings) -> Path:
 def _read_token(path: Path) -> str:
     info = path.stat()
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"the API token file {path} is not a regular file")
+        raise AuthConfigError(f"the API token file {path} is not a regular file")
     if info.st_mode & 0o077:
-        raise ValueError(f"the API token file {path} is readable by others (mode "
+        raise AuthConfigError(f"the API token file {path} is readable by others (mode "
                          f"{info.st_mode & 0o777:o}); chmod 600 it or delete it for a new one")
     token = path.read_text().strip()
     if len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"the API token file {path} holds no token of at least "
+        raise AuthConfigError(f"the API token file {path} holds no token of at least "
                          f"{MIN_TOKEN_CHARS} characters; delete it for a new one")
     return token
 
@@ -150,7 +155,7 @@ class LocalTokenAuth:
 
 def authenticator_from_settings(settings: Settings) -> tuple[Authenticator, str | None]:
     """OIDC when an issuer is configured, else the local token (and the token to print once,
-    when it was made now). ValueError names a bad setting."""
+    when it was made now). AuthConfigError names a bad setting."""
     if settings.oidc_issuer:
         from opsconductor.starter.auth_oidc import OidcAuth
 

@@ -29,7 +29,13 @@ import jwt
 from jwt.exceptions import PyJWKError, PyJWTError
 
 from opsconductor.schema.config import Settings
-from opsconductor.starter.auth import AuthError, AuthUnavailable, Principal, is_loopback
+from opsconductor.starter.auth import (
+    AuthConfigError,
+    AuthError,
+    AuthUnavailable,
+    Principal,
+    is_loopback,
+)
 
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                         "ES256", "ES384", "ES512", "ES256K", "EdDSA"})
@@ -49,7 +55,7 @@ def _check_url(url: str, what: str) -> str:
     if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname
                                    and is_loopback(parts.hostname)):
         return url
-    raise ValueError(f"{what} must be an https URL (http only on loopback): {url!r}")
+    raise AuthConfigError(f"{what} must be an https URL (http only on loopback): {url!r}")
 
 
 class JwksCache:
@@ -159,26 +165,27 @@ class OidcAuth:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OidcAuth:
-        """ValueError naming the setting that is missing or unsafe."""
+        """AuthConfigError naming the setting that is missing or unsafe."""
         issuer = settings.oidc_issuer
         if not issuer:
-            raise ValueError("OPSC_OIDC_ISSUER is not set")
+            raise AuthConfigError("OPSC_OIDC_ISSUER is not set")
         _check_url(issuer, "OPSC_OIDC_ISSUER")
         audiences = _commas(settings.oidc_audience)
         if not audiences:
-            raise ValueError("OPSC_OIDC_AUDIENCE is required with OPSC_OIDC_ISSUER (the API's "
+            raise AuthConfigError("OPSC_OIDC_AUDIENCE is required with OPSC_OIDC_ISSUER (the API's "
                              "client id): a token for another client must not be accepted")
         algorithms = frozenset(_commas(settings.oidc_algorithms))
         unsafe = sorted(algorithms - ASYMMETRIC)
         if unsafe or not algorithms:
-            raise ValueError(f"OPSC_OIDC_ALGORITHMS may name only asymmetric algorithms "
+            raise AuthConfigError(f"OPSC_OIDC_ALGORITHMS may name only asymmetric algorithms "
                              f"({', '.join(sorted(ASYMMETRIC))}); refused: "
                              f"{', '.join(unsafe) or '(none named)'}")
         source = settings.oidc_jwks
         if source and "://" in source:
             _check_url(source, "OPSC_OIDC_JWKS")
         elif source and not Path(source).is_file():
-            raise ValueError(f"OPSC_OIDC_JWKS is neither a URL nor a readable file: {source!r}")
+            raise AuthConfigError(f"OPSC_OIDC_JWKS is neither a URL nor a readable file: "
+                                  f"{source!r}")
         clients = _commas(settings.oidc_client_id) or None
         return cls(issuer=issuer, audiences=audiences,
                    jwks=JwksCache(source, issuer=issuer, ttl=settings.oidc_jwks_cache_seconds,

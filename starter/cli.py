@@ -463,6 +463,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     from opsconductor.schema.config import load_settings
     from opsconductor.starter.api import create_app
     from opsconductor.starter.auth import (
+        AuthConfigError,
         LocalTokenAuth,
         authenticator_from_settings,
         is_loopback,
@@ -480,7 +481,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
                     "hosts", EXIT_INPUT)
     try:
         auth, new_token = authenticator_from_settings(settings)
-    except (ValueError, OSError) as err:
+    except (AuthConfigError, OSError) as err:
         return _err(args, str(err), EXIT_INPUT)
     base = f"http://{args.host}:{args.port}"
     note = f"bearer tokens of {settings.oidc_issuer}"

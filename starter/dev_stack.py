@@ -34,6 +34,7 @@ from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.migrate import migrate
 from opsconductor.starter.asgi_server import BackgroundServer, serve_in_background
 from opsconductor.starter.auth import (
+    AuthConfigError,
     Authenticator,
     LocalTokenAuth,
     authenticator_from_settings,
@@ -365,7 +366,7 @@ async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
     stack = DevStack.from_env()
     try:
         settings = await stack.start()
-    except StackAlreadyRunning as err:
+    except (StackAlreadyRunning, AuthConfigError) as err:
         print_fn(f"error: {err}", file=sys.stderr)
         return 1
     if stack.lock and stack.lock.stale_pid:

@@ -4,6 +4,7 @@ non-loopback address naming the setting that would allow it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -65,6 +66,18 @@ async def test_the_local_token_guards_every_route_and_the_codec_key_only_the_cod
         with_token = await http.post("/codec/decode", json=body,
                                      headers={"Authorization": f"Bearer {token}"})
         assert with_token.status_code == 200
+        # A path that only looks like the codec's (dot segments, sent raw: httpx would
+        # normalise them) reaches nothing behind it.
+        host, port = str(http.base_url).removeprefix("http://").rstrip("/").split(":")
+        for raw in ("/codec/../executions", "/codec/%2e%2e/executions",
+                    f"/codec/key/{auth.codec_key}/../../executions"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                         .encode())
+            status = (await reader.readline()).split()[1]
+            writer.close()
+            assert status in (b"401", b"404"), (raw, status)
+            refused += 1
     print(f"[local-token] {refused} requests without the right credential refused")
 
 
