@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     oidc_jwks_refresh_seconds: float = Field(30.0, ge=0, description=(
         "At most one fetch of the keys per this many seconds on account of unknown `kid`s, "
         "so forged tokens cannot make the API hammer the issuer."))
+    oidc_allow_http: bool = Field(False, description=(
+        "Accept an http (not https) issuer and JWKS URL off loopback: only inside a trusted "
+        "network (a compose network reaching Keycloak as http://keycloak:8080)."))
     api_roles: str | None = Field(None, description=(
         "Comma list of roles of which an OIDC token must hold one to use the API (403 "
         "otherwise); unset: any valid token of a tenant reads that tenant."))

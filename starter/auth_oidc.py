@@ -50,19 +50,22 @@ def _commas(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _check_url(url: str, what: str) -> str:
+def _check_url(url: str, what: str, allow_http: bool = False) -> str:
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname
-                                   and is_loopback(parts.hostname)):
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname and (
+            allow_http or is_loopback(parts.hostname))):
         return url
-    raise AuthConfigError(f"{what} must be an https URL (http only on loopback): {url!r}")
+    raise AuthConfigError(f"{what} must be an https URL (http only on loopback, or with "
+                          f"OPSC_OIDC_ALLOW_HTTP inside a trusted network): {url!r}")
 
 
 class JwksCache:
     """The issuer's signing keys by `kid`, from `source` (URL or file), fetched lazily."""
 
-    def __init__(self, source: str | None, *, issuer: str, ttl: float, refresh: float):
+    def __init__(self, source: str | None, *, issuer: str, ttl: float, refresh: float,
+                 allow_http: bool = False):
         self.source = source
+        self.allow_http = allow_http
         self.issuer = issuer
         self.ttl = ttl
         self.refresh = refresh
@@ -90,7 +93,7 @@ class JwksCache:
         uri = doc.get("jwks_uri") if isinstance(doc, dict) else None
         if not isinstance(uri, str):
             raise AuthUnavailable(f"{discovery} names no jwks_uri")
-        self.source = _check_url(uri, "the issuer's jwks_uri")
+        self.source = _check_url(uri, "the issuer's jwks_uri", self.allow_http)
         return self.source
 
     async def _fetch(self) -> None:
@@ -169,7 +172,8 @@ class OidcAuth:
         issuer = settings.oidc_issuer
         if not issuer:
             raise AuthConfigError("OPSC_OIDC_ISSUER is not set")
-        _check_url(issuer, "OPSC_OIDC_ISSUER")
+        allow_http = settings.oidc_allow_http
+        _check_url(issuer, "OPSC_OIDC_ISSUER", allow_http)
         audiences = _commas(settings.oidc_audience)
         if not audiences:
             raise AuthConfigError("OPSC_OIDC_AUDIENCE is required with OPSC_OIDC_ISSUER (the API's "
@@ -182,14 +186,15 @@ class OidcAuth:
                              f"{', '.join(unsafe) or '(none named)'}")
         source = settings.oidc_jwks
         if source and "://" in source:
-            _check_url(source, "OPSC_OIDC_JWKS")
+            _check_url(source, "OPSC_OIDC_JWKS", allow_http)
         elif source and not Path(source).is_file():
             raise AuthConfigError(f"OPSC_OIDC_JWKS is neither a URL nor a readable file: "
                                   f"{source!r}")
         clients = _commas(settings.oidc_client_id) or None
         return cls(issuer=issuer, audiences=audiences,
                    jwks=JwksCache(source, issuer=issuer, ttl=settings.oidc_jwks_cache_seconds,
-                                  refresh=settings.oidc_jwks_refresh_seconds),
+                                  refresh=settings.oidc_jwks_refresh_seconds,
+                                  allow_http=allow_http),
                    algorithms=algorithms, tenant_claim=settings.oidc_tenant_claim,
                    actor_claim=settings.oidc_actor_claim, clients=clients,
                    all_tenants_role=settings.oidc_all_tenants_role or None,

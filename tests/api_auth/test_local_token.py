@@ -89,5 +89,10 @@ async def test_serve_refuses_a_non_loopback_host_without_an_issuer(tmp_path: Pat
         assert cli.code == 2, cli
         assert "OPSC_OIDC_ISSUER" in cli.stderr and host in cli.stderr, cli
     assert not (tmp_path / "home" / "api-token").exists()  # refused before anything else
+    unsafe = await run_cli({**env, "OPSC_OIDC_ISSUER": "https://id.example.com/realms/ops",
+                            "OPSC_OIDC_AUDIENCE": "api", "OPSC_OIDC_ALGORITHMS": "HS256"},
+                           "serve", "--port", "1", timeout=60)
+    assert unsafe.code == 2 and "OPSC_OIDC_ALGORITHMS" in unsafe.stderr, unsafe
+    assert "Traceback" not in unsafe.stderr
     assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.8.0.1")] == [
         True] * 4

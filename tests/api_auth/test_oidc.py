@@ -225,6 +225,14 @@ async def test_unsafe_or_incomplete_configuration_is_refused(env: dict[str, str]
         OidcAuth.from_settings(settings)
 
 
+async def test_http_off_loopback_only_when_allowed_explicitly(tmp_path: Path) -> None:
+    settings = load_settings({"OPSC_HOME": str(tmp_path),
+                              "OPSC_OIDC_ISSUER": "http://keycloak:8080/realms/ops",
+                              "OPSC_OIDC_AUDIENCE": AUDIENCE, "OPSC_OIDC_ALLOW_HTTP": "true",
+                              "OPSC_OIDC_JWKS": "http://keycloak:8080/realms/ops/certs"})
+    assert OidcAuth.from_settings(settings).jwks.allow_http
+
+
 async def test_keys_from_the_issuers_discovery_and_a_rotated_jwks_file(
         api_with: ApiFactory, keys: dict[str, Key], tmp_path: Path) -> None:
     published = Issuer(keys=[keys["k1"]])
