@@ -43,6 +43,7 @@ SIGNING_KTY = frozenset({"RSA", "EC", "OKP"})
 MAX_JWKS_BYTES = 1024 * 1024
 MAX_TOKEN_CHARS = 16 * 1024
 FETCH_TIMEOUT_SECONDS = 10.0
+RETRY_AFTER_FAILURE_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +74,8 @@ class JwksCache:
         self.loaded_at: float | None = None
         self.last_refetch: float | None = None  # fetches on account of an unknown kid
         self.fetches = 0
+        self.retry_at: float | None = None  # after a failed fetch, not before this
+        self.failure: str | None = None
         self._lock = asyncio.Lock()
 
     async def _document(self, url: str) -> Any:
@@ -120,27 +123,29 @@ class JwksCache:
         self.loaded_at = time.monotonic()
 
     async def key(self, kid: str) -> dict[str, Any]:
-        """The JWK named `kid`; AuthError when the issuer has no such signing key."""
+        """The JWK named `kid`; AuthError when the issuer has no such signing key,
+        AuthUnavailable when no keys could be had at all. After a failed fetch the next try
+        waits `RETRY_AFTER_FAILURE_SECONDS` (the cached keys serve meanwhile)."""
         async with self._lock:
             now = time.monotonic()
-            stale = self.loaded_at is None or now - self.loaded_at > self.ttl
-            if stale:
-                try:
-                    await self._fetch()
-                except AuthUnavailable:
-                    if not self.keys:
-                        raise
-                    log.warning("keeping the cached signing keys: the fetch failed",
-                                exc_info=True)
-            elif kid not in self.keys and (self.last_refetch is None
-                                           or now - self.last_refetch >= self.refresh):
-                self.last_refetch = now
-                with_old = dict(self.keys)
-                try:
-                    await self._fetch()
-                except AuthUnavailable:
-                    self.keys = with_old
-                    log.warning("signing keys not refetched", exc_info=True)
+            if self.retry_at is not None and now < self.retry_at:
+                if not self.keys:
+                    raise AuthUnavailable(self.failure or "the signing keys could not be read")
+            else:
+                stale = self.loaded_at is None or now - self.loaded_at > self.ttl
+                unknown = kid not in self.keys and (self.last_refetch is None
+                                                    or now - self.last_refetch >= self.refresh)
+                if stale or unknown:
+                    if not stale:
+                        self.last_refetch = now
+                    try:
+                        await self._fetch()
+                        self.retry_at = self.failure = None
+                    except AuthUnavailable as err:
+                        self.retry_at, self.failure = now + RETRY_AFTER_FAILURE_SECONDS, str(err)
+                        if not self.keys:
+                            raise
+                        log.warning("keeping the cached signing keys: %s", err)
             found = self.keys.get(kid)
         if found is None:
             raise AuthError(f"the token's signing key {kid!r} is not one of the issuer's")

@@ -305,5 +305,10 @@ async def test_unreachable_keys_are_503_with_the_reason_and_metrics_public_only_
                               headers={"Authorization": f"Bearer {issuer.token()}"})
         assert resp.status_code == 503 and "signing keys could not be read" in resp.text
         assert resp.headers["retry-after"] == "5"
+        for _ in range(10):  # within the retry delay: answered without trying again
+            again = await http.get("/executions",
+                                   headers={"Authorization": f"Bearer {issuer.token()}"})
+            assert again.status_code == 503
+        assert auth.jwks.fetches == 1
         assert (await http.get("/metrics")).status_code == 200  # configured public
         assert (await http.get("/openapi.json")).status_code == 401  # still not
