@@ -312,3 +312,45 @@ async def test_unreachable_keys_are_503_with_the_reason_and_metrics_public_only_
         assert auth.jwks.fetches == 1
         assert (await http.get("/metrics")).status_code == 200  # configured public
         assert (await http.get("/openapi.json")).status_code == 401  # still not
+
+
+async def test_the_serve_command_takes_the_issuers_tokens(
+        engine: Any, temporal_server: Any, pg_url: str, issuer: Issuer,
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from opsconductor.starter.ports import free_port
+    from tests.helpers import wait_for
+    from tests.integration.helpers import OPSCONDUCTOR, opsc_env
+
+    port = free_port("127.0.0.1")
+    env = opsc_env(temporal_address=temporal_server.address, database_url=pg_url,
+                   task_queue=engine.settings.task_queue, home=tmp_path / "home",
+                   OPSC_OIDC_ISSUER=ISSUER, OPSC_OIDC_AUDIENCE=AUDIENCE,
+                   OPSC_OIDC_JWKS=str(issuer.write_jwks(tmp_path / "jwks.json")))
+    proc = await asyncio.create_subprocess_exec(
+        OPSCONDUCTOR, "serve", "--port", str(port), env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            async def ready() -> bool:
+                try:
+                    return (await http.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(ready, what="`opsconductor serve` with an issuer to be ready")
+            assert (await http.get("/executions")).status_code == 401
+            expired = issuer.token(exp=int(time.time()) - 100, nbf=None)
+            assert (await http.get("/executions", headers={
+                "Authorization": f"Bearer {expired}"})).status_code == 401
+            good = await http.get("/executions", headers={
+                "Authorization": f"Bearer {issuer.token(tenant='no-such-tenant')}"})
+            assert good.status_code == 200 and good.json()["items"] == []
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 20)
+    assert proc.stderr is not None
+    said = (await proc.stderr.read()).decode()
+    assert f"requires bearer tokens of {ISSUER}" in said, said
+    assert not (tmp_path / "home" / "api-token").exists()  # no local token with an issuer
