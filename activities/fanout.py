@@ -46,7 +46,7 @@ def variant_specs(step: StepSpec, results: Mapping[str, Any]) -> list[StepSpec]:
     """The concrete steps to run: one per returned asset (fan-out), or the step rendered."""
     quote = powershell_quote if step.dialect == "powershell" else shell_quote
     variants = expand(step.id, step.inputs, step.command, step.target, step.placeholders,
-                      results, quote)
+                      results, quote, step.kind.value)
     return [step.model_copy(update={
         "id": v.id, "inputs": v.inputs, "command": v.command, "target": v.target,
         "placeholders": [], "fan_out_from": None, "variant_of": step.id, "item": v.item})

@@ -13,9 +13,14 @@ Forms a placeholder may take:
   per asset (fan-out).
 
 A placeholder naming an unknown step, the step itself or a later step, or a bare form with no
-earlier asset-query step, is a validation problem with its field path. Values substituted into
-a command are quoted for that command's shell (POSIX sh or PowerShell); a field that is
-exactly one placeholder takes the value as is (a list stays a list).
+earlier asset-query step, is a validation problem with its field path. How a value is
+substituted depends on where it lands, so that data never becomes code:
+
+* command text: quoted for that command's shell (POSIX sh or PowerShell);
+* SQL, URLs, headers, JSON bodies (the `sql` and `http` kinds): bound parameters,
+  per-component percent-encoding, CR/LF refused, structural JSON values
+  (`schema/template_contexts.py`, which also names what is refused at submission);
+* any other field that is exactly one placeholder takes the value as is (a list stays a list).
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+from opsconductor.schema.template_contexts import (
+    PLACEHOLDER,
+    ContextError,
+    header_value,
+    input_problems,
+    json_template,
+    render_sql,
+    render_url,
+)
+
 ASSET_QUERY_TOOLS = frozenset({"asset-query"})
 LIST_VARIABLES = frozenset({"assets", "asset_count", "hostnames", "ip_addresses", "count"})
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -136,6 +150,22 @@ def find_placeholders(fields: Mapping[str, Any], *, step_id: str,
     return found, problems
 
 
+def context_problems(kind: str, inputs: Mapping[str, Any], placeholders: Sequence[Placeholder],
+                     base: str) -> list[TemplateProblem]:
+    """Placeholders that no substitution can make safe where they stand (SQL identifiers,
+    URL schemes and hosts from data, header names, non-JSON text bodies), and header text
+    that would split a request. `inputs` is the executor's input shape; each problem is
+    reported at the planner's field that holds the placeholder (`base` + its field)."""
+    where = {p.text: p.field for p in placeholders}
+    out = []
+    for p in input_problems(kind, inputs):
+        field = where.get(p.text) if p.text else None
+        path = f"{base}.{field}" if field else f"{base}.inputs.{p.key}"
+        out.append(TemplateProblem(path=path, message=f"{p.text} {p.message}" if p.text
+                                   and not p.message.startswith(p.text) else p.message))
+    return out
+
+
 def sources(placeholders: Sequence[Placeholder]) -> list[str]:
     """The earlier steps a templated step reads (it must run after them)."""
     return list(dict.fromkeys(p.source for p in placeholders))
@@ -147,7 +177,8 @@ def fans_out(placeholders: Sequence[Placeholder]) -> str | None:
 
 
 class TemplateError(LookupError):
-    """A placeholder whose value is not in the earlier result (reported on the step)."""
+    """A placeholder whose value is not in the earlier result, or a value its position cannot
+    take safely (reported on the step)."""
 
 
 _MISSING = object()
@@ -229,14 +260,66 @@ COMMAND_KEYS = frozenset({"command", "script"})
 TARGET_KEYS = ("target", "target_host", "target_hostname")
 
 
+def _lookup_text(placeholders: Sequence[Placeholder], results: Mapping[str, Any],
+                 item: Mapping[str, Any] | None) -> Callable[[str], Any]:
+    """The value of a placeholder by its text (as the contexts ask for it)."""
+    by_text = {p.text: p for p in placeholders}
+
+    def value(text: str) -> Any:
+        ph = by_text.get(text)
+        if ph is None:
+            raise TemplateError(f"{text}: not a placeholder of this step")
+        return value_of(ph, results, item)
+
+    return value
+
+
+def _render_in_context(kind: str, inputs: Mapping[str, Any], out: dict[str, Any],
+                       placeholders: Sequence[Placeholder], results: Mapping[str, Any],
+                       item: Mapping[str, Any] | None) -> set[str]:
+    """Render the inputs whose syntax decides the substitution (SQL text, URL, headers, text
+    JSON bodies) into `out`; the keys it handled."""
+    value = _lookup_text(placeholders, results, item)
+    done: set[str] = set()
+    try:
+        if kind == "sql" and isinstance(inputs.get("query"), str):
+            params = render_value(list(inputs.get("params") or []), None, placeholders,
+                                  results, item)
+            out["query"], out["params"] = render_sql(inputs["query"], params, value)
+            done |= {"query", "params"}
+        if kind == "http":
+            if isinstance(inputs.get("url"), str):
+                out["url"] = render_url(inputs["url"], value)
+                done.add("url")
+            if isinstance(inputs.get("headers"), Mapping):
+                out["headers"] = {
+                    name: header_value(str(name), render_value(v, None, placeholders, results,
+                                                               item, _text))
+                    if isinstance(v, str) else v for name, v in inputs["headers"].items()}
+                done.add("headers")
+            body = inputs.get("body")
+            if isinstance(body, str) and PLACEHOLDER.search(body):
+                out["body"] = render_value(json_template(body), None, placeholders, results,
+                                           item)
+                done.add("body")
+    except ContextError as err:
+        raise TemplateError(str(err)) from err
+    return done
+
+
 def render(inputs: Mapping[str, Any], command: str | None, target: str | None,
            placeholders: Sequence[Placeholder], results: Mapping[str, Any],
            item: Mapping[str, Any] | None = None,
-           quote: Callable[[Any], str] = shell_quote) -> tuple[dict[str, Any], str | None,
-                                                               str | None]:
-    """Render a step's inputs, command and target for one run (item: the asset iterated)."""
+           quote: Callable[[Any], str] = shell_quote,
+           kind: str | None = None) -> tuple[dict[str, Any], str | None, str | None]:
+    """Render a step's inputs, command and target for one run (item: the asset iterated).
+    `kind` (the step kind: "sql", "http", ...) selects the context-aware substitutions."""
     out: dict[str, Any] = {}
+    done = (_render_in_context(kind, inputs, out, placeholders, results, item)
+            if kind is not None else set())
     for key, value in inputs.items():
+        if key in done:
+            continue
         # Matched by text, not field: an executor's input shape may rename the planner's keys.
         out[key] = render_value(value, None, placeholders, results, item,
                                 quote if key in COMMAND_KEYS else None)
@@ -271,18 +354,19 @@ def items_of(source: str, results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def expand(step_id: str, inputs: Mapping[str, Any], command: str | None, target: str | None,
            placeholders: Sequence[Placeholder], results: Mapping[str, Any],
-           quote: Callable[[Any], str] = shell_quote) -> list[Variant]:
+           quote: Callable[[Any], str] = shell_quote,
+           kind: str | None = None) -> list[Variant]:
     """One variant per returned asset for a fan-out step (ids `<step>#<n>`, n from 1), or
     the single rendered step otherwise. An empty asset list gives no variants."""
     source = fans_out(placeholders)
     if source is None:
         r_inputs, r_cmd, r_target = render(inputs, command, target, placeholders, results,
-                                           None, quote)
+                                           None, quote, kind)
         return [Variant(id=step_id, index=0, inputs=r_inputs, command=r_cmd, target=r_target)]
     variants = []
     for n, item in enumerate(items_of(source, results), start=1):
         r_inputs, r_cmd, r_target = render(inputs, command, target, placeholders, results,
-                                           item, quote)
+                                           item, quote, kind)
         variants.append(Variant(id=f"{step_id}#{n}", index=n, item=dict(item), inputs=r_inputs,
                                 command=r_cmd, target=r_target or item_target(item)))
     return variants

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from opsconductor.schema.dialect import WILDCARD_CHARS, expand_dependencies, normalize_step
 from opsconductor.schema.limits import limit_problems
 from opsconductor.schema.request import ExecutionRequest
-from opsconductor.schema.templates import PLACEHOLDER, find_placeholders
+from opsconductor.schema.templates import PLACEHOLDER, context_problems, find_placeholders
 from opsconductor.schema.tools import TOOLS, ToolSpec, lookup
 
 CONDITION = re.compile(r"^\s*" + PLACEHOLDER.pattern + r"\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
@@ -162,6 +162,20 @@ def _tool_problems(spec: ToolSpec, inputs: dict[str, Any], path: str) -> list[Pr
     return []
 
 
+def _context_problems(spec: ToolSpec, inputs: dict[str, Any], held: list[Any],
+                      path: str) -> list[Problem]:
+    """Where a value cannot be made safe (SQL identifiers, URL hosts from data, header
+    names, CR/LF in headers): judged on the executor's input shape, as it will be rendered."""
+    try:
+        model = spec.inputs.model_validate(inputs)
+        shaped = (spec.normalize(model) if spec.normalize else
+                  model.model_dump(mode="json", by_alias=True, exclude_none=True))
+    except (ValidationError, ValueError):
+        return []  # reported by _tool_problems
+    return [Problem(path=p.path, message=p.message)
+            for p in context_problems(spec.kind.value, shaped, held, path)]
+
+
 def step_problems(raw: dict[str, Any]) -> list[Problem]:
     """Cross-field checks over the raw steps, so they run even when other fields are broken."""
     base, steps, problems = normalized_steps(raw)
@@ -201,9 +215,10 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
                 problems += _tool_problems(spec, inputs, path)
                 earlier = [(s.get("id"), s.get("tool")) for s in steps[:i]
                            if isinstance(s, dict) and isinstance(s.get("id"), str)]
-                _, found = find_placeholders({"inputs": inputs}, step_id=str(sid),
-                                             earlier=earlier, known=set(ids), base=path)
+                held, found = find_placeholders({"inputs": inputs}, step_id=str(sid),
+                                                earlier=earlier, known=set(ids), base=path)
                 problems += [Problem(path=p.path, message=p.message) for p in found]
+                problems += _context_problems(spec, inputs, held, path)
                 if spec.name == "conditional-check" and not found:
                     problems += _condition_problems(inputs, path)
     for i, step in enumerate(steps):

@@ -5,6 +5,10 @@ Inputs (schema.tools.HttpInputs): method, url, headers, query, `json` (JSON body
 below 400), assertions ([{"path": "$.status", "equals": "ok"}, ...] — JSON-path subset and
 operators in `opsconductor.activities.checks`), timeout_seconds (capped by the step's timeout).
 
+The URL keeps its own query string: `query` adds parameters to it (a key in both takes
+`query`'s value). Template values in the URL, headers and body were encoded for their
+position when the step was rendered (`schema/template_contexts.py`).
+
 Secrets may appear in headers and body: the activity resolved them before this runs and
 masks the outcome after; this module never logs inputs. Redirects are not followed (a
 redirect could carry an Authorization header elsewhere); a 3xx is reported as is.
@@ -58,7 +62,11 @@ class HttpExecutor:
                       or (ctx.step.idempotent and inputs.idempotent is not False))
         timeout = min(inputs.timeout_seconds or ctx.timeout, ctx.timeout)
         headers = {str(k): "" if v is None else str(v) for k, v in inputs.headers.items()}
-        params = {str(k): v if isinstance(v, list) else str(v) for k, v in inputs.query.items()}
+        try:
+            url = _with_query(inputs.url, inputs.query)
+        except httpx.InvalidURL as err:
+            return StepOutcome(ok=False, error=f"invalid URL: {err}",
+                               error_type=ErrorType.INVALID_STEP, retryable=False)
         kw: dict[str, Any] = {}
         if inputs.json_body is not None:
             kw["json"] = inputs.json_body
@@ -70,8 +78,7 @@ class HttpExecutor:
         try:
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=False,
                                          transport=self.transport) as client:
-                async with client.stream(method, inputs.url, headers=headers, params=params,
-                                         **kw) as resp:
+                async with client.stream(method, url, headers=headers, **kw) as resp:
                     ctx.heartbeat({"status": resp.status_code})
                     raw, dropped = await _read_capped(resp)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
@@ -129,6 +136,16 @@ class HttpExecutor:
                 "request may have reached the server")
         return StepOutcome(ok=False, error=f"{method} {_safe_url(url)}: {what}{note}",
                            error_type=kind, retryable=may_repeat)
+
+
+def _with_query(url: str, query: dict[str, Any]) -> httpx.URL:
+    """The URL with `query` added to its own query string (httpx's `params=` replaces it)."""
+    u = httpx.URL(url)
+    if not query:
+        return u
+    params = {str(k): [str(x) for x in v] if isinstance(v, list) else str(v)
+              for k, v in query.items()}
+    return u.copy_merge_params(params)
 
 
 async def _read_capped(resp: httpx.Response) -> tuple[bytes, int]:

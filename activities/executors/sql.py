@@ -8,6 +8,12 @@
 * rows come back as JSON-able dicts (numerics as strings to keep precision, times in ISO
   8601, bytes as hex, json/jsonb parsed); the activity masks them like any output.
 
+Template values arrive as bound parameters (`schema/template_contexts.py` turns each
+placeholder of the query into `$N`), never as SQL text. A value from an earlier step is
+usually text (its stdout): each parameter is converted to the type PostgreSQL infers for it
+(`int4`, `numeric`, `bool`, `uuid`, `date`, ...; anything for `text`), and a value that is not
+of that type fails the step naming the parameter, before the query runs.
+
 A statement without rows (INSERT/UPDATE/DDL) reports the server's command tag and the
 affected row count. Connection failures are retryable (nothing ran); errors the database
 raises are not, except serialization failures and deadlocks.
@@ -87,6 +93,69 @@ async def _connect(db: DatabaseTarget, timeout: float,
     return conn
 
 
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name", "char", "citext", "unknown"})
+_INT_TYPES = frozenset({"int2", "int4", "int8", "oid"})
+_TRUE = frozenset({"t", "true", "yes", "y", "on", "1"})
+_FALSE = frozenset({"f", "false", "no", "n", "off", "0"})
+
+
+class ParamError(ValueError):
+    """A parameter value that is not of the type its position in the query takes."""
+
+
+def _coerce(value: Any, type_name: str) -> Any:
+    """One parameter as the Python value asyncpg's codec for `type_name` takes."""
+    if value is None or isinstance(value, list | dict):
+        return value if type_name not in _TEXT_TYPES or value is None else json.dumps(value)
+    text = value if isinstance(value, str) else str(value).lower() if isinstance(
+        value, bool) else str(value)
+    if type_name in _TEXT_TYPES:
+        return text
+    if type_name in _INT_TYPES:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if re.fullmatch(r"\s*[+-]?\d{1,19}\s*", text):
+            return int(text)
+    elif type_name == "numeric":
+        with contextlib.suppress(decimal.InvalidOperation):
+            return decimal.Decimal(text.strip())
+    elif type_name in ("float4", "float8"):
+        with contextlib.suppress(ValueError):
+            return float(text)
+    elif type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if text.strip().lower() in _TRUE | _FALSE:
+            return text.strip().lower() in _TRUE
+    elif type_name == "uuid":
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(text.strip())
+    elif type_name in ("date", "timestamp", "timestamptz", "time"):
+        parse = {"date": dt.date.fromisoformat, "time": dt.time.fromisoformat}.get(
+            type_name, dt.datetime.fromisoformat)
+        if not isinstance(value, str):
+            return value
+        with contextlib.suppress(ValueError):
+            return parse(text.strip())
+    else:
+        return value  # a type of its own codec (inet, arrays, ...): as written
+    raise ParamError(f"not a valid {type_name}: {text[:60]!r}")
+
+
+def bind_params(stmt: Any, params: list[Any]) -> list[Any]:
+    """The parameters converted to the types the prepared statement declares."""
+    types = stmt.get_parameters()
+    if len(types) != len(params):
+        raise ParamError(f"the query takes {len(types)} parameter(s), {len(params)} given")
+    out = []
+    for n, (typ, value) in enumerate(zip(types, params, strict=True), start=1):
+        try:
+            out.append(_coerce(value, typ.name))
+        except ParamError as err:
+            raise ParamError(f"parameter ${n}: {err}") from None
+    return out
+
+
 def _affected(tag: str) -> int | None:
     m = re.search(r"(\d+)\s*$", tag or "")
     return int(m.group(1)) if m else None
@@ -123,6 +192,9 @@ class SqlExecutor:
             ctx.heartbeat({"database": asset.id, "read_only": read_only})
             output = await asyncio.wait_for(
                 self._execute(conn, inputs, read_only), timeout + 5)
+        except ParamError as err:
+            return StepOutcome(ok=False, error=f"SQL parameters: {err}",
+                               error_type=ErrorType.INVALID_STEP, retryable=False)
         except asyncpg.QueryCanceledError as err:
             return StepOutcome(ok=False, error=f"query cancelled by statement_timeout "
                                f"({timeout:g}s): {err}", error_type=ErrorType.STEP_TIMEOUT,
@@ -166,13 +238,14 @@ class SqlExecutor:
                 tag = await conn.execute(inputs.query)
                 return {"rows": [], "row_count": _affected(tag) or 0, "truncated": False,
                         "columns": [], "command": tag.split(" ")[0] if tag else ""}
+            params = bind_params(stmt, inputs.params)
             columns = [a.name for a in stmt.get_attributes()]
             if not columns:
-                await stmt.fetch(*inputs.params)
+                await stmt.fetch(*params)
                 tag = stmt.get_statusmsg()
                 return {"rows": [], "row_count": _affected(tag) or 0, "truncated": False,
                         "columns": [], "command": tag.split(" ")[0] if tag else ""}
-            cursor = await stmt.cursor(*inputs.params)
+            cursor = await stmt.cursor(*params)
             records = await cursor.fetch(limit + 1)
             truncated = len(records) > limit
             records = records[:limit]
