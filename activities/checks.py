@@ -17,8 +17,11 @@ Expression form (one check per string)::
 * FIELD: exit_code, stdout, stderr, output[.key...], status (HTTP status, else the step's
   status), rows / row_count, body, elapsed_ms, bytes, sha256, truncated, error.
 * OP: == != > >= < <= | matches (regex search, multi-line) | contains | not matches |
-  not contains | exists | not exists. Numbers compare as numbers; `matches` takes a Python
-  regex.
+  not contains | exists | not exists. Numbers compare as numbers.
+* `matches` takes an RE2 regex (https://github.com/google/re2/wiki/Syntax: Python's syntax
+  without backreferences and lookaround; `\\z` for Python's `\\Z`), run by RE2 in time linear
+  in the input, so no pattern can stall a worker (`(a+)+$` over 1 MB takes milliseconds). A
+  pattern RE2 cannot compile is refused at submission, naming why.
 * VALUE: a number, 'quoted' or "quoted" text, true, false, null, or a bare word.
 * Aliases planners write: "exit code 0", "exit code is 0", "return code 0" (exit_code == 0),
   "status code 200", "http status 200" (status == 200).
@@ -32,6 +35,13 @@ Anything else — free text such as "host reachable" or "Root filesystem has mor
 free" — is *informational*: recorded with `informational=True`, never evaluated, and shown as
 "not checked" (it does not fail the step, and it is never reported as passed).
 
+Bounds (every check, wherever it stands): a check is evaluated off the event loop, in a
+small thread pool of its own (`CHECK_THREADS`), and fails closed with its reason when it
+takes longer than `CHECK_TIMEOUT_SECONDS` (10 s) or when the text it reads is longer than
+`MAX_CHECK_INPUT_CHARS` (16 Mi characters, above the 10 MiB output cap, so only a value that
+is not a step's capped output can hit it); a `matches` pattern is at most
+`MAX_PATTERN_CHARS` (4096) characters and RE2 compiles it within `REGEX_MAX_MEM` (8 MiB).
+
 Checks fail closed: an expression (a name followed by a symbolic operator, or a dotted or
 underscored name with any operator) over an unknown field, or naming a step it cannot read,
 is refused at submission (`expression_problems`, with its field path) and fails if it ever
@@ -40,11 +50,16 @@ reaches evaluation — `exit_cod == 0` never passes on exit code 1.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import re2
 
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.config import Settings
@@ -59,6 +74,116 @@ FIELDS = frozenset({"exit_code", "stdout", "stderr", "output", "status", "http_s
                     "row_count", "body", "elapsed_ms", "bytes", "sha256", "truncated", "error",
                     "step_status"})
 _MISSING = object()
+T = TypeVar("T")
+
+CHECK_TIMEOUT_SECONDS = 10.0
+CHECK_THREADS = 2
+MAX_CHECK_INPUT_CHARS = 16 * 1024 * 1024
+MAX_PATTERN_CHARS = 4096
+REGEX_MAX_MEM = 8 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- regexes: RE2, linear time
+
+class RegexRefused(ValueError):
+    """A `matches` pattern RE2 cannot run (backreference, lookaround, too long ...)."""
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the refusal is reported to the plan's author, not to stderr
+    options.max_mem = REGEX_MAX_MEM
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+_RE2_HINTS = (("\\Z", "use \\z for the end of the text"),
+              ("(?=", "lookahead is not supported"), ("(?!", "lookahead is not supported"),
+              ("(?<=", "lookbehind is not supported"), ("(?<!", "lookbehind is not supported"))
+
+
+@functools.lru_cache(maxsize=256)
+def compile_regex(pattern: str) -> Any:
+    """The pattern compiled by RE2, multi-line like the check language's `matches` always
+    was; RegexRefused naming why when RE2 cannot run it."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise RegexRefused(f"regex of {len(pattern)} characters; at most {MAX_PATTERN_CHARS}")
+    try:
+        return re2.compile("(?m)" + pattern, _RE2_OPTIONS)
+    except re2.error as err:
+        why = err.args[0].decode() if err.args and isinstance(err.args[0], bytes) else str(err)
+        hint = next((h for needle, h in _RE2_HINTS if needle in pattern), "")
+        if re.search(r"\\[1-9]|\(\?P=", pattern):
+            hint = "backreferences are not supported"
+        raise RegexRefused(f"RE2 cannot compile {pattern!r}: {why}"
+                           + (f" ({hint}; RE2 runs in linear time)" if hint else "")) from None
+
+
+def regex_problem(pattern: Any) -> str | None:
+    """Why a `matches` pattern is refused at submission, or None."""
+    try:
+        compile_regex(str(pattern))
+    except RegexRefused as err:
+        return str(err)
+    return None
+
+
+# ---------------------------------------------------------------- off the event loop
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _check_pool() -> ThreadPoolExecutor:
+    """The checks' own threads: a slow check never holds the event loop or the default
+    executor that the rest of the worker uses."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=CHECK_THREADS, thread_name_prefix="opsc-check")
+    return _pool
+
+
+async def off_loop(fn: Callable[..., T], *args: Any,
+                   timeout: float = CHECK_TIMEOUT_SECONDS) -> T:
+    """`fn(*args)` in the checks' thread pool, at most `timeout` s (TimeoutError after)."""
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(_check_pool(), fn, *args), timeout)
+
+
+def _timed_out(expr: Any, timeout: float) -> CheckResult:
+    return CheckResult(False, _label(expr), f"check did not finish within {timeout:g}s; "
+                       "failed closed")
+
+
+def _label(expr: Any) -> str:
+    if isinstance(expr, Mapping):
+        for key in ("expr", "check", "criteria", "command"):
+            if isinstance(expr.get(key), str):
+                return str(expr[key])
+        return str(dict(expr))
+    return str(expr)
+
+
+async def evaluate_bounded(expr: str | Mapping[str, Any], context: Mapping[str, Any], *,
+                           timeout: float = CHECK_TIMEOUT_SECONDS) -> CheckResult:
+    """`evaluate` off the event loop and bounded in time; never raises."""
+    try:
+        return await off_loop(evaluate, expr, context, timeout=timeout)
+    except TimeoutError:
+        return _timed_out(expr, timeout)
+
+
+async def assert_json_bounded(doc: Any, assertions: list[Mapping[str, Any]], *,
+                              timeout: float = CHECK_TIMEOUT_SECONDS) -> list[CheckResult]:
+    """HTTP assertions (`assert_json`) off the event loop, bounded in time together."""
+    def run() -> list[CheckResult]:
+        return [assert_json(doc, a) for a in assertions]
+
+    if not assertions:
+        return []
+    try:
+        return await off_loop(run, timeout=timeout)
+    except TimeoutError:
+        return [_timed_out({"expr": f"json {a.get('path', '$')}"}, timeout) for a in assertions]
 
 
 @dataclass
@@ -234,6 +359,9 @@ def compare(actual: Any, op: str, expected: Any) -> tuple[bool, str]:
         return (present if op == "exists" else not present), ("present" if present else "absent")
     if actual is _MISSING:
         return False, "value not available"
+    if isinstance(actual, str) and len(actual) > MAX_CHECK_INPUT_CHARS:
+        return False, (f"the value is {len(actual)} characters, over the check bound of "
+                       f"{MAX_CHECK_INPUT_CHARS}; failed closed")
     shown = _short(actual)
     if op == "==":
         return _equal(actual, expected), f"got {shown}"
@@ -247,9 +375,9 @@ def compare(actual: Any, op: str, expected: Any) -> tuple[bool, str]:
         return ok, f"got {shown}"
     if op in ("matches", "=~", "not matches"):
         try:
-            found = re.search(str(expected), "" if actual is None else str(actual), re.MULTILINE)
-        except re.error as err:
-            return False, f"bad regex {expected!r}: {err}"
+            found = compile_regex(str(expected)).search("" if actual is None else str(actual))
+        except RegexRefused as err:
+            return False, str(err)
         ok = bool(found) if op != "not matches" else not found
         return ok, (f"matched {found.group(0)[:80]!r}" if found else "no match")
     if op in ("contains", "not contains"):
@@ -391,11 +519,15 @@ def _string_problems(text: str, *, own: str | None, readable: set[str],
     m = _JSON_EXPR.match(text)
     if m:
         step = m.group("step")
-        return [] if step is None else _step_problems(step, own, readable, known)
+        return ([] if step is None else _step_problems(step, own, readable, known)) + (
+            _pattern_problems(m.group("op"), m.group("value")))
     m = _FIELD_EXPR.match(text)
     if not m:
         return []  # prose: informational
     lhs, op = m.group("lhs"), _op(m)
+    regex = _pattern_problems(op, m.group("value"))
+    if regex:
+        return regex
     step, field = _split_step(lhs, dict.fromkeys(known))
     if step is not None:
         problems = _step_problems(step, own, readable, known)
@@ -409,6 +541,14 @@ def _string_problems(text: str, *, own: str | None, readable: set[str],
         return [f"{head!r} is neither a check field nor a step of this plan; fields: "
                 + ", ".join(sorted(FIELDS))]
     return [_unknown_field(field)]
+
+
+def _pattern_problems(op: str, value: str) -> list[str]:
+    """A `matches` whose pattern RE2 refuses (named why)."""
+    if " ".join(op.lower().split()) not in ("matches", "=~", "not matches"):
+        return []
+    why = regex_problem(parse_value(value))
+    return [why] if why else []
 
 
 def _step_problems(step: str, own: str | None, readable: set[str], known: set[str]) -> list[str]:
@@ -426,6 +566,8 @@ def check_problems(check: str | Mapping[str, Any], *, own: str | None, readable:
     """Why one check would be wrong at run time (empty: fine), without running anything."""
     if isinstance(check, Mapping):
         problems = []
+        if "matches" in check and (why := regex_problem(check["matches"])):
+            problems.append(why)
         step = check.get("step")
         if step is not None:
             problems += _step_problems(str(step), own, readable, known)
@@ -462,6 +604,11 @@ def expression_problems(spec: Any) -> list[tuple[str, str]]:
         lists = [("preconditions", s.preconditions), ("success_criteria", s.success_criteria)]
         if s.kind.value == "validate":
             lists.append(("inputs.checks", list(s.inputs.get("checks") or [])))
+        if s.kind.value == "http":
+            for j, a in enumerate(s.inputs.get("assertions") or []):
+                if isinstance(a, Mapping) and "matches" in a and (
+                        why := regex_problem(a["matches"])):
+                    out.append((f"{base}.inputs.assertions[{j}].matches", why))
         for name, checks in lists:
             own = None if name == "inputs.checks" else s.id
             for j, c in enumerate(checks):
@@ -574,7 +721,7 @@ async def run_check(check: str | Mapping[str, Any], *, context: Mapping[str, Any
             return await run_command_check(command, asset=asset, gate=gate, timeout=timeout)
         except Exception as err:  # a connector failure is a failed check, not a crash
             return CheckResult(False, f"command: {command}", f"{type(err).__name__}: {err}")
-    return evaluate(check, context or {})
+    return await evaluate_bounded(check, context or {})
 
 
 async def run_checks(checks: list[str | dict[str, Any]], *,

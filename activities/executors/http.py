@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from opsconductor.activities.checks import assert_json
+from opsconductor.activities.checks import assert_json_bounded
 from opsconductor.activities.executors.base import (
     OUTPUT_CAP_BYTES,
     StepContext,
@@ -111,7 +111,7 @@ class HttpExecutor:
         output = {"status": resp.status_code, "headers": {k: resp.headers[k] for k in KEPT_HEADERS
                                                           if k in resp.headers},
                   "body": body, "elapsed_ms": elapsed_ms, "truncated": bool(dropped)}
-        checks = [assert_json(body, a) for a in inputs.assertions]
+        checks = await assert_json_bounded(body, inputs.assertions)
         if checks:
             output["assertions"] = [c.to_dict() for c in checks]
         status = resp.status_code
