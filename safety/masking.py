@@ -13,6 +13,13 @@ What is masked (replaced by `***`):
   `Basic` credentials, AWS access key ids, well-known API key formats (GitHub, GitLab, Slack,
   Stripe, Google, OpenAI-style `sk-`), JWTs, PEM private key blocks, and card numbers that pass
   the Luhn check;
+- unregistered credentials, by rules kept as data in `masking_rules.toml` beside this module
+  (token formats adapted from gitleaks' rule set, MIT, credited in the file's header, and
+  command-line forms: `mysql -pPASS`, `sshpass -p PASS`, `curl -u user:PASS`,
+  `--password=PASS` / `--password PASS`, `PGPASSWORD=PASS`, Azure `AccountKey=` and SAS
+  `sig=`, an AWS secret key next to `aws_secret_access_key` or after an access key id,
+  PuTTY private lines): each rule an RE2 pattern (linear time, whatever the text), compiled
+  once at import, masking its `secret` group;
 - custom regexes from config (`Masker(extra_patterns=[...])`) or the settings' `mask_patterns`
   (`OPSC_MASK_PATTERNS`, a JSON list of regex strings); a pattern with a group named
   `secret` (or any group) masks that group only, otherwise the whole match;
@@ -22,23 +29,32 @@ Not masked: a check report line (`PASS: x.exit_code == 0 -- ...`, as the `valida
 the checks write them): an upper-case `PASS:` at the start of a line is the verdict, not the
 short key `pass`. `pass: x`, `DB_PASS: x` and `PASS=x` still are.
 
-Why it is fast (≥ 200k log records/s): every pattern has trigger substrings without which
-it cannot match; a line none of whose lower-cased text contains any trigger (most log lines)
-costs one lower() and a few C substring searches. A sensitive key word selects the ONE
-combined alternation of all built-in patterns (a leading first-character class keeps it
-cheap); a line with only, say, `://` runs just the URL pattern. Card numbers are looked for
-only where a cheap one-class regex finds a 13+ digit run, and then checked with Luhn.
+Why it is fast (`bench/bench_masking.py` prints MB/s): every pattern has trigger substrings
+(a data rule's `keywords`) without which it cannot match. One RE2 set of every trigger, run
+once over the text (a single linear DFA pass, case-insensitive), says which are present; a
+text with none (most log lines) costs that one pass. A sensitive key word selects the ONE
+combined alternation of the built-in structural patterns (a leading first-character class
+keeps it cheap); a line with only, say, `://` runs just the URL pattern, one with `npm_` just
+that rule. Card numbers are looked for only where a cheap one-class regex finds a 13+ digit
+run, and then checked with Luhn. The built-in patterns are Python `re`, written so that no
+input makes them backtrack: their repetitions are over classes that cannot overlap what
+follows, or bounded (`tests/edges/test_masking_corpus.py` times them on hostile input).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.resources
 import logging
 import re
 import threading
+import tomllib
 import urllib.parse
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import re2
 
 if TYPE_CHECKING:
     from opsconductor.schema.config import Settings
@@ -104,7 +120,116 @@ _GROUPS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_", "rk_",
       "sk-", "aiza"), re.compile(dict(_PATTERNS)["apikey"])),
 ]
-_ALL_TRIGGERS = tuple(dict.fromkeys(t for triggers, _ in _GROUPS for t in triggers))
+
+
+# -- credential rules kept as data (masking_rules.toml) --
+
+RULES_FILE = "masking_rules.toml"
+
+
+@dataclass(frozen=True)
+class CredentialRule:
+    """One rule of the data file: an RE2 pattern whose `secret` group is masked."""
+
+    id: str
+    source: str
+    description: str
+    pattern: str
+    keywords: tuple[str, ...]
+    regex: Any  # re2 compiled pattern
+    group: int  # the group masked; 0 means the whole match, -1 the first that took part
+
+
+def _re2_options(*, literal: bool = False, case_sensitive: bool = True) -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False
+    options.literal = literal
+    options.case_sensitive = case_sensitive
+    return options
+
+
+def load_rules(text: str | None = None) -> tuple[CredentialRule, ...]:
+    """The rules of `masking_rules.toml` (or of `text`); ValueError naming the rule that is
+    malformed, so a bad edit of the data file fails at import, never silently."""
+    if text is None:
+        text = importlib.resources.files("opsconductor.safety").joinpath(RULES_FILE).read_text()
+    doc = tomllib.loads(text)
+    rules: list[CredentialRule] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(doc.get("rules", [])):
+        rid = str(raw.get("id") or f"rules[{n}]")
+        keywords = tuple(str(k) for k in raw.get("keywords") or ())
+        if rid in seen or not keywords or any(k != k.lower() or not k for k in keywords):
+            raise ValueError(f"masking rule {rid!r}: needs a unique id and lower-case keywords")
+        seen.add(rid)
+        try:
+            regex = re2.compile(str(raw["regex"]), _re2_options())
+        except (KeyError, re2.error) as err:
+            raise ValueError(f"masking rule {rid!r}: RE2 cannot compile its regex: {err}") \
+                from None
+        secret = raw.get("secret", "secret" if "secret" in regex.groupindex else None)
+        group = (regex.groupindex[secret] if isinstance(secret, str) and secret in
+                 regex.groupindex else int(secret) if isinstance(secret, int)
+                 else -1 if regex.groups else 0)
+        if isinstance(secret, str) and secret not in regex.groupindex:
+            raise ValueError(f"masking rule {rid!r}: no group named {secret!r}")
+        rules.append(CredentialRule(rid, str(raw.get("source", "")),
+                                    str(raw.get("description", "")), str(raw["regex"]),
+                                    keywords, regex, group))
+    return tuple(rules)
+
+
+RULES = load_rules()
+
+
+def _rule_sub(rule: CredentialRule, mask: str | bytes) -> Any:
+    """The replacement function of `rule` for RE2's sub (str or bytes text)."""
+    def sub(m: Any) -> Any:
+        g = rule.group
+        if g == -1:
+            g = next((i for i in range(1, rule.regex.groups + 1) if m.start(i) >= 0), 0)
+        start, end = m.span(g)
+        whole = m.group(0)
+        if start < 0 or start == end:
+            return whole
+        s0 = m.start()
+        return whole[: start - s0] + mask + whole[end - s0:]
+    return sub
+
+
+_RULE_SUBS = tuple((_rule_sub(r, MASK), _rule_sub(r, MASK.encode())) for r in RULES)
+
+# Every trigger of the built-in groups and of the data rules in one RE2 set: one pass over
+# the text tells which are present (including overlapping ones: `sshpass` and `pass`).
+_TRIGGER_LIST: tuple[str, ...] = tuple(dict.fromkeys(
+    [t for triggers, _ in _GROUPS for t in triggers]
+    + [k for rule in RULES for k in rule.keywords]))
+_TRIGGER_SET = re2.Set.SearchSet(_re2_options(literal=True, case_sensitive=False))
+for _t in _TRIGGER_LIST:
+    _TRIGGER_SET.Add(_t)
+_TRIGGER_SET.Compile()
+_GROUPS_OF: tuple[frozenset[int], ...] = tuple(
+    frozenset(g for g, (triggers, _) in enumerate(_GROUPS) if t in triggers)
+    for t in _TRIGGER_LIST)
+_RULES_OF: tuple[frozenset[int], ...] = tuple(
+    frozenset(r for r, rule in enumerate(RULES) if t in rule.keywords) for t in _TRIGGER_LIST)
+
+
+def _triggers(s: str) -> list[int]:
+    try:
+        return _TRIGGER_SET.Match(s)
+    except UnicodeEncodeError:  # lone surrogates (bytes decoded with surrogateescape)
+        return _TRIGGER_SET.Match(s.encode("utf-8", "surrogateescape"))
+
+
+def _apply_rule(n: int, s: str) -> str:
+    rx = RULES[n].regex
+    try:
+        return rx.sub(_RULE_SUBS[n][0], s)
+    except UnicodeEncodeError:
+        raw = rx.sub(_RULE_SUBS[n][1], s.encode("utf-8", "surrogateescape"))
+        return raw.decode("utf-8", "surrogateescape")
+
 # A run of digits inside a word (a hex digest, a UUID, an id) is not a card number.
 _CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){12,18}(?![0-9A-Za-z])")
 # A cheap superset of card candidates (one character class, no backtracking groups).
@@ -239,19 +364,21 @@ class Masker:
             for lit in self._literals:
                 if lit in s:
                     s = s.replace(lit, MASK)
-        low = s.lower()
-        for t in _ALL_TRIGGERS:  # flat loop: the common case is that none is present
-            if t in low:
-                break
-        else:
+        hits = _triggers(s)
+        if not hits:  # the common case: one linear pass found no trigger at all
             return self._finish(s)
-        for triggers, rx in _GROUPS:
-            for t in triggers:
-                if t in low:
-                    s = rx.sub(_builtin_sub, s)
-                    if rx is _COMBINED:
-                        return self._finish(s)  # the alternation covered every pattern
-                    break
+        rules: set[int] = set()
+        groups: set[int] = set()
+        for t in hits:
+            rules |= _RULES_OF[t]
+            groups |= _GROUPS_OF[t]
+        for n in sorted(rules):  # the specific credential forms first
+            s = _apply_rule(n, s)
+        for g in sorted(groups):
+            rx = _GROUPS[g][1]
+            s = rx.sub(_builtin_sub, s)
+            if rx is _COMBINED:
+                break  # the alternation covered every built-in pattern
         return self._finish(s)
 
     def _finish(self, s: str) -> str:
