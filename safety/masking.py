@@ -73,16 +73,12 @@ _SENSITIVE_WORDS = (
 _KEY = rf"[A-Za-z0-9_.\-]*?(?:{_SENSITIVE_WORDS})[A-Za-z0-9_.\-]*|pass|pw|auth"
 SENSITIVE_KEY = re.compile(rf"^(?:{_KEY})$", re.IGNORECASE)
 
+# The key/value forms stay Python `re` (they need lookaround, which RE2 lacks); every other
+# built-in form is a rule of the data file. Both are linear: no repetition here can match
+# what follows it, so a failed attempt never backtracks over more than the key.
 _PATTERNS: list[tuple[str, str]] = [
-    # PEM private key blocks (also a block cut off before its END line).
-    ("pem", r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?"
-            r"(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)"),
     # JSON: "password": "value"  (value with escapes; non-string values too)
     ("json", rf"(?P<json_k>\"(?i:{_KEY})\"\s*:\s*)(?:\"(?:[^\"\\]|\\.)*\"|[^\s,\}}\]]+)"),
-    # URL userinfo password: scheme://user:PASS@host
-    ("url", r"(?P<url_k>://[^\s:/?#@]*:)[^\s@/]+(?=@)"),
-    # Authorization headers / bearer tokens
-    ("bearer", r"(?P<bearer_k>\b(?i:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{6,}=*"),
     # key=value, key: value, key="value", --password value is not guessable; keep to separators
     # The bare `pass` is not the verdict of a check report line (`PASS: expr`, line start).
     ("kv", rf"(?P<kv_k>(?i:(?:{_SENSITIVE_WORDS})[A-Za-z0-9_.\-]*"
@@ -91,35 +87,21 @@ _PATTERNS: list[tuple[str, str]] = [
            r"(?:(?i:bearer|basic|token|digest|negotiate)\s+)?"
            r"(?:\\\"(?:[^\\\"]|\\[^\"])*?\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'"
            r"|(?!\*\*\*)[^\s,;&\"'\}\]\)<>\\]+)"),
-    # JWT
-    ("jwt", r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
-    # AWS access key ids
-    ("aws", r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
-    # Well-known API key formats
-    ("apikey", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"
-               r"|glpat-[A-Za-z0-9_\-]{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}"
-               r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_\-]{20,}"
-               r"|AIza[A-Za-z0-9_\-]{35})"),
 ]
 # The leading class lists every branch's possible first character, so most positions are
 # rejected by one C-level set test instead of trying every alternative.
-_COMBINED = re.compile(r"(?=[-\":bBpPsStTaAcCxXeEgGrRwW])(?:"
+_KEYVALUE = re.compile(r"(?=[\"pPsStTaAcCwW])(?:"
                        + "|".join(f"(?P<{name}>{rx})" for name, rx in _PATTERNS) + ")")
-
-# Which triggers can start which patterns: a line runs only the regexes its triggers select.
-# The key/value family is the costly one and needs a sensitive word, which is rare in logs.
+# Its triggers (a sensitive word), and a linear RE2 superset of where it can match: a key
+# word, more key characters, an optional quote, a separator. Only the lines this finds (and
+# the line after, for a value past a line break) run the Python pattern.
 _KV_TRIGGERS = ("pass", "pw", "secret", "token", "api", "access", "private", "auth",
                 "credential", "cookie", "session", "signature")
-_GROUPS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
-    (("-----begin",), re.compile(dict(_PATTERNS)["pem"])),
-    (_KV_TRIGGERS, _COMBINED),  # a sensitive word present: run the full alternation once
-    (("://",), re.compile(f"(?P<url>{dict(_PATTERNS)['url']})")),
-    (("bearer", "basic"), re.compile(f"(?P<bearer>{dict(_PATTERNS)['bearer']})")),
-    (("eyj",), re.compile(dict(_PATTERNS)["jwt"])),
-    (("akia", "asia"), re.compile(dict(_PATTERNS)["aws"])),
-    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox", "sk_", "rk_",
-      "sk-", "aiza"), re.compile(dict(_PATTERNS)["apikey"])),
-]
+_KV_HINT_PATTERN = (r"(?i)(?:(?:passw(?:or)?d|passphrase|pwd|secret|token|api[_\-]?key|apikey"
+                    r"|access[_\-]?key|private[_\-]?key|auth[_\-]?key|client[_\-]?secret"
+                    r"|credential|authorization|cookie|session[_\-]?(?:id|key)|signature"
+                    r"|x-api-key)[A-Za-z0-9_.\-]*|(?:^|[^A-Za-z0-9])(?:pass|pw|auth))"
+                    r"(?:\\?[\"'])?\s*[=:]")
 
 
 # -- credential rules kept as data (masking_rules.toml) --
@@ -202,38 +184,92 @@ _RULE_SUBS = tuple((_rule_sub(r, MASK), _rule_sub(r, MASK.encode())) for r in RU
 # Every trigger of the built-in groups and of the data rules in one RE2 set: one pass over
 # the text tells which are present (including overlapping ones: `sshpass` and `pass`).
 _TRIGGER_LIST: tuple[str, ...] = tuple(dict.fromkeys(
-    [t for triggers, _ in _GROUPS for t in triggers]
-    + [k for rule in RULES for k in rule.keywords]))
+    [*_KV_TRIGGERS, *(k for rule in RULES for k in rule.keywords)]))
 _TRIGGER_SET = re2.Set.SearchSet(_re2_options(literal=True, case_sensitive=False))
 for _t in _TRIGGER_LIST:
     _TRIGGER_SET.Add(_t)
 _TRIGGER_SET.Compile()
-_GROUPS_OF: tuple[frozenset[int], ...] = tuple(
-    frozenset(g for g, (triggers, _) in enumerate(_GROUPS) if t in triggers)
-    for t in _TRIGGER_LIST)
+_KV_HINT = re2.compile(_KV_HINT_PATTERN, _re2_options())
+_KV_OF = frozenset(i for i, t in enumerate(_TRIGGER_LIST) if t in _KV_TRIGGERS)
 _RULES_OF: tuple[frozenset[int], ...] = tuple(
     frozenset(r for r, rule in enumerate(RULES) if t in rule.keywords) for t in _TRIGGER_LIST)
 
 
-def _triggers(s: str) -> list[int]:
+def _view(s: str) -> str | bytes:
+    """What RE2 scans: the ASCII bytes of an ASCII text (its offsets are the text's, and RE2's
+    wrapper skips converting them), else the text; bytes with the surrogates escaped for a
+    text that cannot be encoded (offsets then differ: `_spans` falls back)."""
+    if s.isascii():
+        return s.encode("ascii")
     try:
-        return _TRIGGER_SET.Match(s)
+        s.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates (bytes decoded with surrogateescape)
-        return _TRIGGER_SET.Match(s.encode("utf-8", "surrogateescape"))
+        return s.encode("utf-8", "surrogateescape")
+    return s
 
 
-def _apply_rule(n: int, s: str) -> str:
+def _spans(rx: Any, s: str, view: str | bytes) -> list[tuple[int, int]] | None:
+    """Offsets in `s` of `rx`'s matches, or None when `view` cannot give them."""
+    if isinstance(view, bytes) and len(view) != len(s):
+        return None
+    return [m.span() for m in rx.finditer(view)]
+
+
+def _key_values(s: str, view: str | bytes) -> str:
+    """The key/value patterns over the lines the RE2 hint finds (the only places they can
+    match, with the next line for a value past a line break); nothing else is scanned."""
+    hints = _spans(_KV_HINT, s, view)
+    if hints is None:
+        return _KEYVALUE.sub(_builtin_sub, s)
+    out: list[str] = []
+    pos = 0
+    for start, end in hints:
+        if end <= pos:
+            continue
+        begin = max(pos, s.rfind("\n", 0, start) + 1)
+        stop = s.find("\n", end)
+        stop = len(s) if stop == -1 else s.find("\n", stop + 1)
+        stop = len(s) if stop == -1 else stop
+        out += [s[pos:begin], _KEYVALUE.sub(_builtin_sub, s[begin:stop])]
+        pos = stop
+    out.append(s[pos:])
+    return "".join(out)
+
+
+def _apply_rule(n: int, s: str, view: str | bytes) -> str:
+    """Rule `n` over `s`: one RE2 search of the scan view first, the substitution only when
+    the rule matches somewhere (most keyword hits are not credentials)."""
     rx = RULES[n].regex
+    if rx.search(view) is None:
+        return s
     try:
         return rx.sub(_RULE_SUBS[n][0], s)
     except UnicodeEncodeError:
         raw = rx.sub(_RULE_SUBS[n][1], s.encode("utf-8", "surrogateescape"))
         return raw.decode("utf-8", "surrogateescape")
 
+
 # A run of digits inside a word (a hex digest, a UUID, an id) is not a card number.
 _CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){12,18}(?![0-9A-Za-z])")
-# A cheap superset of card candidates (one character class, no backtracking groups).
-_CARD_HINT = re.compile(r"[0-9][0-9 \-]{11,}[0-9]")
+# A cheap superset of card candidates (one character class), run by RE2.
+_CARD_HINT = re2.compile(r"[0-9][0-9 \-]{11,}[0-9]", _re2_options())
+
+
+def _cards(s: str) -> str:
+    """Card numbers masked, the Python pattern run only around the digit runs RE2 found."""
+    view = _view(s)
+    hints = _spans(_CARD_HINT, s, view)
+    if hints is None:
+        return _CARD.sub(_card_sub, s)
+    out: list[str] = []
+    pos = 0
+    for start, end in hints:
+        begin = max(pos, start - 1)  # one character before: the pattern's own boundary test
+        stop = min(len(s), end + 1)
+        out += [s[pos:begin], _CARD.sub(_card_sub, s[begin:stop])]
+        pos = stop
+    out.append(s[pos:])
+    return "".join(out)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -262,17 +298,13 @@ def _card_sub(m: re.Match[str]) -> str:
 
 def _builtin_sub(m: re.Match[str]) -> str:
     name = m.lastgroup
-    if name == "pem":
-        return MASK
-    if name in ("json", "url", "bearer", "kv"):
-        key = m.group(f"{name}_k")
-        rest = m.group(0)[len(key):]
-        if rest[:2] == '\\"':
-            return f'{key}\\"{MASK}\\"'
-        if rest[:1] in ('"', "'"):
-            return f"{key}{rest[0]}{MASK}{rest[0]}"
-        return key + MASK
-    return MASK
+    key = m.group(f"{name}_k")
+    rest = m.group(0)[len(key):]
+    if rest[:2] == '\\"':
+        return f'{key}\\"{MASK}\\"'
+    if rest[:1] in ('"', "'"):
+        return f"{key}{rest[0]}{MASK}{rest[0]}"
+    return key + MASK
 
 
 def secret_forms(value: str) -> set[str]:
@@ -364,26 +396,25 @@ class Masker:
             for lit in self._literals:
                 if lit in s:
                     s = s.replace(lit, MASK)
-        hits = _triggers(s)
+        view = _view(s)
+        hits = _TRIGGER_SET.Match(view)
         if not hits:  # the common case: one linear pass found no trigger at all
             return self._finish(s)
         rules: set[int] = set()
-        groups: set[int] = set()
         for t in hits:
             rules |= _RULES_OF[t]
-            groups |= _GROUPS_OF[t]
-        for n in sorted(rules):  # the specific credential forms first
-            s = _apply_rule(n, s)
-        for g in sorted(groups):
-            rx = _GROUPS[g][1]
-            s = rx.sub(_builtin_sub, s)
-            if rx is _COMBINED:
-                break  # the alternation covered every built-in pattern
+        if not _KV_OF.isdisjoint(hits):  # a key word: `password=...` before the formats
+            s = _key_values(s, view)
+            view = _view(s)
+        for n in sorted(rules):
+            masked = _apply_rule(n, s, view)
+            if masked is not s:
+                s, view = masked, _view(masked)
         return self._finish(s)
 
     def _finish(self, s: str) -> str:
-        if len(s) >= 13 and _CARD_HINT.search(s) is not None:
-            s = _CARD.sub(_card_sub, s)
+        if len(s) >= 13:
+            s = _cards(s)
         if self._custom:
             for rx in self._custom:
                 s = rx.sub(_custom_sub, s)
