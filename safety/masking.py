@@ -242,6 +242,8 @@ def _apply_rule(n: int, s: str, view: str | bytes) -> str:
     rx = RULES[n].regex
     if rx.search(view) is None:
         return s
+    if isinstance(view, bytes) and len(view) == len(s):  # ASCII: no offset conversions
+        return rx.sub(_RULE_SUBS[n][1], view).decode("ascii")
     try:
         return rx.sub(_RULE_SUBS[n][0], s)
     except UnicodeEncodeError:
@@ -251,8 +253,8 @@ def _apply_rule(n: int, s: str, view: str | bytes) -> str:
 
 # A run of digits inside a word (a hex digest, a UUID, an id) is not a card number.
 _CARD = re.compile(r"(?<![0-9A-Za-z])\d(?:[ \-]?\d){12,18}(?![0-9A-Za-z])")
-# A cheap superset of card candidates (one character class), run by RE2.
-_CARD_HINT = re2.compile(r"[0-9][0-9 \-]{11,}[0-9]", _re2_options())
+# Where card numbers can be: 13 or more digits with single separators, found by RE2.
+_CARD_HINT = re2.compile(r"[0-9](?:[ \-]?[0-9]){12,}", _re2_options())
 
 
 def _cards(s: str) -> str:

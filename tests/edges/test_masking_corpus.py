@@ -74,7 +74,7 @@ def test_rules_file_invariants() -> None:
         for line in [c["line"] for c in CORPUS["credentials"]] + CORPUS["benign"]:
             if rule.regex.search(line):  # the prefilter may never hide a match
                 assert any(k in line.lower() for k in rule.keywords), (rule.id, line)
-    with pytest.raises(ValueError, match="rule 'bad'.*RE2"):
+    with pytest.raises(ValueError, match=r"rule 'bad'.*RE2"):
         load_rules("[[rules]]\nid = 'bad'\nregex = '(a)\\1'\nkeywords = ['a']\n")
     with pytest.raises(ValueError, match="lower-case keywords"):
         load_rules("[[rules]]\nid = 'up'\nregex = 'x'\nkeywords = ['X']\n")
