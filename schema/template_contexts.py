@@ -8,7 +8,9 @@ according to the syntax around them. Pure and deterministic (no I/O), like the t
   spliced into the text. A placeholder that is a whole quoted literal, `'{{x}}'` (or
   `E'{{x}}'`), becomes `$N` too: the quotes go with it. A placeholder inside a longer string
   literal, a quoted identifier, a comment or a dollar-quoted body cannot be bound and is
-  refused at submission (write `'%' || {{x}} || '%'` for a pattern).
+  refused at submission (write `'%' || {{x}} || '%'` for a pattern), as is a query that is
+  one placeholder. A placeholder where SQL takes no value (`FROM {{t}}`) binds too, and the
+  database refuses the statement: it fails, never runs other SQL.
 * **URL** (`http_request`, `api-request`: the `url`). Each placeholder is percent-encoded for
   the component it sits in: a path segment (everything but unreserved characters encoded,
   `/` included, so a value stays one segment; a value that would make the segment `.` or `..`
@@ -156,7 +158,12 @@ def _sql_scan(query: str) -> tuple[list[str | tuple[str, SqlSlot]], list[tuple[s
 
 
 def sql_problems(query: str) -> list[Problem]:
-    """Placeholders of an SQL query that cannot become bound parameters."""
+    """Placeholders of an SQL query that cannot become bound parameters (or that would be
+    the whole statement)."""
+    whole = PLACEHOLDER.fullmatch(query.strip().rstrip(";").strip())
+    if whole:
+        return [Problem("query", whole.group(0), f"{whole.group(0)} is the whole SQL statement: "
+                        "a query cannot come from data; write it and bind the values")]
     _, bad = _sql_scan(query)
     return [Problem("query", text, f"{text} sits {why}") for text, why in bad]
 

@@ -64,6 +64,8 @@ def test_sql_positions_that_cannot_be_bound_are_refused_at_submission() -> None:
                 "dollar-quoted"):
         assert why in text, text
     assert sql_problems("SELECT $1, $tag$ body $tag$, 'a''b', E'\\'' FROM t") == []
+    (whole,) = sql_problems(f" {V};")
+    assert "whole SQL statement" in whole.message
 
 
 def test_url_values_are_encoded_per_component() -> None:
