@@ -37,10 +37,11 @@ free" — is *informational*: recorded with `informational=True`, never evaluate
 
 Bounds (every check, wherever it stands): a check is evaluated off the event loop, in a
 small thread pool of its own (`CHECK_THREADS`), and fails closed with its reason when it
-takes longer than `CHECK_TIMEOUT_SECONDS` (10 s) or when the text it reads is longer than
-`MAX_CHECK_INPUT_CHARS` (16 Mi characters, above the 10 MiB output cap, so only a value that
-is not a step's capped output can hit it); a `matches` pattern is at most
-`MAX_PATTERN_CHARS` (4096) characters and RE2 compiles it within `REGEX_MAX_MEM` (8 MiB).
+takes longer than `CHECK_TIMEOUT_SECONDS` (10 s, counted from its hand-over to the pool)
+or when the text it reads is longer than `MAX_CHECK_INPUT_CHARS` (16 Mi characters, above
+the 10 MiB output cap, so only a value that is not a step's capped output can hit it); a
+`matches` pattern is at most `MAX_PATTERN_CHARS` (4096) characters and RE2 compiles it
+within `REGEX_MAX_MEM` (8 MiB).
 
 Checks fail closed: an expression (a name followed by a symbolic operator, or a dotted or
 underscored name with any operator) over an unknown field, or naming a step it cannot read,
