@@ -113,9 +113,10 @@ async def _prepare(conn: asyncpg.Connection, role: str | None) -> None:
     """The bookkeeping table with its checksum column; checksums backfilled from the files
     for migrations applied before they were recorded."""
     async with conn.transaction():
-        if role:
+        if role:  # the schema exists (the owner role owns it)
             await conn.execute(f"SET LOCAL ROLE {role}")
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS execution")
+        else:
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS execution")
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS execution.schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
