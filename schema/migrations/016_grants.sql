@@ -6,7 +6,8 @@
 --   * the operators' CLI claims idempotency records, appends audit and closes DLQ entries;
 --     decisions and cancels travel through Temporal (the worker records them);
 --   * the keys admin edits the signer registry and appends audit;
---   * the pruner deletes old outputs, events and audit rows (and records the gaps).
+--   * the pruner deletes old outputs, events and audit rows (and records the gaps and signs
+--     a checkpoint, as `opsconductor prune` does); operators sign checkpoints too.
 -- Tables created later by opsc_owner are readable by every role (default privileges) and
 -- writable by none until their migration grants it. Runs as opsc_owner (see migrate.py).
 -- Idempotent: safe to apply twice.
@@ -71,7 +72,7 @@ ALTER FUNCTION execution.rbac_bump_revision() SECURITY DEFINER
   SET search_path = pg_catalog, execution;
 
 -- A SECURITY DEFINER function that is not a trigger runs as the owner for whoever calls it:
--- nobody but the pruner may call one directly (triggers still do, as the owner).
+-- nobody may call one directly (triggers still do, as the owner) but those granted below.
 DO $$
 DECLARE
   f record;
@@ -82,6 +83,10 @@ BEGIN
        AND p.prorettype <> 'trigger'::regtype
   LOOP
     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f.sig);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO opsc_pruner', f.sig);
   END LOOP;
+  -- locking a chain's head before a checkpoint or a prune (never appending a link)
+  IF to_regprocedure('execution.audit_lock_head(text, text)') IS NOT NULL THEN
+    GRANT EXECUTE ON FUNCTION execution.audit_lock_head(text, text)
+      TO opsc_operator, opsc_pruner;
+  END IF;
 END $$;
