@@ -231,6 +231,11 @@ class EmbeddedPostgres:
     def _bins(self) -> Path:
         return self.bin_dir or _bin_dir()
 
+    @property
+    def binaries(self) -> Path:
+        """The directory of the server's programs (psql, pg_dump, ... beside postgres)."""
+        return self._bins()
+
     def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run([str(self._bins() / args[0]), *args[1:]], check=True,
