@@ -42,17 +42,6 @@ DOCUMENTED = {
 SCRIPTS = {"postgres": REPO / "deploy/postgres/init.sh",
            "temporal-schema": REPO / "deploy/temporal/setup-schema.sh"}
 PATH_SETTINGS = ("OPSC_RBAC_POLICY", "OPSC_INVENTORY", "OPSC_SSH_KNOWN_HOSTS")
-# The API's OIDC settings (issue 23's API authentication): accepted by name only until
-# `Settings` has them; from then on the general check holds them to real fields.
-OIDC = {ENV_PREFIX + n for n in ("OIDC_ISSUER", "OIDC_AUDIENCE", "OIDC_TENANT_CLAIM")}
-
-
-def _setting_variables() -> set[str]:
-    if "oidc_issuer" in Settings.model_fields:
-        return SETTING_VARIABLES
-    return SETTING_VARIABLES | OIDC
-
-
 def _compose() -> dict[str, Any]:
     return dict(yaml.safe_load(COMPOSE.read_text()))
 
@@ -79,8 +68,7 @@ def test_our_services_name_only_settings_and_mount_every_file_they_name() -> Non
         env = {k: str(v) for k, v in service.get("environment", {}).items()}
         mounts = _mounts(service)
         if _ours(service):
-            known = _setting_variables()
-            assert set(env) <= known, (name, set(env) - known)
+            assert set(env) <= SETTING_VARIABLES, (name, set(env) - SETTING_VARIABLES)
             assert "OPSC_DATABASE_URL" not in env, name  # a URL holds a password: from a file
             for var in (v for v in env if v.endswith("_FILE")):
                 secret = env[var].removeprefix("/run/secrets/")
@@ -129,9 +117,15 @@ def test_nothing_is_published_beyond_loopback_and_the_api_binds_wider_only_behin
     host = api["command"][api["command"].index("--host") + 1]
     assert host == "0.0.0.0"
     env = api["environment"]
-    issuer, audience, claim = (env[ENV_PREFIX + n] for n in (
-        "OIDC_ISSUER", "OIDC_AUDIENCE", "OIDC_TENANT_CLAIM"))
-    assert issuer.startswith("https://") and audience and claim
+    assert env["OPSC_OIDC_ISSUER"].startswith("https://") and env["OPSC_OIDC_AUDIENCE"]
+    assert env["OPSC_OIDC_TENANT_CLAIM"]
+    # the settings `serve` builds its authenticator from: OIDC, so it may bind 0.0.0.0
+    from opsconductor.starter.auth import LocalTokenAuth, authenticator_from_settings
+
+    settings = load_settings({k: str(v) for k, v in env.items() if not k.endswith("_FILE")}
+                             | {"OPSC_HOME": "/nonexistent"})
+    auth, new_token = authenticator_from_settings(settings)
+    assert not isinstance(auth, LocalTokenAuth) and new_token is None
 
 
 def test_temporal_is_the_server_image_with_its_schema_set_up_by_admin_tools() -> None:

@@ -28,15 +28,9 @@ SYSTEMD = REPO / "deploy" / "systemd"
 KUBERNETES_VERSION = "1.31.0"
 SETTING_VARIABLES = ({ENV_PREFIX + n.upper() for n in Settings.model_fields}
                      | {f"{ENV_PREFIX}{n.upper()}_FILE" for n in FILE_FIELDS})
-OIDC = {ENV_PREFIX + n for n in ("OIDC_ISSUER", "OIDC_AUDIENCE", "OIDC_TENANT_CLAIM")}
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
              "PrivateTmp": "yes", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": "",
              "User": "opsconductor"}
-
-
-def _known_variables() -> set[str]:
-    """Settings' variables; the API's OIDC names by name until `Settings` has them."""
-    return SETTING_VARIABLES | (set() if "oidc_issuer" in Settings.model_fields else OIDC)
 
 
 def _documents() -> list[dict[str, Any]]:
@@ -119,7 +113,7 @@ def test_each_component_reads_only_its_own_login_and_names_real_settings() -> No
         (container,) = pod["containers"]
         _check_command(container["command"])
         env = {e["name"]: e["value"] for e in container.get("env", [])}
-        assert set(env) <= _known_variables(), set(env) - _known_variables()
+        assert set(env) <= SETTING_VARIABLES, set(env) - SETTING_VARIABLES
         url_file = env["OPSC_DATABASE_URL_FILE"]
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
@@ -150,8 +144,14 @@ def test_the_api_binds_wider_than_loopback_only_behind_oidc() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     command = container["command"]
     assert command[command.index("--host") + 1] == "0.0.0.0"
-    assert env[ENV_PREFIX + "OIDC_ISSUER"].startswith("https://")
-    assert env[ENV_PREFIX + "OIDC_AUDIENCE"]
+    assert env["OPSC_OIDC_ISSUER"].startswith("https://") and env["OPSC_OIDC_AUDIENCE"]
+    from opsconductor.starter.auth import LocalTokenAuth, authenticator_from_settings
+
+    shared = _by_kind("ConfigMap")["opsconductor-settings"]["data"]
+    settings = load_settings({**shared, **{k: v for k, v in env.items()
+                                          if not k.endswith("_FILE")}})
+    auth, new_token = authenticator_from_settings(settings)
+    assert not isinstance(auth, LocalTokenAuth) and new_token is None
     service = _by_kind("Service")["opsconductor-api"]
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
