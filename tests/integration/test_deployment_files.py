@@ -143,9 +143,9 @@ def test_the_web_ui_decodes_payloads_through_the_api_service() -> None:
     ui, api = services["temporal-ui"], services["api"]
     endpoint = ui["environment"]["TEMPORAL_CODEC_ENDPOINT"]
     api_port = api["command"][api["command"].index("--port") + 1]
-    assert f"{api_port}:{api_port}" in api["ports"]
+    assert f"127.0.0.1:{api_port}:{api_port}" in api["ports"]  # behind a TLS proxy
     assert endpoint == f"http://localhost:{api_port}{CODEC_PATH}"  # as the browser reaches it
-    ui_port = ui["ports"][0].split(":")[0]
+    ui_port = ui["ports"][0].split(":")[-2]
     origins = ui_origins(api["environment"]["OPSC_UI_URL"],
                          api["environment"]["OPSC_CODEC_ORIGINS"])
     assert f"http://localhost:{ui_port}" in origins
