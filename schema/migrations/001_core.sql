@@ -1,6 +1,28 @@
 -- Core mirror of executions: statuses, steps, approvals, events, DLQ, timeout policy.
 CREATE SCHEMA IF NOT EXISTS execution;
 
+-- A database made by OpsConductor's own init-schema.sql already holds its Phase 7 tables under
+-- these names (executions with tenant_id, not tenant). They move, rows and all, to schema
+-- execution_phase7; 012_upstream_compat.sql copies their rows into the tables made below.
+-- Nothing happens on any other database.
+DO $$
+DECLARE t text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'execution'
+             AND table_name = 'executions' AND column_name = 'tenant_id')
+     AND NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'execution'
+                     AND table_name = 'executions' AND column_name = 'tenant') THEN
+    CREATE SCHEMA IF NOT EXISTS execution_phase7;
+    FOREACH t IN ARRAY ARRAY['executions', 'execution_steps', 'approvals', 'execution_events',
+                             'execution_queue', 'execution_dlq', 'execution_locks',
+                             'timeout_policies'] LOOP
+      IF to_regclass('execution.' || t) IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE execution.%I SET SCHEMA execution_phase7', t);
+      END IF;
+    END LOOP;
+  END IF;
+END $$;
+
 DO $$ BEGIN
   CREATE TYPE execution.execution_status AS ENUM ('pending_approval', 'approved', 'rejected',
     'queued', 'running', 'completed', 'failed', 'cancelled', 'timeout', 'partial');
