@@ -301,6 +301,9 @@ class Settings(BaseSettings):
     ssh_known_hosts: Path | None = Field(None, description=(
         "known_hosts for strict SSH host-key checking when the asset names none "
         "(default ~/.ssh/known_hosts)."))
+    stage_e_environment: Literal["dev", "staging", "prod"] = Field("prod", description=(
+        "The environment OpsConductor's Stage E calls (`opsconductor.starter.stage_e`) run "
+        "in when their context names none: prod, the strictest, unless set."))
     # -- the test suite
     test_database_url: str | None = Field(None, description=(
         "Test suite only: an existing PostgreSQL to test against instead of an embedded "

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
         SignalledDecision,
         SubmissionRefused,
     )
+    from opsconductor.starter.stage_e import ExecutionRequest as StageERequest
+    from opsconductor.starter.stage_e import ExecutionResponse as StageEResponse
+    from opsconductor.starter.stage_e import StageEExecutor
 
-_WHERE = {
+_WHERE: dict[str, str | tuple[str, str]] = {
     # the client and what it returns
     "ExecutionClient": "opsconductor.starter.client",
     "ExecutionResponse": "opsconductor.starter.client",
@@ -42,6 +45,10 @@ _WHERE = {
     "DuplicateKeyConflict": "opsconductor.starter.client",
     "ExecutionNotFound": "opsconductor.starter.client",
     "DatabaseUnavailable": "opsconductor.activities.db",
+    # OpsConductor's own Stage E call (its names, in opsconductor.starter.stage_e)
+    "StageEExecutor": "opsconductor.starter.stage_e",
+    "StageERequest": ("opsconductor.starter.stage_e", "ExecutionRequest"),
+    "StageEResponse": ("opsconductor.starter.stage_e", "ExecutionResponse"),
     # settings
     "Settings": "opsconductor.schema.config",
     "load_settings": "opsconductor.schema.config",
@@ -60,16 +67,20 @@ __all__ = [
     "RequestValidationError",
     "Settings",
     "SignalledDecision",
+    "StageEExecutor",
+    "StageERequest",
+    "StageEResponse",
     "SubmissionRefused",
     "load_settings",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
+    where = _WHERE.get(name)
+    if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, attr = where if isinstance(where, tuple) else (where, name)
+    value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
 
