@@ -63,30 +63,33 @@ CREATE INDEX IF NOT EXISTS executions_tenant_id_idx ON execution.executions (ten
 CREATE INDEX IF NOT EXISTS executions_actor_id_idx ON execution.executions (actor_id);
 
 -- OpsConductor's result: {total_steps, successful_steps, failed_steps, step_results[]} beside
--- ours (extra keys our readers ignore); a result that already has step_results is left alone.
+-- ours (extra keys our readers ignore), one step_results item per step row, in plan order,
+-- with the stdout/stderr excerpts and the structured output the row holds (an asset list
+-- gets its count). A result that already has step_results is left alone.
 CREATE OR REPLACE FUNCTION execution.upstream_result(p_execution_id uuid, r jsonb)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
-  SELECT CASE
-    WHEN r IS NULL OR jsonb_typeof(r) <> 'object' OR r ? 'step_results'
-         OR jsonb_typeof(r->'steps') IS DISTINCT FROM 'array' THEN r
-    ELSE r || jsonb_build_object(
-      'total_steps', coalesce((r->>'steps_total')::int, jsonb_array_length(r->'steps')),
-      'successful_steps', (SELECT count(*) FROM jsonb_array_elements(r->'steps') s
-                           WHERE s->>'status' = 'completed'),
-      'failed_steps', (SELECT count(*) FROM jsonb_array_elements(r->'steps') s
-                       WHERE s->>'status' IN ('failed', 'timeout')),
-      'step_results', coalesce((
-        SELECT jsonb_agg(jsonb_build_object(
-                 'step_index', coalesce(es.position, (o.n - 1)::int),
-                 'step_id', s->'step_id', 'tool', es.tool, 'status', s->'status',
-                 'exit_code', s->'exit_code', 'stdout', coalesce(s->'stdout', '""'),
-                 'stderr', coalesce(s->'stderr', '""'), 'output', s->'output',
-                 'error', s->'error', 'attempts', s->'attempts',
-                 'started_at', s->'started_at', 'completed_at', s->'completed_at',
-                 'duration_ms', s->'duration_ms') ORDER BY o.n)
-        FROM jsonb_array_elements(r->'steps') WITH ORDINALITY AS o(s, n)
-        LEFT JOIN execution.execution_steps es
-          ON es.execution_id = p_execution_id AND es.step_id = o.s->>'step_id'), '[]'))
+  SELECT CASE WHEN r IS NULL OR jsonb_typeof(r) <> 'object' OR r ? 'step_results' THEN r
+  ELSE r || (
+    SELECT jsonb_build_object(
+      'total_steps', count(*),
+      'successful_steps', count(*) FILTER (WHERE s.status = 'completed'),
+      'failed_steps', count(*) FILTER (WHERE s.status IN ('failed', 'timeout')),
+      'step_results', coalesce(jsonb_agg(jsonb_build_object(
+          'step_index', s.position, 'step_id', s.step_id, 'tool', s.tool,
+          'target', s.target, 'status', s.status, 'exit_code', s.exit_code,
+          'stdout', coalesce(o.doc->'stdout', '""'), 'stderr', coalesce(o.doc->'stderr', '""'),
+          'output', CASE WHEN jsonb_typeof(o.doc->'output'->'assets') = 'array'
+                          AND NOT o.doc->'output' ? 'count'
+                         THEN o.doc->'output' || jsonb_build_object(
+                           'count', jsonb_array_length(o.doc->'output'->'assets'))
+                         ELSE o.doc->'output' END,
+          'error', s.error, 'attempts', s.attempts, 'started_at', s.started_at,
+          'completed_at', s.completed_at, 'duration_ms', s.duration_ms)
+        ORDER BY s.position), '[]'))
+    FROM execution.execution_steps s
+    CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(s.output) = 'object' THEN s.output
+                                    ELSE '{}'::jsonb END AS doc) o
+    WHERE s.execution_id = p_execution_id)
   END
 $$;
 
@@ -199,6 +202,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS execution_events_event_id_key
 CREATE OR REPLACE FUNCTION execution.events_upstream_sync() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+  IF NEW.event_key LIKE 'phase7:%' THEN RETURN NEW; END IF;  -- copied: kept as it was
   NEW.details := coalesce(NEW.details, NEW.data);
   NEW.actor_id := coalesce(NEW.actor_id, execution.actor_principal(NEW.actor));
   NEW.actor_type := coalesce(NEW.actor_type,
@@ -258,11 +262,11 @@ BEGIN
                  greatest((SELECT max(id) FROM execution.executions), 1));
 
   INSERT INTO execution.execution_steps
-    (execution_id, step_id, position, tool, kind, action_class, description, target, status,
+    (id, execution_id, step_id, position, tool, kind, action_class, description, target, status,
      attempts, started_at, completed_at, duration_ms, output, error, updated_at, step_name,
      target_asset_id, input_data, output_data, artifacts, error_details, max_retries,
      trace_id, logs, created_at)
-  SELECT s.execution_id, s.step_id::text, s.step_index, s.step_type, 'command',
+  SELECT s.id, s.execution_id, s.step_id::text, s.step_index, s.step_type, 'command',
          CASE WHEN s.step_type ~* '(read|get|query|list)' THEN 'read' ELSE 'modify' END,
          s.step_name, s.target_hostname, s.status::text, coalesce(s.retry_count, 0) + 1,
          s.started_at, s.completed_at, s.duration_ms, s.output_data, s.error_message,
@@ -271,6 +275,8 @@ BEGIN
          s.trace_id::text, s.logs, coalesce(s.created_at, now())
   FROM execution_phase7.execution_steps s
   ON CONFLICT (execution_id, step_id) DO NOTHING;
+  PERFORM setval(pg_get_serial_sequence('execution.execution_steps', 'id'),
+                 greatest((SELECT max(id) FROM execution.execution_steps), 1));
 
   INSERT INTO execution.execution_events
     (execution_id, event_key, event_type, from_status, to_status, actor, message, data,
@@ -284,9 +290,9 @@ BEGIN
   ON CONFLICT (execution_id, event_key) DO NOTHING;
 
   INSERT INTO execution.approvals
-    (execution_id, gate, plan_hash, state, required_approvals, requested_at, expires_at,
+    (id, execution_id, gate, plan_hash, state, required_approvals, requested_at, expires_at,
      decided_at, decisions, approval_id, approval_level, created_at, updated_at)
-  SELECT a.execution_id, 'execution', a.plan_hash, a.state, 1,
+  SELECT a.id, a.execution_id, 'execution', a.plan_hash, a.state, 1,
          coalesce(a.requested_at, now()), a.expires_at, a.responded_at,
          CASE WHEN a.approver_id IS NULL THEN '[]'::jsonb
               ELSE jsonb_build_array(jsonb_build_object(
@@ -298,6 +304,8 @@ BEGIN
          coalesce(a.updated_at, now())
   FROM execution_phase7.approvals a
   ON CONFLICT (execution_id, gate) DO NOTHING;
+  PERFORM setval(pg_get_serial_sequence('execution.approvals', 'id'),
+                 greatest((SELECT max(id) FROM execution.approvals), 1));
 END $$;
 
 -- ------------------------------------------------------------------ backfill

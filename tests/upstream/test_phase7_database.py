@@ -1,0 +1,239 @@
+"""Our migrations on a database OpsConductor's init-schema.sql made, and its readers on ours.
+
+A fresh database on the session's PostgreSQL gets OpsConductor's Phase 7 schema (re-typed
+facts, `phase7_schema.sql`) and one execution of its own (a step, an event, an approval);
+our migrations run; a real plan (one of its planner's, with an approval) runs through a real
+worker on that database; OpsConductor's repository SQL and status route read both back into
+its models (re-stated in `upstream.py`), and our own client reads both too.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+
+from opsconductor.activities.db import create_pool
+from opsconductor.schema.config import Settings
+from opsconductor.schema.migrate import migrate
+from opsconductor.starter.client import ExecutionClient
+from opsconductor.starter.worker import build_worker
+from tests.helpers import unique_queue, wait_for, wait_status
+from tests.planner.helpers import load
+from tests.upstream.upstream import (
+    APPROVAL,
+    EVENTS,
+    EXECUTION_BY_ID,
+    STATUS_ROUTE,
+    STEPS,
+    UpstreamApproval,
+    UpstreamEvent,
+    UpstreamExecution,
+    UpstreamStatus,
+    reader,
+    rows,
+)
+
+PHASE7 = Path(__file__).with_name("phase7_schema.sql")
+THEIR_EXECUTION = uuid.UUID("7a0e0000-0000-4000-8000-000000000001")
+THEIR_STEP = uuid.UUID("7a0e0000-0000-4000-8000-000000000002")
+THEIR_TRACE = uuid.UUID("7a0e0000-0000-4000-8000-000000000003")
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture
+async def phase7_url(pg_url: str) -> AsyncIterator[str]:
+    """A database of the session's server holding OpsConductor's Phase 7 schema and rows."""
+    name = f"opsc_phase7_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(pg_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(PHASE7.read_text())
+            await _their_rows(conn)
+        finally:
+            await conn.close()
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _their_rows(conn: asyncpg.Connection) -> None:
+    """One finished execution as OpsConductor's own executor and engine write them."""
+    plan = {"steps": [{"tool": "asset-query", "inputs": {"limit": 5}}]}
+    result = {"total_steps": 1, "successful_steps": 1, "failed_steps": 0,
+              "step_results": [{"step_index": 0, "tool": "asset-query", "status": "completed",
+                                "output": {"assets": [], "count": 0}}]}
+    await conn.execute(
+        """
+        INSERT INTO execution.executions (execution_id, tenant_id, actor_id, idempotency_key,
+          plan_snapshot, execution_mode, sla_class, approval_level, status, previous_status,
+          started_at, completed_at, timeout_at, result, trace_id, tags, metadata)
+        VALUES ($1, 'default', 42, $2, $3::jsonb, 'immediate', 'fast', 1, 'completed',
+          'running', now() - interval '9 seconds', now() - interval '8 seconds',
+          now() + interval '1 minute', $4::jsonb, $5, '["ops", "disk"]', '{"source": "chat"}')
+        """, THEIR_EXECUTION, "ab" * 32, json.dumps(plan), json.dumps(result), THEIR_TRACE)
+    await conn.execute(
+        """
+        INSERT INTO execution.execution_steps (step_id, execution_id, step_index, step_name,
+          step_type, target_hostname, status, started_at, completed_at, duration_ms,
+          input_data, output_data, retry_count)
+        VALUES ($1, $2, 0, 'Find assets', 'asset-query', 'asset-service', 'completed',
+          now() - interval '9 seconds', now() - interval '8 seconds', 1234,
+          '{"limit": 5}', '{"count": 0}', 0)
+        """, THEIR_STEP, THEIR_EXECUTION)
+    await conn.execute(
+        """
+        INSERT INTO execution.execution_events (execution_id, event_type, from_status,
+          to_status, actor_id, actor_type, details)
+        VALUES ($1, 'status_change', 'running', 'completed', 42, 'worker', '{"why": "done"}')
+        """, THEIR_EXECUTION)
+    await conn.execute(
+        """
+        INSERT INTO execution.approvals (execution_id, approval_level, plan_hash, approver_id,
+          approver_comment, state, responded_at)
+        VALUES ($1, 1, $2, 42, 'fine by me', 'approved', now() - interval '10 seconds')
+        """, THEIR_EXECUTION, "cd" * 32)
+
+
+async def _upstream_view(url: str, execution_id: Any) -> dict[str, Any]:
+    """Everything OpsConductor's readers return for one execution, parsed into its models."""
+    conn = await reader(url)
+    try:
+        execution = [UpstreamExecution.model_validate(r)
+                     for r in await rows(conn, EXECUTION_BY_ID, execution_id)]
+        steps = await rows(conn, STEPS, execution_id)
+        events = await rows(conn, EVENTS, execution_id)
+        approval = [UpstreamApproval.model_validate(r)
+                    for r in await rows(conn, APPROVAL, execution_id)]
+        status = await rows(conn, STATUS_ROUTE, execution_id)
+    finally:
+        await conn.close()
+    return {"execution": execution, "steps": steps, "events": events, "approval": approval,
+            "status": status}
+
+
+async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
+        phase7_url: str, temporal_client: Client, tmp_path: Path) -> None:
+    from tests.upstream.upstream import UpstreamStep
+
+    before = await _upstream_view(phase7_url, THEIR_EXECUTION)
+    their_step = UpstreamStep.model_validate(before["steps"][0])
+
+    applied = await migrate(phase7_url)
+    assert applied[0] == "001_core" and "012_upstream_compat" in applied
+    assert await migrate(phase7_url) == []  # a second run has nothing left to do
+
+    # Their execution: every reader returns what it returned before, field for field.
+    after = await _upstream_view(phase7_url, THEIR_EXECUTION)
+    assert after["execution"] == before["execution"]
+    assert after["approval"] == before["approval"]
+    assert after["status"] == before["status"]
+    assert UpstreamStep.model_validate(after["steps"][0]) == their_step
+    strip = [{k: v for k, v in e.items() if k != "id"} for e in before["events"]]
+    assert [UpstreamEvent.model_validate({k: v for k, v in e.items() if k != "id"})
+            for e in after["events"]] == [UpstreamEvent.model_validate(e) for e in strip]
+    # ... and the original tables still hold their rows, moved aside as they were.
+    conn = await asyncpg.connect(phase7_url)
+    try:
+        kept = {t: await conn.fetchval(f"SELECT count(*) FROM execution_phase7.{t}")
+                for t in ("executions", "execution_steps", "execution_events", "approvals",
+                          "timeout_policies")}
+        assert kept == {"executions": 1, "execution_steps": 1, "execution_events": 1,
+                        "approvals": 1, "timeout_policies": 9}
+        mapped = await conn.fetchval(
+            "SELECT actor FROM execution.actor_principals WHERE actor_id = 42")
+        assert mapped == "principal:42"
+    finally:
+        await conn.close()
+
+    # One of its planner's plans, gated by an approval, through a real worker on this database.
+    queue = unique_queue("opsc-phase7")
+    pool = await create_pool(phase7_url, min_size=1, max_size=5)
+    settings = Settings(home=tmp_path / "home", task_queue=queue, temporal_address="unused",
+                        database_url=phase7_url)
+    actor = f"stage-d-{uuid.uuid4().hex[:6]}"
+    doc = {**load("plan_v1_schema_example.json"), "actor": actor, "approval_level": 1,
+           "trace_id": uuid.uuid4().hex}
+    try:
+        async with build_worker(temporal_client, queue, pool=pool, settings=settings):
+            client = ExecutionClient(temporal=temporal_client, pool=pool, settings=settings)
+            resp = await client.execute(doc, wait=False)
+            ours = resp.execution_id
+
+            async def gated() -> bool:
+                view = await client.status(ours)
+                return view["status"] == "pending_approval" or None  # type: ignore[return-value]
+
+            await wait_for(gated, what="the run to wait for its approval", timeout=60)
+            pending = await _upstream_view(phase7_url, ours)
+            assert pending["status"][0]["status"] == "pending_approval"
+            assert pending["approval"][0].state.value == "pending"
+            await client.approve(ours, "bob", comment="go")
+            view = await wait_status(client, ours, "completed", timeout=90)
+            assert view["steps"][0]["status"] == "completed"  # our reader
+            theirs_by_us = await client.status(str(THEIR_EXECUTION))
+            assert theirs_by_us["status"] == "completed" and theirs_by_us["tenant"] == "default"
+    finally:
+        await pool.close()
+
+    seen = await _upstream_view(phase7_url, ours)
+    (execution,) = seen["execution"]
+    (status,) = seen["status"]
+    assert status["status"] == "completed" and status["error_message"] is None
+    assert status["started_at"] and status["completed_at"] >= status["started_at"]
+    conn = await asyncpg.connect(phase7_url)
+    try:
+        principals = dict(await conn.fetch("SELECT actor, actor_id FROM execution.actor_principals"))
+    finally:
+        await conn.close()
+    assert execution.tenant_id == doc["tenant"] and execution.actor_id == principals[actor]
+    assert execution.status == UpstreamStatus.COMPLETED
+    assert execution.previous_status == UpstreamStatus.RUNNING
+    assert execution.plan_snapshot == doc["plan"]
+    assert execution.execution_mode.value == "immediate" and execution.approval_level == 1
+    assert execution.trace_id == uuid.UUID(doc["trace_id"])
+    assert execution.result is not None
+    assert "step_results" in execution.result, execution.result
+    (step_result,) = execution.result["step_results"]
+    assert step_result["status"] == "completed" and step_result["exit_code"] == 0
+    assert step_result["stdout"].split()[:3] == ["USER", "PID", "%CPU"]
+    assert execution.result["total_steps"] == 1 and execution.result["failed_steps"] == 0
+    (approval,) = seen["approval"]
+    assert approval.state.value == "approved" and approval.approval_level == 1
+    assert approval.approver_id == principals["bob"] and approval.approver_comment == "go"
+    assert approval.responded_at is not None
+
+    # Steps and events: every column of its models, with its meaning (see the report on the
+    # two it cannot share: docs/upstream-compat.md, "What differs").
+    (step,) = seen["steps"]
+    assert step["step_index"] == 0 and step["step_type"] == "ps"
+    assert step["step_name"] == step["step_id"] == doc["plan"]["plan"]["steps"][0]["id"]
+    assert step["status"] == "completed" and step["retry_count"] == 0
+    assert step["duration_ms"] == int(step["duration_ms"]) and step["max_retries"] == 3
+    assert isinstance(step["output_data"], dict) and step["created_at"] is not None
+    statuses = [(e["from_status"], e["to_status"]) for e in seen["events"]
+                if e["event_type"] == "execution.status"]
+    assert statuses == [("queued", "pending_approval"), ("pending_approval", "approved"),
+                        ("approved", "running"), ("running", "completed")], statuses
+    parsed = [UpstreamEvent.model_validate(e) for e in seen["events"]
+              if e["event_type"] != "step.status"]
+    assert all(e.event_id and e.details is not None for e in parsed)
+    assert {e.actor_id for e in parsed if e.actor_type == "user"} <= set(principals.values())
+    print(f"phase7: {sum(kept.values())} original rows kept, migrations {len(applied)}; "
+          f"ours read by upstream's SQL: 1 execution, {len(seen['steps'])} step, "
+          f"{len(seen['events'])} events ({len(parsed)} parsed as its events), 1 approval")
