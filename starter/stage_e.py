@@ -149,7 +149,8 @@ class StageEExecutor:
     async def _wait(self, client: ExecutionClient, workflow_id: str, execution_id: str,
                     mode: ExecutionMode, *, gated: bool) -> None:
         """Immediate: until the run ends or waits for an approval. Background: at once, or,
-        when the plan has gates, until the run reaches one (at most GATE_WAIT_SECONDS)."""
+        when the plan has gates, until the run waits at one or ends (at most
+        GATE_WAIT_SECONDS; then the status it has)."""
         if mode is ExecutionMode.BACKGROUND and not gated:
             return
         handle = client.temporal.get_workflow_handle(workflow_id, result_type=ExecutionResult)
@@ -164,8 +165,7 @@ class StageEExecutor:
                 status = await _status(client.pool, execution_id)
                 if status is ExecutionStatus.PENDING_APPROVAL:
                     return
-                if mode is ExecutionMode.BACKGROUND and (
-                        status is not ExecutionStatus.QUEUED or loop.time() > until):
+                if mode is ExecutionMode.BACKGROUND and loop.time() > until:
                     return
         finally:
             if not ended.done():
@@ -245,6 +245,9 @@ def refused(request: ExecutionRequest, trace_id: uuid.UUID, message: str,
         step_results=[])
 
 
+# Steps OpsConductor sends to its Asset Service, whose results carry no stdout.
+ASSET_TOOLS = frozenset({"asset-query", "asset-list", "asset-create", "asset-update",
+                         "asset-delete"})
 FINISHED = ("completed", "failed", "timeout", "cancelled", "skipped")
 
 
@@ -311,6 +314,8 @@ async def step_results(pool: asyncpg.Pool, execution_id: str, steps: list[Any],
                     else getattr(mine, name, "") if mine else "")
             item[name] = text[:STDOUT_CHARS]
         item["output"] = _output(streams.get((sid, "output")), s["output"], mine)
+        if s["tool"] in ASSET_TOOLS:
+            item["stdout"] = ""  # as OpsConductor's Asset Service answers: the output alone
         items.append(item)
     return items
 

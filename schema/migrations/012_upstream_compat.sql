@@ -77,7 +77,9 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
       'step_results', coalesce(jsonb_agg(jsonb_build_object(
           'step_index', s.position, 'step_id', s.step_id, 'tool', s.tool,
           'target', s.target, 'status', s.status, 'exit_code', s.exit_code,
-          'stdout', coalesce(o.doc->'stdout', '""'), 'stderr', coalesce(o.doc->'stderr', '""'),
+          'stdout', CASE WHEN s.tool LIKE 'asset-%' THEN '""'  -- its Asset Service: no stdout
+                         ELSE coalesce(o.doc->'stdout', '""') END,
+          'stderr', coalesce(o.doc->'stderr', '""'),
           'output', CASE WHEN jsonb_typeof(o.doc->'output'->'assets') = 'array'
                           AND NOT o.doc->'output' ? 'count'
                          THEN o.doc->'output' || jsonb_build_object(
