@@ -37,6 +37,7 @@ from tests.upstream.upstream import (
     UpstreamEvent,
     UpstreamExecution,
     UpstreamStatus,
+    UpstreamStep,
     reader,
     rows,
 )
@@ -129,8 +130,6 @@ async def _upstream_view(url: str, execution_id: Any) -> dict[str, Any]:
 
 async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
         phase7_url: str, temporal_client: Client, tmp_path: Path) -> None:
-    from tests.upstream.upstream import UpstreamStep
-
     before = await _upstream_view(phase7_url, THEIR_EXECUTION)
     their_step = UpstreamStep.model_validate(before["steps"][0])
 
@@ -198,7 +197,8 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
     assert status["started_at"] and status["completed_at"] >= status["started_at"]
     conn = await asyncpg.connect(phase7_url)
     try:
-        principals = dict(await conn.fetch("SELECT actor, actor_id FROM execution.actor_principals"))
+        principals = dict(await conn.fetch(
+            "SELECT actor, actor_id FROM execution.actor_principals"))
     finally:
         await conn.close()
     assert execution.tenant_id == doc["tenant"] and execution.actor_id == principals[actor]
