@@ -25,6 +25,7 @@ from opsconductor.activities.outputs import read_streams
 from opsconductor.schema.config import Settings, load_settings
 from opsconductor.schema.enums import TERMINAL_STATUSES, ExecutionMode, ExecutionStatus, SlaClass
 from opsconductor.schema.messages import ExecutionResult, StepResult
+from opsconductor.schema.search_attributes import SLA_CLASS
 from opsconductor.schema.validation import Problem, RequestValidationError
 from opsconductor.starter.client import ExecutionClient, SubmissionRefused
 
@@ -124,6 +125,9 @@ class StageEExecutor:
             return refused(request, trace_id, f"execution refused: {err}", [])
         await self._wait(client, submitted.workflow_id, submitted.execution_id,
                          submitted.mode, gated=_gated(request))
+        if not await _mirrored(client.pool, submitted.execution_id):
+            return await queued(client, submitted.workflow_id, submitted.execution_id,
+                                submitted.mode, request, trace_id)
         return await response_for(client, submitted.execution_id)
 
     def _envelope(self, request: ExecutionRequest, tenant_id: str, actor: str, actor_id: int,
@@ -181,6 +185,8 @@ async def actor_for(pool: asyncpg.Pool, actor_id: int, context: dict[str, Any]) 
     """Our principal for OpsConductor's integer actor: its mapping in
     `execution.actor_principals`, else recorded now as the context's `actor` (or
     `username`), else as `principal:<id>`."""
+    if isinstance(actor_id, str) and actor_id.isdigit():
+        actor_id = int(actor_id)  # as its pydantic models read it
     if isinstance(actor_id, bool) or not isinstance(actor_id, int):
         raise RequestValidationError([Problem(path="actor_id", message=(
             f"OpsConductor's actor id is an integer, not {actor_id!r}"))])
@@ -200,6 +206,26 @@ async def actor_for(pool: asyncpg.Pool, actor_id: int, context: dict[str, Any]) 
         raise RequestValidationError([Problem(path="context.actor", message=(
             f"actor {wanted!r} is principal {other}, not {actor_id}"))])
     return str(name)
+
+
+async def _mirrored(pool: asyncpg.Pool, execution_id: str) -> bool:
+    return bool(await pool.fetchval(
+        "SELECT 1 FROM execution.executions WHERE execution_id = $1", uuid.UUID(execution_id)))
+
+
+async def queued(client: ExecutionClient, workflow_id: str, execution_id: str,
+                 mode: ExecutionMode, request: ExecutionRequest,
+                 trace_id: uuid.UUID) -> ExecutionResponse:
+    """The response for a run no worker has picked up yet: started, queued, nothing run
+    (its SLA class from the workflow's search attributes)."""
+    desc = await client.temporal.get_workflow_handle(workflow_id).describe()
+    sla = desc.typed_search_attributes.get(SLA_CLASS)
+    return ExecutionResponse(
+        execution_id=uuid.UUID(execution_id), status=ExecutionStatus.QUEUED,
+        execution_mode=mode, sla_class=SlaClass(sla) if sla else SlaClass.FAST,
+        approval_level=request.approval_level, created_at=desc.start_time or datetime.now(UTC),
+        total_steps=len(_plan_steps(request.plan)), completed_steps=0, failed_steps=0,
+        progress_percentage=0.0, trace_id=trace_id, tags=request.tags)
 
 
 def _gated(request: ExecutionRequest) -> bool:

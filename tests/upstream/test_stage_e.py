@@ -6,6 +6,7 @@ started nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -147,3 +148,28 @@ async def test_bad_plan_is_an_upstream_failure_that_started_nothing(
     assert counts == {"executions": 0, "idempotency_records": 0} and workflows.count == 0
     print(f"stage E bad plan: {response.error_message}; rows {counts}, "
           f"workflows {workflows.count}")
+
+
+async def test_background_plan_returns_at_once_queued_with_no_worker_on_the_queue(
+        stage_e_settings: None, engine: Any, temporal_client: Client,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background plan (SLA medium) whose task queue no worker serves: the call returns
+    the started execution, queued, without waiting for anything to run."""
+    monkeypatch.setenv("OPSC_TASK_QUEUE", f"opsc-nobody-{uuid.uuid4().hex[:8]}")
+    executor = StageEExecutor()
+    started = asyncio.get_running_loop().time()
+    try:
+        response = await orchestrator_calls(
+            executor, load("rule_check_nginx_and_processes.json")["plan"], chat_context())
+        took = asyncio.get_running_loop().time() - started
+        (execution_id, workflow_id) = await engine.pool.fetchrow(
+            "SELECT execution_id::text, workflow_id FROM execution.idempotency_records"
+            " WHERE execution_id = $1", response.execution_id)
+        await temporal_client.get_workflow_handle(workflow_id).terminate("test over")
+    finally:
+        await executor.close()
+    assert response.status == UpstreamStatus.QUEUED
+    assert response.execution_mode.value == "background"
+    assert response.sla_class.value == "medium" and response.total_steps == 2
+    assert response.step_results is None and execution_id == str(response.execution_id)
+    print(f"stage E background: {response.status.value} after {took:.2f} s")
