@@ -38,7 +38,7 @@ STDOUT_CHARS = 100_000
 GATE_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.2
 # Context values kept with the execution (its metadata's `upstream.context`).
-CONTEXT_KEYS = ("tenant_id", "actor_id", "actor", "username", "session_id", "trace_id",
+CONTEXT_KEYS = ("tenant_id", "actor_id", "session_id", "trace_id",
                 "request_id", "conversation_id", "user_id", "environment")
 
 
@@ -114,7 +114,7 @@ class StageEExecutor:
         trace_id = request.trace_id or _uuid_or_none(request.context.get("trace_id")) \
             or uuid.uuid4()
         try:
-            actor = await actor_for(client.pool, actor_id, request.context)
+            actor = await actor_for(client.pool, actor_id)
             envelope = self._envelope(request, tenant_id, actor, actor_id, trace_id,
                                       client.settings)
             submitted = await client.execute(envelope, wait=False)
@@ -181,31 +181,18 @@ class StageEExecutor:
                     pass  # failed, timed-out and cancelled runs: the mirror has the result
 
 
-async def actor_for(pool: asyncpg.Pool, actor_id: int, context: dict[str, Any]) -> str:
-    """Our principal for OpsConductor's integer actor: its mapping in
-    `execution.actor_principals`, else recorded now as the context's `actor` (or
-    `username`), else as `principal:<id>`."""
+async def actor_for(pool: asyncpg.Pool, actor_id: Any) -> str:
+    """Our principal for OpsConductor's integer actor: its name in
+    `execution.actor_principals`, else `principal:<id>` (which the mirror records under that
+    id when the run's first row is written). Operators map their users beforehand."""
     if isinstance(actor_id, str) and actor_id.isdigit():
         actor_id = int(actor_id)  # as its pydantic models read it
-    if isinstance(actor_id, bool) or not isinstance(actor_id, int):
+    if isinstance(actor_id, bool) or not isinstance(actor_id, int) or actor_id < 0:
         raise RequestValidationError([Problem(path="actor_id", message=(
-            f"OpsConductor's actor id is an integer, not {actor_id!r}"))])
+            f"OpsConductor's actor id is a non-negative integer, not {actor_id!r}"))])
     name = await pool.fetchval(
         "SELECT actor FROM execution.actor_principals WHERE actor_id = $1", actor_id)
-    if name is not None:
-        return str(name)
-    wanted = next((v for k in ("actor", "username") if isinstance(v := context.get(k), str)
-                   and v), f"principal:{actor_id}")
-    await pool.execute("INSERT INTO execution.actor_principals (actor_id, actor) VALUES ($1, $2)"
-                       " ON CONFLICT DO NOTHING", actor_id, wanted)
-    name = await pool.fetchval(
-        "SELECT actor FROM execution.actor_principals WHERE actor_id = $1", actor_id)
-    if name is None:
-        other = await pool.fetchval(
-            "SELECT actor_id FROM execution.actor_principals WHERE actor = $1", wanted)
-        raise RequestValidationError([Problem(path="context.actor", message=(
-            f"actor {wanted!r} is principal {other}, not {actor_id}"))])
-    return str(name)
+    return str(name) if name is not None else f"principal:{actor_id}"
 
 
 async def _mirrored(pool: asyncpg.Pool, execution_id: str) -> bool:

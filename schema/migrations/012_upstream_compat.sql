@@ -22,6 +22,12 @@ DECLARE v integer;
 BEGIN
   IF p_actor IS NULL THEN RETURN NULL; END IF;
   SELECT actor_id INTO v FROM execution.actor_principals WHERE actor = p_actor;
+  IF v IS NULL AND p_actor ~ '^principal:[0-9]{1,9}$' THEN
+    -- the name Stage E gives an integer actor nobody mapped: that integer
+    INSERT INTO execution.actor_principals (actor_id, actor)
+      VALUES (substr(p_actor, 11)::integer, p_actor) ON CONFLICT DO NOTHING;
+    SELECT actor_id INTO v FROM execution.actor_principals WHERE actor = p_actor;
+  END IF;
   IF v IS NULL THEN
     INSERT INTO execution.actor_principals (actor) VALUES (p_actor)
       ON CONFLICT (actor) DO NOTHING;
@@ -216,6 +222,14 @@ BEGIN
 END $$;
 
 -- ------------------------------------------------------------------ triggers
+-- The triggers that may record a principal run as the schema's owner: a writer (the worker
+-- role) needs no privilege on actor_principals.
+ALTER FUNCTION execution.executions_upstream_sync() SECURITY DEFINER
+  SET search_path = pg_catalog, execution;
+ALTER FUNCTION execution.approvals_upstream_sync() SECURITY DEFINER
+  SET search_path = pg_catalog, execution;
+ALTER FUNCTION execution.events_upstream_sync() SECURITY DEFINER
+  SET search_path = pg_catalog, execution;
 DROP TRIGGER IF EXISTS executions_upstream_sync ON execution.executions;
 CREATE TRIGGER executions_upstream_sync BEFORE INSERT OR UPDATE ON execution.executions
   FOR EACH ROW EXECUTE FUNCTION execution.executions_upstream_sync();
