@@ -331,9 +331,8 @@ UPDATE execution.executions SET actor_id = NULL,
   result = execution.upstream_result(execution_id, result) WHERE tenant_id IS NULL;
 UPDATE execution.execution_steps SET step_index = NULL WHERE step_index IS NULL;
 UPDATE execution.approvals SET approval_level = NULL WHERE approval_level IS NULL;
-UPDATE execution.execution_events SET details = data, actor_id = execution.actor_principal(actor),
-  actor_type = CASE WHEN actor IS NULL THEN 'system' ELSE 'user' END
-  WHERE details IS NULL AND actor_type IS NULL AND event_key NOT LIKE 'phase7:%';
+-- Events are append-only audit (never updated): older ones keep NULL in the added columns,
+-- which its model reads as absent.
 
 -- The schema version OpsConductor's readers can rely on (docs/upstream-compat.md).
 COMMENT ON SCHEMA execution IS
