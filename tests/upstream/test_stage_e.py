@@ -66,6 +66,8 @@ async def test_immediate_plan_completes_with_step_results_its_summary_renders(
                                             context)
         again = await orchestrator_calls(
             executor, load("plan_v1_schema_example.json")["plan"], chat_context())
+        repeated = await orchestrator_calls(
+            executor, load("plan_v1_schema_example.json")["plan"], context)
     finally:
         await executor.close()
     assert response.status == UpstreamStatus.COMPLETED, response.error_message
@@ -80,6 +82,9 @@ async def test_immediate_plan_completes_with_step_results_its_summary_renders(
     rendered = summary(response)
     assert rendered.startswith("```text\nUSER") and "%CPU" in rendered
     assert again.status == UpstreamStatus.COMPLETED and again.execution_id != response.execution_id
+    # the same call again (same plan, same context) is the same execution: nothing runs twice
+    assert repeated.execution_id == response.execution_id
+    assert repeated.step_results == response.step_results
     row = await engine.pool.fetchrow(
         "SELECT tenant_id, actor_id, actor, metadata FROM execution.executions"
         " WHERE execution_id = $1", response.execution_id)
@@ -135,8 +140,18 @@ async def test_bad_plan_is_an_upstream_failure_that_started_nothing(
     try:
         response = await orchestrator_calls(executor, load("dependency_cycle.json")["plan"],
                                             chat_context(tenant_id=tenant, actor_id=7))
+        not_an_id = await orchestrator_calls(
+            executor, load("plan_v1_schema_example.json")["plan"],
+            chat_context(tenant_id=tenant, actor_id="seven"))
+        # in prod (the test policy is strict there) principal:7 holds no grant: RBAC refuses
+        denied = await orchestrator_calls(
+            executor, load("plan_v1_schema_example.json")["plan"],
+            chat_context(tenant_id=tenant, actor_id=7, environment="prod"))
     finally:
         await executor.close()
+    assert not_an_id.status == UpstreamStatus.FAILED and "actor_id" in not_an_id.error_message
+    assert denied.status == UpstreamStatus.FAILED, denied
+    assert (denied.error_message or "").startswith("execution refused"), denied.error_message
     assert response.status == UpstreamStatus.FAILED
     assert "cycle" in (response.error_message or ""), response.error_message
     assert response.step_results == [] and response.result["started"] is False
@@ -146,8 +161,8 @@ async def test_bad_plan_is_an_upstream_failure_that_started_nothing(
         for t in ("executions", "idempotency_records")}
     workflows = await temporal_client.count_workflows(f"OpsTenant = '{tenant}'")
     assert counts == {"executions": 0, "idempotency_records": 0} and workflows.count == 0
-    print(f"stage E bad plan: {response.error_message}; rows {counts}, "
-          f"workflows {workflows.count}")
+    print(f"stage E bad plan: {response.error_message}; refused: {denied.error_message}; "
+          f"bad actor id: {not_an_id.error_message}; rows {counts}, workflows {workflows.count}")
 
 
 async def test_background_plan_returns_at_once_queued_with_no_worker_on_the_queue(
