@@ -9,7 +9,10 @@ its models (re-stated in `upstream.py`), and our own client reads both too.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,7 +136,14 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
     before = await _upstream_view(phase7_url, THEIR_EXECUTION)
     their_step = UpstreamStep.model_validate(before["steps"][0])
 
-    applied = await migrate(phase7_url)
+    # `opsconductor db migrate`, as the report ran it (it stopped at "tenant" then)
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opsconductor.starter.cli", "db", "migrate", "--json",
+        env={**os.environ, "OPSC_DATABASE_URL": phase7_url, "OPSC_HOME": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(cli.communicate(), 120)
+    assert cli.returncode == 0, (out + err).decode()
+    applied = json.loads(out)["applied"]
     assert applied[0] == "001_core" and "012_upstream_compat" in applied
     assert await migrate(phase7_url) == []  # a second run has nothing left to do
 
