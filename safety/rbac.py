@@ -56,6 +56,7 @@ comment, enabled)` — keys added to the file's `allowed_signers`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,11 +68,17 @@ import asyncpg
 import yaml
 
 from opsconductor.safety.signatures import (
+    KEYS_ADMIN_ROLE,
     AllowedSigner,
+    Attestation,
+    IgnoredSigner,
     SignatureError,
     SigningRules,
+    TableSigner,
+    check_attestation,
     parse_allowed_signer,
     parse_allowed_signers,
+    resolve_table_signers,
 )
 from opsconductor.schema.canonical import canonical_json, sha256_hex
 from opsconductor.schema.config import Settings, load_settings
@@ -200,6 +207,8 @@ class Policy:
     signature_max_skew_seconds: float = DEFAULT_SIGNATURE_MAX_SKEW
     # environments where a submission must be signed by its actor (proves `actor`)
     submissions_signed: frozenset[str] = frozenset()
+    # table keys without a valid keys-admin attestation: not trusted, shown by `health`
+    ignored_signers: tuple[IgnoredSigner, ...] = ()
 
     def roles_of(self, tenant: str, actor: str, environment: str | None = None) -> set[str]:
         """The actor's roles in this tenant (and environment): also used for approvers."""
@@ -432,10 +441,13 @@ class RbacEngine:
             rules: list[Rule] = []
             bindings: list[RoleBinding] = []
             signers: list[AllowedSigner] = []
+            ignored: list[IgnoredSigner] = []
             if db is not None and self.use_table:
                 rules, bindings = await _load_table(db)
-                signers = await _load_signers(db)
-            self._policy = build_policy(doc, rules, bindings, self.strict, signers)
+                signers, ignored = await trusted_table_signers(doc, await _load_signers(db))
+            self._policy = dataclasses.replace(
+                build_policy(doc, rules, bindings, self.strict, signers),
+                ignored_signers=tuple(ignored))
             self._stamp = stamp
             return self._policy
 
@@ -454,48 +466,126 @@ async def _load_table(db: asyncpg.Pool | asyncpg.Connection,
     return rules, bindings
 
 
-async def _load_signers(db: asyncpg.Pool | asyncpg.Connection) -> list[AllowedSigner]:
-    """`execution.rbac_signers`: one enabled row per principal and public key."""
-    rows = await db.fetch("SELECT principal, options, public_key, comment"
+async def _load_signers(db: asyncpg.Pool | asyncpg.Connection) -> list[TableSigner]:
+    """`execution.rbac_signers`: one enabled row per principal and public key, with the
+    attestation it was registered with (judged by `trusted_table_signers`)."""
+    rows = await db.fetch("SELECT principal, options, public_key, comment, attestation"
                           " FROM execution.rbac_signers WHERE enabled"
                           " ORDER BY principal, public_key")
     try:
-        return [parse_allowed_signer(" ".join(p for p in (r["principal"], r["options"],
-                                                          r["public_key"], r["comment"]) if p),
-                                     f"rbac_signers[{r['principal']}]") for r in rows]
+        return [TableSigner(parse_allowed_signer(
+                    " ".join(p for p in (r["principal"], r["options"], r["public_key"],
+                                         r["comment"]) if p), f"rbac_signers[{r['principal']}]"),
+                    json.loads(r["attestation"]) if r["attestation"] else None) for r in rows]
     except SignatureError as err:
         raise PolicyError(str(err)) from None
 
 
-async def register_signer(db: asyncpg.Pool | asyncpg.Connection, principal: str,
-                          key_line: str, comment: str = "") -> AllowedSigner:
-    """Add (or re-enable) a principal's public key in `execution.rbac_signers`; `key_line`
-    is a `.pub` file's text (`ssh-ed25519 AAAA... comment`). Workers pick it up at their
-    next decision (the table bumps the policy revision)."""
+def keys_admins(doc: Mapping[str, Any] | None) -> set[str]:
+    """Principals holding `keys-admin` in the policy *file* (never the tables: whoever can
+    write the tables must not be able to make themselves an admin)."""
+    return {b.actor for b in _bindings_from((doc or {}).get("roles"), "policy")
+            if KEYS_ADMIN_ROLE in b.roles}
+
+
+async def trusted_table_signers(doc: Mapping[str, Any] | None, rows: Sequence[TableSigner],
+                                ) -> tuple[list[AllowedSigner], list[IgnoredSigner]]:
+    """The table keys a keys-admin's valid attestation vouches for, and the ignored rest."""
+    try:
+        file_signers = parse_allowed_signers((doc or {}).get("allowed_signers"),
+                                             "policy.allowed_signers")
+    except SignatureError as err:
+        raise PolicyError(str(err)) from None
+    return await resolve_table_signers(file_signers, keys_admins(doc), rows)
+
+
+async def _admin_keys(db: asyncpg.Pool | asyncpg.Connection,
+                      doc: Mapping[str, Any] | None) -> list[AllowedSigner]:
+    """Keys of keys-admins trusted right now: the file's, then attested table keys."""
+    admins = keys_admins(doc)
+    file_signers = parse_allowed_signers((doc or {}).get("allowed_signers"),
+                                         "policy.allowed_signers")
+    trusted, _ = await trusted_table_signers(doc, await _load_signers(db))
+    return [s for s in [*file_signers, *trusted] if set(s.principals) & admins]
+
+
+async def _audit_key_change(db: asyncpg.Connection, op: str, principal: str, fingerprint: str,
+                            by: str, allowed: bool, reason: str, version: str) -> None:
+    """Every key change, made or refused, is an audit row naming who asked."""
+    await db.execute(AUDIT_INSERT, "*", by, [KEYS_ADMIN_ROLE] if allowed else [], op,
+                     f"signer:{principal}", None, "*", None, None,
+                     "allow" if allowed else "deny", None,
+                     f"{reason} (key {fingerprint} of {principal})", version)
+
+
+async def register_signer(db: asyncpg.Pool, principal: str, key_line: str, comment: str = "",
+                          *, attestation: Attestation | None,
+                          policy_file: str | Path | None = None) -> AllowedSigner:
+    """Add (or re-enable) a principal's public key in `execution.rbac_signers`, vouched for
+    by `attestation` (a keys-admin's signature over the change, `attest_key_change`); the
+    change and its author are an audit row. Refused (and audited) without a valid one.
+    `key_line` is a `.pub` file's text. Workers pick it up at their next decision."""
     try:
         signer = parse_allowed_signer(f"{principal} {key_line.strip()}", f"key of {principal}")
     except SignatureError as err:
         raise PolicyError(str(err)) from None
     if len(signer.principals) != 1 or signer.options:
         raise PolicyError(f"register one principal and a bare public key, not {key_line!r}")
-    await db.execute(
-        "INSERT INTO execution.rbac_signers (principal, public_key, comment) VALUES ($1, $2, $3)"
-        " ON CONFLICT (principal, public_key) DO UPDATE SET enabled = true,"
-        " comment = excluded.comment", principal, signer.public_key, comment or signer.comment)
+    await _change_signer(db, "keys-add", signer, attestation, policy_file,
+                         comment or signer.comment)
     return signer
 
 
-async def remove_signer(db: asyncpg.Pool | asyncpg.Connection, principal: str,
-                        fingerprint: str | None = None) -> int:
-    """Remove a principal's keys (all, or the one with this `SHA256:` fingerprint)."""
+async def _change_signer(db: asyncpg.Pool, op: str, signer: AllowedSigner,
+                         attestation: Attestation | None, policy_file: str | Path | None,
+                         comment: str = "") -> None:
+    from datetime import UTC, datetime
+
+    doc = load_policy_document(policy_file) if policy_file else None
+    principal = signer.principals[0]
+    version = build_policy(doc).version
+    async with db.acquire() as conn, conn.transaction():
+        reason = "no attestation: a key change needs a keys-admin's signature (--as, --key)"
+        if attestation is not None:
+            admins = await _admin_keys(conn, doc)
+            reason = await check_attestation(op, principal, signer.public_key, attestation,
+                                             admins, fresh_at=datetime.now(UTC)) or ""
+            if reason and attestation.by not in keys_admins(doc):
+                reason = f"{attestation.by} is not a {KEYS_ADMIN_ROLE} in the policy file"
+        if reason:
+            await _audit_key_change(conn, op, principal, signer.fingerprint,
+                                    attestation.by if attestation else "unknown", False,
+                                    f"refused: {reason}", version)
+        else:
+            assert attestation is not None
+            if op == "keys-add":
+                await conn.execute(
+                    "INSERT INTO execution.rbac_signers (principal, public_key, comment,"
+                    " attestation, added_by) VALUES ($1, $2, $3, $4::jsonb, $5)"
+                    " ON CONFLICT (principal, public_key) DO UPDATE SET enabled = true,"
+                    " comment = excluded.comment, attestation = excluded.attestation,"
+                    " added_by = excluded.added_by", principal, signer.public_key, comment,
+                    json.dumps(attestation.as_json()), attestation.by)
+            else:
+                await conn.execute("DELETE FROM execution.rbac_signers WHERE principal = $1"
+                                   " AND public_key = $2", principal, signer.public_key)
+            await _audit_key_change(conn, op, principal, signer.fingerprint, attestation.by,
+                                    True, f"{op} by {attestation.by}", version)
+    if reason:  # the refusal's audit row is committed; the change is not made
+        raise PolicyError(f"{op} of {principal}'s key {signer.fingerprint} refused: {reason}")
+
+
+async def remove_signer(db: asyncpg.Pool, principal: str, fingerprint: str | None = None,
+                        *, attest: Any = None, policy_file: str | Path | None = None) -> int:
+    """Remove a principal's keys (all, or the one with this `SHA256:` fingerprint); each
+    removal is a keys-admin's signed decision: `attest(public_key) -> Attestation` signs it."""
     rows = await db.fetch("SELECT public_key FROM execution.rbac_signers WHERE principal = $1",
                           principal)
-    doomed = [r["public_key"] for r in rows
-              if fingerprint is None or parse_allowed_signer(
-                  f"{principal} {r['public_key']}").fingerprint == fingerprint]
-    if doomed:
-        await db.execute("DELETE FROM execution.rbac_signers WHERE principal = $1"
-                         " AND public_key = ANY($2::text[])", principal, doomed)
+    doomed = [parse_allowed_signer(f"{principal} {r['public_key']}") for r in rows]
+    doomed = [s for s in doomed if fingerprint is None or s.fingerprint == fingerprint]
+    for signer in doomed:
+        attestation = await attest(signer.public_key) if attest is not None else None
+        await _change_signer(db, "keys-remove", signer, attestation, policy_file)
     return len(doomed)
 
 

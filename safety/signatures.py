@@ -345,3 +345,154 @@ async def sign_submission(envelope: Mapping[str, Any], *, key: str | Path | None
     signature = await sign_message(message, key, env=env, registered=registered)
     return {**unsigned, SIGNATURE_FIELD: {"issued_at": canonical_time(proof.issued_at),
                                           "nonce": proof.nonce, "signature": signature}}
+
+
+async def public_key_of(key: str | Path) -> AllowedSigner:
+    """The public half of a key file: its `.pub` beside it, else `ssh-keygen -y`."""
+    path = _key_file(key)
+    pub = path if path.suffix == ".pub" else path.with_name(path.name + ".pub")
+    if pub.is_file():
+        text = pub.read_text().strip()
+    else:
+        code, out, err = await _run([ssh_keygen(), "-y", "-f", str(path)])
+        if code != 0:
+            raise SignatureError(f"cannot read the public key of {path}: {err.strip() or code}")
+        text = out.strip()
+    return parse_allowed_signer(f"key-of-file {text}", str(pub))
+
+
+# ---------------------------------------------------------------------------- key registry
+#
+# Adding or removing a signer is a decision of a `keys-admin`: the same canonical decision
+# message and `ssh-keygen -Y` signature as an approval, bound to the principal and the key.
+# The signed record (the attestation) is stored with the key; the worker verifies it on load
+# and trusts no table key without one (docs/audit.md: trust model and bootstrap).
+
+KEYS_ADMIN_ROLE = "keys-admin"
+KEYS_SUBJECT = "opsconductor-keys"
+
+
+def key_change_message(op: str, principal: str, public_key: str, *, by: str,
+                       issued_at: datetime, nonce: str, comment: str = "") -> DecisionMessage:
+    """What a keys-admin signs to add (`keys-add`) or remove (`keys-remove`) `public_key`
+    for `principal`: the key's own text is hashed into `plan_hash`."""
+    return DecisionMessage(execution_id=KEYS_SUBJECT, gate=principal, decision=op,
+                           plan_hash=hashlib.sha256(public_key.encode()).hexdigest(),
+                           principal=by, issued_at=issued_at, nonce=nonce, comment=comment)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A signed key change as stored in `rbac_signers.attestation`."""
+
+    by: str
+    issued_at: datetime
+    nonce: str
+    signature: str
+    comment: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {"by": self.by, "issued_at": canonical_time(self.issued_at),
+                "nonce": self.nonce, "signature": self.signature, "comment": self.comment}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Attestation:
+        return cls(by=str(value["by"]), issued_at=datetime.fromisoformat(
+            str(value["issued_at"]).replace("Z", "+00:00")), nonce=str(value["nonce"]),
+            signature=str(value["signature"]), comment=str(value.get("comment", "")))
+
+    def message(self, op: str, principal: str, public_key: str) -> DecisionMessage:
+        return key_change_message(op, principal, public_key, by=self.by,
+                                  issued_at=self.issued_at, nonce=self.nonce,
+                                  comment=self.comment)
+
+
+async def attest_key_change(op: str, principal: str, public_key: str, *, by: str,
+                            key: str | Path | None, comment: str = "",
+                            env: Mapping[str, str] | None = None) -> Attestation:
+    """Sign a key change as keys-admin `by` (with `key`, or the agent's key)."""
+    issued = datetime.now(UTC)
+    nonce = new_nonce()
+    message = key_change_message(op, principal, public_key, by=by, issued_at=issued,
+                                 nonce=nonce, comment=comment)
+    signature = await sign_message(message, key, env=env)
+    return Attestation(by=by, issued_at=issued, nonce=nonce, signature=signature,
+                       comment=comment)
+
+
+async def check_attestation(op: str, principal: str, public_key: str, att: Attestation,
+                            admin_keys: Sequence[AllowedSigner],
+                            fresh_at: datetime | None = None) -> str | None:
+    """None when `att` is a valid signature of a trusted keys-admin over this change; else
+    why not. `fresh_at`: also require it was issued recently (at registration); on load the
+    stored record is judged at its own time."""
+    rules = SigningRules(required=True, max_age_seconds=900.0 if fresh_at else 1e12,
+                         max_skew_seconds=120.0 if fresh_at else 1e12)
+    verdict = await verify_decision(
+        SignatureCheck(message=att.message(op, principal, public_key), signature=att.signature,
+                       received_at=fresh_at or att.issued_at), admin_keys, rules)
+    return None if verdict.accepted else verdict.reason
+
+
+@dataclass(frozen=True)
+class TableSigner:
+    """One `rbac_signers` row as read, before its attestation is judged."""
+
+    signer: AllowedSigner
+    attestation: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class IgnoredSigner:
+    """A table key the worker does not trust, and why (shown by `opsconductor health`)."""
+
+    principal: str
+    fingerprint: str
+    reason: str
+
+
+async def resolve_table_signers(file_signers: Sequence[AllowedSigner], admins: set[str],
+                                rows: Sequence[TableSigner],
+                                ) -> tuple[list[AllowedSigner], list[IgnoredSigner]]:
+    """The table keys a valid attestation vouches for. Trust starts at the policy file's
+    keys of keys-admins and grows through attested keys of keys-admins (a fixed point)."""
+    admin_keys = [s for s in file_signers if set(s.principals) & admins]
+    trusted: list[AllowedSigner] = []
+    why: dict[int, str] = {}
+    pending = list(enumerate(rows))
+    progress = True
+    while pending and progress:
+        progress = False
+        for item in list(pending):
+            i, row = item
+            principal = row.signer.principals[0]
+            if row.attestation is None:
+                why[i] = "no attestation: written into the table without a keys-admin's signature"
+                pending.remove(item)
+                continue
+            try:
+                att = Attestation.from_json(row.attestation)
+            except (KeyError, ValueError, TypeError):
+                why[i] = "its attestation is malformed"
+                pending.remove(item)
+                continue
+            if att.by not in admins:
+                why[i] = f"attested by {att.by}, who is not a {KEYS_ADMIN_ROLE} in the policy file"
+                pending.remove(item)
+                continue
+            reason = await check_attestation("keys-add", principal, row.signer.public_key, att,
+                                             admin_keys)
+            if reason is None:
+                trusted.append(row.signer)
+                if principal in admins:
+                    admin_keys.append(row.signer)
+                pending.remove(item)
+                progress = True
+            else:
+                why[i] = f"its attestation does not verify: {reason}"
+    ignored = [IgnoredSigner(principal=rows[i].signer.principals[0],
+                             fingerprint=rows[i].signer.fingerprint,
+                             reason=why.get(i, "unverified"))
+               for i in sorted({i for i, _ in pending} | set(why))
+               if rows[i].signer not in trusted]
+    return trusted, ignored

@@ -275,6 +275,23 @@ class Settings(BaseSettings):
     rbac_strict: str | None = Field(None, description=(
         "Overrides the policy's strict environments: true/1/yes = all, false/0/no = none, "
         "or a comma list of environments."))
+    # -- audit chain and retention (docs/audit.md)
+    audit_signing_key: Path | None = Field(None, description=(
+        "SSH private key (or a `.pub` whose key is in the ssh-agent) that signs audit "
+        "checkpoints (`opsconductor audit checkpoint`, `prune`). Its public half verifies "
+        "them unless `OPSC_AUDIT_TRUSTED_KEYS` is set."))
+    audit_trusted_keys: Path | None = Field(None, description=(
+        "allowed_signers file whose `opsconductor-audit` lines are the keys `audit verify` "
+        "accepts on checkpoints (for verifiers that do not hold the signing key)."))
+    retention_outputs_days: float | None = Field(None, gt=0, description=(
+        "`opsconductor prune` deletes step outputs older than this many days (never a "
+        "running execution's or one with an open DLQ entry). Unset: kept."))
+    retention_events_days: float | None = Field(None, gt=0, description=(
+        "`opsconductor prune` deletes execution events older than this (same exceptions), "
+        "behind a signed checkpoint. Unset: kept."))
+    retention_audit_days: float | None = Field(None, gt=0, description=(
+        "`opsconductor prune` deletes RBAC audit rows and approvals older than this (same "
+        "exceptions), behind a signed checkpoint. Unset: kept."))
     mask_patterns: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
         "Extra masking regexes, a JSON list of strings; a group named `secret` (or the first "
         "group) masks just that part."))

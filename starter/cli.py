@@ -285,10 +285,20 @@ async def cmd_keys_add(args: argparse.Namespace) -> int:
         return _err(args, f"cannot read {args.file}", EXIT_INPUT)
 
     async def go(client: Any) -> int:
+        from opsconductor.safety.signatures import SignatureError, attest_key_change
+
         try:
-            signer = await rbac.register_signer(client.pool, args.principal, text)
-        except rbac.PolicyError as err:
+            signer = rbac.parse_allowed_signer(f"{args.principal} {text.strip()}")
+            attestation = await attest_key_change(
+                "keys-add", args.principal, signer.public_key, by=args.admin,
+                key=args.key or client.settings.signing_key)
+            signer = await rbac.register_signer(client.pool, args.principal, text,
+                                                attestation=attestation,
+                                                policy_file=client.settings.rbac_policy)
+        except SignatureError as err:
             return _err(args, str(err), EXIT_INPUT)
+        except rbac.PolicyError as err:
+            return _err(args, str(err), EXIT_FAILED if "refused" in str(err) else EXIT_INPUT)
         view = {"principal": args.principal, "key_fingerprint": signer.fingerprint,
                 "key_type": signer.key_type, "comment": signer.comment}
         _out(args, view, f"registered {signer.fingerprint} ({signer.key_type}) for "
@@ -317,7 +327,18 @@ async def cmd_keys_remove(args: argparse.Namespace) -> int:
     from opsconductor.safety import rbac
 
     async def go(client: Any) -> int:
-        removed = await rbac.remove_signer(client.pool, args.principal, args.fingerprint)
+        from opsconductor.safety.signatures import SignatureError, attest_key_change
+
+        async def attest(public_key: str) -> Any:
+            return await attest_key_change("keys-remove", args.principal, public_key,
+                                           by=args.admin,
+                                           key=args.key or client.settings.signing_key)
+        try:
+            removed = await rbac.remove_signer(client.pool, args.principal, args.fingerprint,
+                                               attest=attest,
+                                               policy_file=client.settings.rbac_policy)
+        except (SignatureError, rbac.PolicyError) as err:
+            return _err(args, str(err), EXIT_FAILED)
         _out(args, {"removed": removed}, f"removed {removed} key(s) of {args.principal}")
         return EXIT_OK if removed else EXIT_NOT_FOUND
 
@@ -789,6 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
     kr.set_defaults(fn=cmd_keys_remove)
     for kp in (ka, kl, kr):
         kp.add_argument("--json", action="store_true")
+    for kp in (ka, kr):  # a key change is a keys-admin's signed decision
+        kp.add_argument("--as", dest="admin", default=_default_actor(),
+                        help="the keys-admin making the change (default: OPSC_ACTOR / login)")
+        kp.add_argument("--key", help="the admin's SSH private key, or a .pub whose key is in "
+                                      "the ssh-agent (default: OPSC_SIGNING_KEY / the agent)")
 
     dlq = sub.add_parser("dlq", help="dead-letter queue of failed executions")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -815,6 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--worker", action="store_true",
                     help="require a worker of THIS host to poll the task queue (a container's "
                          "health check)")
+    from opsconductor.starter.cli_audit import register as register_audit
+
+    register_audit(sub, add)
     return p
 
 

@@ -35,6 +35,29 @@ async def _check_postgres(url: str | None) -> dict[str, Any]:
     return {"ok": True, "detail": "migrations: " + ", ".join(r["version"] for r in versions)}
 
 
+async def check_signers(url: str | None, policy_file: Any) -> dict[str, Any]:
+    """Table keys the worker ignores (no valid keys-admin attestation, e.g. written into
+    `rbac_signers` by SQL): named, since someone tried to plant a key."""
+    from opsconductor.safety.rbac import RbacEngine
+
+    try:
+        conn = await connect_once(url)
+        try:
+            policy = await RbacEngine(policy_file).policy(conn)
+        finally:
+            await conn.close()
+    except Exception as err:
+        return {"ok": False, "detail": f"not checked: {err or type(err).__name__}"}
+    ignored = [{"principal": i.principal, "key_fingerprint": i.fingerprint, "reason": i.reason}
+               for i in policy.ignored_signers]
+    if not ignored:
+        return {"ok": True, "ignored": [],
+                "detail": f"{len(policy.signers)} trusted key(s), none ignored"}
+    return {"ok": False, "ignored": ignored, "detail": (
+        f"{len(ignored)} key(s) in rbac_signers NOT trusted: " + "; ".join(
+            f"{i['principal']} {i['key_fingerprint']}: {i['reason']}" for i in ignored[:5]))}
+
+
 async def _check_progress(url: str | None, stall_seconds: float) -> dict[str, Any]:
     """Executions in flight (not waiting for approval) with no event for `stall_seconds`."""
     try:
@@ -114,6 +137,7 @@ async def check_health(this_host: bool = False) -> dict[str, dict[str, Any]]:
     if report["postgres"]["ok"] and not this_host:  # a container's health is not the fleet's
         report["progress"] = await _check_progress(settings.database_url,
                                                    settings.stall_seconds)
+        report["signers"] = await check_signers(settings.database_url, settings.rbac_policy)
     try:
         from temporalio.api.enums.v1 import TaskQueueType
         from temporalio.api.taskqueue.v1 import TaskQueue
