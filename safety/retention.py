@@ -116,9 +116,7 @@ async def _prune_chain(conn: asyncpg.Connection, tenant: str, stream: str, cutof
     result.ranges = len(ranges)
     if dry_run or not ranges:
         return result
-    if key is None:
-        raise AuditError("pruning a chained table writes a signed checkpoint: set "
-                         "OPSC_AUDIT_SIGNING_KEY (or pass --key)")
+    assert key is not None  # prune() refuses before anything is deleted
     report = await verify_chain(conn, tenant, stream, None)
     if report.problems:
         result.refused = f"the chain does not verify ({report.problems[0].message}): not pruned"
@@ -152,6 +150,9 @@ async def prune(pool: asyncpg.Pool, policy: RetentionPolicy, *, key: Path | None
     cut = {"outputs": _cutoff(now, policy.outputs_days),
            "events": _cutoff(now, policy.events_days),
            "audit": _cutoff(now, policy.audit_days)}
+    if not dry_run and key is None and (cut["events"] or cut["audit"]):
+        raise AuditError("pruning events or audit rows writes a signed checkpoint: set "
+                         "OPSC_AUDIT_SIGNING_KEY (or pass --key); nothing was pruned")
     report = PruneReport(dry_run=dry_run, cutoffs={k: v.isoformat() if v else None
                                                    for k, v in cut.items()})
     async with pool.acquire() as lock_conn:
@@ -194,15 +195,16 @@ async def _prune_outputs(pool: asyncpg.Pool, cutoff: datetime, dry_run: bool,
 
 async def run_scheduled(pool: asyncpg.Pool, policy: RetentionPolicy, *, key: Path,
                         every_seconds: float, rounds: int | None = None,
-                        kind: CheckpointKind = "scheduled") -> list[PruneReport]:
+                        kind: CheckpointKind = "scheduled",
+                        tenant: str | None = None) -> list[PruneReport]:
     """The scheduled prune: prune, then checkpoint every chain the prune did not (so a
     truncated tail is caught however quiet a tenant is), every `every_seconds`; `rounds`
     None runs until cancelled."""
     done: list[PruneReport] = []
     while rounds is None or len(done) < rounds:
-        report = await prune(pool, policy, key=key)
+        report = await prune(pool, policy, key=key, tenant=tenant)
         pruned = {(c.tenant, c.stream) for c in report.chains if c.checkpoint_id}
-        for t, s in await chains(pool):
+        for t, s in await chains(pool, tenant):
             if (t, s) not in pruned:
                 async with pool.acquire() as conn, conn.transaction():
                     report.checkpoints.append(

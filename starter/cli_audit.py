@@ -143,7 +143,7 @@ async def cmd_prune(args: argparse.Namespace) -> int:
                 raise AuditError("the scheduled prune signs checkpoints: set "
                                  "OPSC_AUDIT_SIGNING_KEY or pass --key")
             reports = await run_scheduled(pool, policy, key=key, every_seconds=args.every,
-                                          rounds=args.rounds)
+                                          rounds=args.rounds, tenant=args.tenant)
             report = reports[-1]
         else:
             report = await prune(pool, policy, key=key, dry_run=args.dry_run,

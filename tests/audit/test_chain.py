@@ -5,10 +5,9 @@ product's own write paths, concurrent writers that cannot fork a chain, and ever
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -32,6 +31,7 @@ from tests.audit.helpers import (
     make_key,
     tenant,
 )
+from tests.integration.helpers import Cli, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -65,7 +65,7 @@ async def test_rows_link_into_one_chain_per_tenant_and_stream(
     events = await chain_rows(db_pool, t, "events")
     assert [r["seq"] for r in events] == [1, 2, 3, 4, 5, 6]
     assert events[0]["prev_hash"] == GENESIS
-    assert all(b["prev_hash"] == a["row_hash"] for a, b in zip(events, events[1:]))
+    assert all(b["prev_hash"] == a["row_hash"] for a, b in itertools.pairwise(events))
     assert all(r["recomputed"] == r["row_hash"] for r in events)
     audit = await chain_rows(db_pool, t, "audit")
     # rbac 1, 2; approval v1 at 3 (superseded, a gap); approval v2 at 4; rbac 5, 6
@@ -207,31 +207,28 @@ async def test_cli_verify_and_export(db_pool: asyncpg.Pool, migrated_pg: str,
     t, _ = await populated(db_pool)
     env = {**os.environ, "OPSC_DATABASE_URL": migrated_pg, "OPSC_AUDIT_SIGNING_KEY": str(audit_key),
            "OPSC_HOME": str(tmp_path / "home")}
-    cli = [sys.executable, "-m", "opsconductor.starter.cli"]
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True,
-                              timeout=120)
+    async def run(*args: str, env: dict[str, str] = env) -> Cli:
+        return await run_cli(env, *args)
 
-    assert run("audit", "checkpoint", "--tenant", t).returncode == 0
-    ok = run("audit", "verify", "--tenant", t, "--json")
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (await run("audit", "checkpoint", "--tenant", t)).code == 0
+    ok = await run("audit", "verify", "--tenant", t, "--json")
+    assert ok.code == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
     out = tmp_path / "audit.jsonl"
-    exp = run("audit", "export", "--tenant", t, "--output", str(out))
-    assert exp.returncode == 0, exp.stderr
+    exp = await run("audit", "export", "--tenant", t, "--output", str(out))
+    assert exp.code == 0, exp.stderr
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert {r["tenant"] for r in rows} == {t} and len(rows) == 11
     assert all(row_hash(r["prev_hash"], r["content"]) == r["row_hash"] for r in rows)
-    until = run("audit", "export", "--tenant", t, "--until", "2000-01-01T00:00:00Z")
-    assert until.returncode == 0 and until.stdout == ""
+    until = await run("audit", "export", "--tenant", t, "--until", "2000-01-01T00:00:00Z")
+    assert until.code == 0 and until.stdout == ""
     victim = next(r for r in rows if r["table"] == "rbac_audit")
     await db_pool.execute("UPDATE execution.rbac_audit SET decision = 'deny' WHERE id = $1",
                           victim["id"])
-    bad = run("audit", "verify", "--tenant", t)
-    assert bad.returncode == 1
+    bad = await run("audit", "verify", "--tenant", t)
+    assert bad.code == 1
     assert f"EDITED: audit:{t}: rbac_audit id {victim['id']} (seq 1) was edited" in bad.stdout
-    nokey = subprocess.run([*cli, "audit", "verify", "--tenant", t],
-                           env={k: v for k, v in env.items() if k != "OPSC_AUDIT_SIGNING_KEY"},
-                           capture_output=True, text=True, timeout=120)
-    assert nokey.returncode == 2 and "OPSC_AUDIT_TRUSTED_KEYS" in nokey.stderr
+    nokey = await run("audit", "verify", "--tenant", t,
+                      env={k: v for k, v in env.items() if k != "OPSC_AUDIT_SIGNING_KEY"})
+    assert nokey.code == 2 and "OPSC_AUDIT_TRUSTED_KEYS" in nokey.stderr
