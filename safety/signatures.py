@@ -375,9 +375,10 @@ KEYS_SUBJECT = "opsconductor-keys"
 def key_change_message(op: str, principal: str, public_key: str, *, by: str,
                        issued_at: datetime, nonce: str, comment: str = "") -> DecisionMessage:
     """What a keys-admin signs to add (`keys-add`) or remove (`keys-remove`) `public_key`
-    for `principal`: the key's own text is hashed into `plan_hash`."""
+    for `principal`: the key (type and base64, not its comment) is hashed into `plan_hash`."""
+    bare = " ".join(public_key.split()[:2])
     return DecisionMessage(execution_id=KEYS_SUBJECT, gate=principal, decision=op,
-                           plan_hash=hashlib.sha256(public_key.encode()).hexdigest(),
+                           plan_hash=hashlib.sha256(bare.encode()).hexdigest(),
                            principal=by, issued_at=issued_at, nonce=nonce, comment=comment)
 
 
