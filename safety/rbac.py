@@ -50,7 +50,8 @@ everyone in dev and staging; prod is strict, so prod needs a real policy.
 Table rows: `rbac_rules(id, effect, tenants[], subjects[], actions[], assets[], tools[],
 environments[], description, enabled)`; `rbac_role_bindings(tenant, actor, role,
 environments[])` — tenant there is a glob too; `rbac_signers(principal, public_key, options,
-comment, enabled)` — keys added to the file's `allowed_signers`.
+comment, enabled, attestation)` — keys added to the file's `allowed_signers`, each trusted
+only with a keys-admin's attestation (docs/audit.md).
 """
 
 from __future__ import annotations
