@@ -7,7 +7,7 @@ drift hits both alike) of the two write paths the chain sits on:
   spread over 8 executions of one tenant written concurrently (the chain is per tenant);
 - RBAC audit rows (`rbac.audit_many`, 1 row per statement).
 Prints µs per row (median over rounds) for each, and the difference.
-Run: `.venv/bin/python bench/bench_audit.py [rounds] [batches-per-round]`.
+Run: `.venv/bin/python bench/bench_audit.py [rounds] [batches-per-round] [writers]`.
 """
 
 from __future__ import annotations
@@ -108,5 +108,7 @@ async def main(rounds: int, batches: int) -> None:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
+    args = [int(a) for a in sys.argv[1:4]]
+    if len(args) == 3:
+        WRITERS = args.pop()
     asyncio.run(main(*(args + [6, 40][len(args):])))

@@ -452,6 +452,11 @@ class IgnoredSigner:
     reason: str
 
 
+# verdicts already reached (a worker reloads the keys on every RBAC change; each check runs
+# ssh-keygen three times): keyed by the row, its attestation and the admin keys it was judged by
+_ATTESTATIONS: dict[tuple[str, str, Attestation, tuple[str, ...]], str | None] = {}
+
+
 async def resolve_table_signers(file_signers: Sequence[AllowedSigner], admins: set[str],
                                 rows: Sequence[TableSigner],
                                 ) -> tuple[list[AllowedSigner], list[IgnoredSigner]]:
@@ -481,8 +486,13 @@ async def resolve_table_signers(file_signers: Sequence[AllowedSigner], admins: s
                 why[i] = f"attested by {att.by}, who is not a {KEYS_ADMIN_ROLE} in the policy file"
                 pending.remove(item)
                 continue
-            reason = await check_attestation("keys-add", principal, row.signer.public_key, att,
-                                             admin_keys)
+            memo = (principal, row.signer.public_key, att, tuple(k.line() for k in admin_keys))
+            if memo not in _ATTESTATIONS:
+                if len(_ATTESTATIONS) > 4096:
+                    _ATTESTATIONS.clear()
+                _ATTESTATIONS[memo] = await check_attestation(
+                    "keys-add", principal, row.signer.public_key, att, admin_keys)
+            reason = _ATTESTATIONS[memo]
             if reason is None:
                 trusted.append(row.signer)
                 if principal in admins:

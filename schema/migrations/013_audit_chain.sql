@@ -263,3 +263,9 @@ CREATE TRIGGER execution_events_zz_chain BEFORE INSERT ON execution.execution_ev
 DROP TRIGGER IF EXISTS approvals_zz_chain ON execution.approvals;
 CREATE TRIGGER approvals_zz_chain BEFORE INSERT OR UPDATE ON execution.approvals
   FOR EACH ROW EXECUTE FUNCTION execution.approvals_chain();
+
+-- Only the triggers (running as this schema's owner) link rows: no role may append a link by
+-- calling these directly. Prune and checkpoint (the operators' maintenance role) need
+-- EXECUTE on audit_lock_head, granted by the deployment's role migration.
+REVOKE EXECUTE ON FUNCTION execution.audit_link(text, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION execution.audit_lock_head(text, text) FROM PUBLIC;

@@ -334,7 +334,7 @@ async def test_health(env: dict[str, str]) -> None:
     assert cli.code == 0, cli
     report = cli.json
     assert {k: v["ok"] for k, v in report.items()} == {
-        "postgres": True, "temporal": True, "workers": True,
+        "postgres": True, "temporal": True, "workers": True, "signers": True,
         # other tests' runs may be quiet or retrying: reported, not asserted here
         "progress": report["progress"]["ok"], "retrying": report["retrying"]["ok"]}
     assert "running" in report["retrying"]["detail"] or "retried" in \
