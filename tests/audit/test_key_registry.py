@@ -25,6 +25,7 @@ from opsconductor.starter.health import check_signers
 from opsconductor.starter.worker import build_worker
 from tests.audit.helpers import make_key
 from tests.helpers import approval_rows, execution_row, pending, request, step, unique_queue, until
+from tests.integration.helpers import opsc_env, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -190,3 +191,29 @@ async def test_a_key_planted_by_sql_is_not_trusted(worker: ExecutionClient,
         await handle.terminate("test over")
     finally:
         await db_pool.execute("DELETE FROM execution.rbac_signers WHERE principal = 'bob'")
+
+
+async def test_keys_cli_signs_each_change(db_pool: asyncpg.Pool, keys: dict[str, Path],
+                                          policy_file: Path, temporal_server: Any,
+                                          migrated_pg: str, tmp_path: Path) -> None:
+    who = f"cli-{uuid.uuid4().hex[:6]}"
+    env = opsc_env(temporal_address=temporal_server.address, database_url=migrated_pg,
+                   task_queue="opsc-tests", home=tmp_path, OPSC_RBAC_POLICY=str(policy_file))
+    bob_pub = str(keys["bob"].with_suffix(".pub"))
+    try:
+        refused = await run_cli(env, "keys", "add", who, bob_pub, "--as", "ops",
+                                "--key", str(keys["ops"]))
+        assert refused.code == 1 and "ops is not a keys-admin" in refused.stderr, refused
+        added = await run_cli(env, "keys", "add", who, bob_pub, "--as", "kadmin",
+                              "--key", str(keys["kadmin"]), "--json")
+        assert added.code == 0, added
+        policy = await signers_of(db_pool, policy_file)
+        assert who in {p for s in policy.signers for p in s.principals}
+        removed = await run_cli(env, "keys", "remove", who, "--as", "kadmin",
+                                "--key", str(keys["kadmin"]), "--json")
+        assert removed.code == 0 and removed.json == {"removed": 1}, removed
+        assert await audit_rows(db_pool, who) == [
+            ("ops", "keys-add", "deny"), ("kadmin", "keys-add", "allow"),
+            ("kadmin", "keys-remove", "allow")]
+    finally:
+        await db_pool.execute("DELETE FROM execution.rbac_signers WHERE principal = $1", who)
