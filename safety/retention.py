@@ -193,19 +193,30 @@ async def _prune_outputs(pool: asyncpg.Pool, cutoff: datetime, dry_run: bool,
     return counts[0], counts[1]
 
 
+async def _moved(pool: asyncpg.Pool, tenant: str, stream: str) -> bool:
+    """Whether the chain grew (a link or a gap) since its last checkpoint: a quiet chain
+    gets no new checkpoint each round."""
+    return bool(await pool.fetchval(
+        "SELECT NOT EXISTS (SELECT 1 FROM execution.audit_checkpoints c"
+        "  JOIN execution.audit_chain_heads h USING (tenant, stream)"
+        "  WHERE c.tenant = $1 AND c.stream = $2 AND c.seq = h.seq AND c.hash = h.hash"
+        "    AND c.gaps_through = (SELECT coalesce(max(id), 0) FROM execution.audit_gaps g"
+        "                           WHERE g.tenant = $1 AND g.stream = $2))", tenant, stream))
+
+
 async def run_scheduled(pool: asyncpg.Pool, policy: RetentionPolicy, *, key: Path,
                         every_seconds: float, rounds: int | None = None,
                         kind: CheckpointKind = "scheduled",
                         tenant: str | None = None) -> list[PruneReport]:
-    """The scheduled prune: prune, then checkpoint every chain the prune did not (so a
-    truncated tail is caught however quiet a tenant is), every `every_seconds`; `rounds`
-    None runs until cancelled."""
+    """The scheduled prune: prune, then checkpoint every chain that grew since its last
+    checkpoint (so a truncated tail is caught however quiet a tenant is), every
+    `every_seconds`; `rounds` None runs until cancelled."""
     done: list[PruneReport] = []
     while rounds is None or len(done) < rounds:
         report = await prune(pool, policy, key=key, tenant=tenant)
         pruned = {(c.tenant, c.stream) for c in report.chains if c.checkpoint_id}
         for t, s in await chains(pool, tenant):
-            if (t, s) not in pruned:
+            if (t, s) not in pruned and await _moved(pool, t, s):
                 async with pool.acquire() as conn, conn.transaction():
                     report.checkpoints.append(
                         (await write_checkpoint(conn, t, s, kind, key)).id)

@@ -81,7 +81,8 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
                 return _err(args, "no key to check checkpoint signatures with: set "
                                   "OPSC_AUDIT_TRUSTED_KEYS or OPSC_AUDIT_SIGNING_KEY (or pass "
                                   "--no-signatures to check the links only)", EXIT_INPUT)
-        report = await verify(pool, tenant=args.tenant, trusted=trusted)
+        report = await verify(pool, tenant=args.tenant, trusted=trusted,
+                              all_signatures=args.all_signatures)
 
         def text() -> str:
             out = [f"{c.stream}:{c.tenant}  {c.rows} rows, {c.gaps} gaps, {c.checkpoints} "
@@ -198,6 +199,8 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     ve.add_argument("--tenant")
     ve.add_argument("--no-signatures", action="store_true",
                     help="check links only, not the checkpoints' signatures")
+    ve.add_argument("--all-signatures", action="store_true",
+                    help="check every checkpoint's signature, not only the newest valid one")
     ve.set_defaults(fn=cmd_audit_verify)
     cp = asub.add_parser("checkpoint", help="sign a checkpoint of every chain at its head")
     cp.add_argument("--tenant")

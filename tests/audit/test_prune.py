@@ -165,9 +165,15 @@ async def test_scheduled_prune_and_the_cli(db_pool: asyncpg.Pool, migrated_pg: s
 
     reports = await run_scheduled(db_pool, POLICY, key=audit_key, every_seconds=0.05,
                                   rounds=2, tenant=t)
-    assert [len(r.checkpoints) for r in reports] == [2, 2]  # prune's, then scheduled ones
-    kinds = [r["kind"] for r in await db_pool.fetch(
-        "SELECT kind FROM execution.audit_checkpoints WHERE tenant = $1 ORDER BY id", t)]
-    assert kinds == ["prune", "prune", "scheduled", "scheduled"]
+    # round 1: the prune's checkpoints; round 2: nothing moved, nothing to sign
+    assert [len(r.checkpoints) for r in reports] == [2, 0]
+    await add_events(db_pool, ids["new"], 2, prefix="later")
+    [later] = await run_scheduled(db_pool, POLICY, key=audit_key, every_seconds=0.05,
+                                  rounds=1, tenant=t)
+    kinds = [(r["stream"], r["kind"]) for r in await db_pool.fetch(
+        "SELECT stream, kind FROM execution.audit_checkpoints WHERE tenant = $1 ORDER BY id",
+        t)]
+    assert kinds == [("audit", "prune"), ("events", "prune"), ("events", "scheduled")]
+    assert len(later.checkpoints) == 1
     report = await verify(db_pool, tenant=t, trusted=await trusted_audit_keys(audit_key, None))
     assert report.ok, dump(report)
