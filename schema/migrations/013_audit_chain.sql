@@ -168,9 +168,9 @@ BEGIN
   IF v_tenant IS NULL THEN
     RETURN NEW;  -- the foreign key refuses the row anyway
   END IF;
-  PERFORM execution.audit_lock_head(v_tenant, 'events');
   -- ON CONFLICT DO NOTHING would drop the row after this trigger: drop it here, before the
-  -- chain advances (under the head's lock, so a concurrent duplicate has committed or waits)
+  -- chain advances. Race-free: execution_events_serialise (009, fired first) holds the
+  -- execution's advisory lock to commit, so a concurrent duplicate has committed or waits.
   IF EXISTS (SELECT 1 FROM execution.execution_events x
               WHERE x.execution_id = NEW.execution_id AND x.event_key = NEW.event_key) THEN
     RETURN NULL;
