@@ -96,11 +96,15 @@ async def test_concurrent_writers_of_one_tenant_never_fork_its_chain(
             await add_events(db_pool, eid, 4, prefix=f"b{batch}")
             await add_audit(db_pool, t, 1, eid)
 
-    await asyncio.gather(*(writer(e) for e in eids))
+    async def duplicate() -> None:  # a retried batch racing its first attempt
+        await add_events(db_pool, eids[0], 4, prefix="dup")
+
+    await asyncio.gather(*(writer(e) for e in eids), *(duplicate() for _ in range(4)))
     events = await chain_rows(db_pool, t, "events")
     audit = await chain_rows(db_pool, t, "audit")
-    print(f"concurrent: 8 writers, {len(events)} events, {len(audit)} audit rows")
-    assert [r["seq"] for r in events] == list(range(1, 8 * 5 * 4 + 1))
+    print(f"concurrent: 8 writers + 4 racing duplicates, {len(events)} events, "
+          f"{len(audit)} audit rows, one unforked chain each")
+    assert [r["seq"] for r in events] == list(range(1, 8 * 5 * 4 + 4 + 1))
     assert [r["seq"] for r in audit] == list(range(1, 8 * 5 + 1))
     assert (await verify(db_pool, tenant=t)).ok
 
