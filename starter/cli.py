@@ -313,10 +313,14 @@ async def cmd_keys_list(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         policy = await client.policy()
         rows = [{"principal": p, "key_fingerprint": s.fingerprint, "key_type": s.key_type,
-                 "comment": s.comment, "options": s.options}
+                 "comment": s.comment, "options": s.options, "trusted": True}
                 for s in policy.signers for p in s.principals]
+        rows += [{"principal": i.principal, "key_fingerprint": i.fingerprint, "trusted": False,
+                  "reason": i.reason} for i in policy.ignored_signers]
         _out(args, rows, lambda: lines(
             f"{r['principal']:<16} {r['key_fingerprint']}  {r['key_type']}  {r['comment']}"
+            if r["trusted"] else
+            f"{r['principal']:<16} {r['key_fingerprint']}  NOT TRUSTED: {r['reason']}"
             for r in rows) or "no keys registered")
         return EXIT_OK
 

@@ -215,5 +215,10 @@ async def test_keys_cli_signs_each_change(db_pool: asyncpg.Pool, keys: dict[str,
         assert await audit_rows(db_pool, who) == [
             ("ops", "keys-add", "deny"), ("kadmin", "keys-add", "allow"),
             ("kadmin", "keys-remove", "allow")]
+        await db_pool.execute("INSERT INTO execution.rbac_signers (principal, public_key)"
+                              " VALUES ($1, $2)", who, " ".join(pub(keys["mallory"]).split()[:2]))
+        listed = await run_cli(env, "keys", "list", "--json")
+        mine = [r for r in listed.json if r["principal"] == who]
+        assert [(r["trusted"], r["reason"][:15]) for r in mine] == [(False, "no attestation:")]
     finally:
         await db_pool.execute("DELETE FROM execution.rbac_signers WHERE principal = $1", who)
