@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.audit.helpers import (
     tenant,
 )
 from tests.integration.helpers import run_cli
+from tests.pg_prod.conftest import database_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -177,3 +179,54 @@ async def test_scheduled_prune_and_the_cli(db_pool: asyncpg.Pool, migrated_pg: s
     assert len(later.checkpoints) == 1
     report = await verify(db_pool, tenant=t, trusted=await trusted_audit_keys(audit_key, None))
     assert report.ok, dump(report)
+
+
+@pytest.fixture(scope="module")
+async def as_role(migrated_pg: str) -> AsyncIterator[dict[str, str]]:
+    """A login user in the pruner and in the worker group role (migration 015), dropped after."""
+    suffix = uuid.uuid4().hex[:8]
+    users = {g: f"t_aud_{g.removeprefix('opsc_')}_{suffix}" for g in ("opsc_pruner",
+                                                                       "opsc_worker")}
+    admin = await asyncpg.connect(migrated_pg)
+    try:
+        for group, user in users.items():
+            await admin.execute(f"CREATE ROLE {user} LOGIN IN ROLE {group}")
+        dbname = await admin.fetchval("SELECT current_database()")
+        yield {g: database_url(migrated_pg, dbname, user=u) for g, u in users.items()}
+    finally:
+        for user in users.values():
+            await admin.execute(f"DROP OWNED BY {user}")
+            await admin.execute(f"DROP ROLE IF EXISTS {user}")
+        await admin.close()
+
+
+async def test_the_pruner_role_prunes_and_the_worker_cannot_touch_the_chain(
+        db_pool: asyncpg.Pool, audit_key: Path, as_role: dict[str, str]) -> None:
+    ids = await scene(db_pool)
+    t = ids["tenant"]
+    pruner = await asyncpg.create_pool(as_role["opsc_pruner"], min_size=1, max_size=2)
+    try:
+        report = await prune(pruner, POLICY, key=audit_key, tenant=t)
+    finally:
+        await pruner.close()
+    assert report.total("execution_events") == 10 and len(report.checkpoints) == 2
+    assert (await verify(db_pool, tenant=t,
+                         trusted=await trusted_audit_keys(audit_key, None))).ok
+    worker = await asyncpg.connect(as_role["opsc_worker"])
+    refused = []
+    try:
+        for sql in ("SELECT execution.audit_link('x', 'audit', 'forged')",
+                    "UPDATE execution.audit_chain_heads SET seq = 0",
+                    "INSERT INTO execution.audit_gaps (tenant, stream, from_seq, to_seq,"
+                    " prev_hash, last_hash, reason) VALUES ('x', 'audit', 1, 1, '', '', 'pruned')",
+                    "DELETE FROM execution.audit_checkpoints",
+                    "DELETE FROM execution.execution_events",
+                    "UPDATE execution.rbac_audit SET reason = 'forged'",
+                    "INSERT INTO execution.rbac_signers (principal, public_key)"
+                    " VALUES ('x', 'ssh-ed25519 AAAA')"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await worker.execute(sql)
+            refused.append(sql.split()[0])
+    finally:
+        await worker.close()
+    print(f"worker role refused {len(refused)} of 7 writes to the chain and the registry")
