@@ -6,7 +6,8 @@ drift hits both alike) of the two write paths the chain sits on:
 - the mirror's event batch (`write_events`, 5 events per statement, one transaction each),
   spread over 8 executions of one tenant written concurrently (the chain is per tenant);
 - RBAC audit rows (`rbac.audit_many`, 1 row per statement).
-Prints µs per row (median over rounds) for each, and the difference.
+Prints µs per row (median over rounds) for each, the difference, and how fast `verify`
+walks the chained rows.
 Run: `.venv/bin/python bench/bench_audit.py [rounds] [batches-per-round] [writers]`.
 """
 
@@ -94,6 +95,12 @@ async def main(rounds: int, batches: int) -> None:
                     results["event"][on].append(await events_round(pool, tenant, batches))
                     results["audit"][on].append(await audit_round(pool, tenant, batches * 4))
             await chained(pool, True)
+            from opsconductor.safety.audit_chain import verify
+
+            start = time.perf_counter()
+            report = await verify(pool)
+            verify_s = time.perf_counter() - start
+            checked = sum(c.rows for c in report.chains)
             await pool.close()
         finally:
             pg.stop()
@@ -105,6 +112,8 @@ async def main(rounds: int, batches: int) -> None:
         off = statistics.median(results[kind][False]) * 1e6
         print(f"  {label:<34} chained {on:8.1f}  unchained {off:8.1f}  "
               f"cost {on - off:+8.1f} µs ({(on / off - 1) * 100:+.0f}%)")
+    print(f"  verify: {checked} chained rows in {verify_s:.2f} s "
+          f"({checked / verify_s:,.0f} rows/s; the unchained rounds' rows are not in a chain)")
 
 
 if __name__ == "__main__":
