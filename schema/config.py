@@ -314,7 +314,8 @@ class Settings(BaseSettings):
         "Test suite only: re-record the workflow histories the replay test checks."))
     fault_counts: str | None = Field(None, description=(
         "Test suite only: rounds of the fault-injection suite, e.g. "
-        "`kill9=10,sigterm=5,temporal=5,postgres=5` (default: what fits in ~4 minutes)."))
+        "`kill9=10,sigterm=5,temporal=5,postgres=5,restart5=5,restart25=5` (default: what "
+        "fits in ~4 minutes, one round of each restart length)."))
 
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
 

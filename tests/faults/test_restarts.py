@@ -1,0 +1,199 @@
+"""Temporal restarts and rolling upgrades are invisible to running commands.
+
+The suite's own Temporal dev server on a SQLite file (state survives its restart) is stopped
+for 5 s and for 25 s — shorter than the 30 s bound `OPSC_TEMPORAL_OUTAGE_SECONDS` — while five
+executions each run one 15-second non-idempotent command on an `opsconductor worker`
+subprocess. The server times the attempts out during its own outage (a 2 s heartbeat
+timeout); the worker keeps their commands running, and the retries Temporal sends wait for
+the recorded results. Every execution completes; no command is killed, none paused, none
+repeated. Each command appends its pid when it starts and one line when it ends, so killed
+and repeated commands are counted from the files, not from our own records.
+
+Rounds per duration: 1 by default; `OPSC_FAULT_COUNTS=restart5=5,restart25=5` for the full
+counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.payloads import DATA_CONVERTER
+from opsconductor.starter.client import ExecutionClient, ExecutionResponse
+from opsconductor.starter.temporal_server import TemporalDevServer
+from tests.helpers import request, shell, wait_for
+from tests.integration.helpers import opsc_env, start_worker, stop_process
+
+pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session")]
+
+COMMAND_SECONDS = 15
+PER_ROUND = 5
+TIMEOUTS = {"heartbeat_timeout_seconds": 2, "step_timeout_seconds": 40, "max_attempts": 3}
+DEFAULT_COUNTS = {"restart5": 1, "restart25": 1}
+
+
+def restart_counts() -> dict[str, int]:
+    """Rounds per outage length: the defaults, overridden by OPSC_FAULT_COUNTS entries
+    `restart5=N` / `restart25=N` (the other scenarios' entries are theirs)."""
+    counts = dict(DEFAULT_COUNTS)
+    for part in filter(None, (p.strip() for p in (load_settings().fault_counts or "").split(","))):
+        name, _, value = part.partition("=")
+        if name in counts:
+            counts[name] = int(value)
+    return counts
+
+
+COUNTS = restart_counts()
+
+
+@dataclass
+class Rig:
+    dir: Path
+    server: TemporalDevServer
+    client: ExecutionClient
+    worker: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Tally:
+    outage: int
+    rounds: int = 0
+    executions: int = 0
+    completed: int = 0
+    started: int = 0
+    killed: int = 0
+    paused: int = 0
+    repeated: int = 0
+    recovered: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"[faults] Temporal restart {self.outage}s x {self.rounds} round(s), "
+                f"{PER_ROUND} x {COMMAND_SECONDS}s non-idempotent commands each: "
+                f"{self.executions} executions, {self.completed} completed, "
+                f"{self.started} command starts, {self.killed} killed, {self.paused} paused, "
+                f"{self.repeated} repeated, {self.recovered} retries answered with the "
+                f"recorded result")
+
+
+@pytest.fixture(scope="module")
+async def rig(tmp_path_factory: pytest.TempPathFactory, migrated_pg: str,
+              db_pool: asyncpg.Pool) -> AsyncIterator[Rig]:
+    d = tmp_path_factory.mktemp("restarts")
+    server = TemporalDevServer(headless=True, db_file=d / "temporal.sqlite",
+                               log_file=d / "temporal.log")
+    await asyncio.to_thread(server.start)
+    home = d / "home"
+    home.mkdir()
+    queue = f"opsc-restarts-{uuid.uuid4().hex[:8]}"
+    env = opsc_env(temporal_address=server.address, database_url=migrated_pg,
+                   task_queue=queue, home=home)
+    log = d / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        await wait_for(lambda: "worker polling" in log.read_text(errors="replace")
+                       if log.exists() else False, timeout=60, what=f"the worker (log {log})")
+        temporal = await Client.connect(server.address, data_converter=DATA_CONVERTER)
+        settings = Settings(home=home, task_queue=queue, temporal_address=server.address,
+                            database_url=migrated_pg)
+        yield Rig(dir=d, server=server, client=ExecutionClient(
+            temporal=temporal, pool=db_pool, settings=settings, update_wait_seconds=10),
+            worker=worker, log=log)
+    finally:
+        stop_process(worker)
+        await asyncio.to_thread(server.stop)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def _submit(rig: Rig, d: Path) -> ExecutionResponse:
+    pids, effects = d / "pids", d / "effects"
+    command = f"echo $$ >> {pids}; sleep {COMMAND_SECONDS}; echo done >> {effects}"
+    return await rig.client.execute(request([shell("act", command, idempotent=False)],
+                                            timeouts=TIMEOUTS), wait=False)
+
+
+async def _finish(rig: Rig, resp: ExecutionResponse, d: Path, tally: Tally) -> None:
+    """Wait for the end, answering a pause as an operator would (counted: it must not
+    happen), then count the command's starts and effects."""
+    handle = rig.client.temporal.get_workflow_handle(resp.workflow_id)
+    answered = False
+    deadline = time.monotonic() + 180
+    while True:
+        assert time.monotonic() < deadline, f"execution {resp.execution_id} did not end"
+        try:
+            desc = await asyncio.wait_for(handle.describe(), 5)
+        except Exception:
+            await asyncio.sleep(0.5)
+            continue
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            break
+        with contextlib.suppress(Exception):
+            progress = await asyncio.wait_for(rig.client.progress(resp.workflow_id), 5)
+            if progress.waiting_on and "unknown outcome" in progress.waiting_on and \
+                    not answered:
+                answered = True
+                tally.paused += 1
+                action = "skip" if _lines(d / "effects") else "retry"
+                tally.notes.append(f"{resp.execution_id} paused: {progress.waiting_on}")
+                await rig.client.resolve(resp.workflow_id, "bob", action)
+        await asyncio.sleep(0.5)
+    tally.executions += 1
+    status = await rig.client.pool.fetchval(
+        "SELECT status::text FROM execution.executions WHERE execution_id = $1",
+        uuid.UUID(resp.execution_id))
+    if desc.status == WorkflowExecutionStatus.COMPLETED and status == "completed":
+        tally.completed += 1
+    else:
+        tally.notes.append(f"{resp.execution_id}: temporal {desc.status}, mirror {status}")
+    starts, effects = len(_lines(d / "pids")), len(_lines(d / "effects"))
+    tally.started += starts
+    tally.killed += max(0, starts - effects)
+    tally.repeated += max(0, effects - 1)
+    tally.recovered += int(await rig.client.pool.fetchval(
+        "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1 "
+        "AND event_type = 'step.recovered'", uuid.UUID(resp.execution_id)))
+
+
+async def _round(rig: Rig, outage: int, tally: Tally) -> None:
+    dirs = [rig.dir / f"r{outage}-{uuid.uuid4().hex[:6]}" for _ in range(PER_ROUND)]
+    for d in dirs:
+        d.mkdir()
+    runs = [await _submit(rig, d) for d in dirs]
+    await wait_for(lambda: all(_lines(d / "pids") for d in dirs), timeout=60,
+                   what="every command to start")
+    await asyncio.to_thread(rig.server.stop)
+    began = time.monotonic()
+    await asyncio.sleep(outage)  # the outage itself: the fault injected, not a wait
+    await asyncio.to_thread(rig.server.start)
+    tally.notes.append(f"server back after {time.monotonic() - began:.1f}s")
+    await asyncio.gather(*(_finish(rig, r, d, tally) for r, d in zip(runs, dirs, strict=True)))
+    tally.rounds += 1
+    assert rig.worker.poll() is None, f"the worker died (log {rig.log})"
+
+
+@pytest.mark.parametrize("outage", [5, 25])
+async def test_temporal_restart_is_invisible(rig: Rig, outage: int,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    tally = Tally(outage)
+    for _ in range(COUNTS[f"restart{outage}"]):
+        await _round(rig, outage, tally)
+    with capsys.disabled():
+        print("\n" + tally.line() + "".join(f"\n  note: {n}" for n in tally.notes))
+    assert tally.executions == tally.completed == PER_ROUND * tally.rounds, tally.line()
+    assert (tally.killed, tally.paused, tally.repeated) == (0, 0, 0), tally.line()
+    assert tally.started == tally.executions, tally.line()
