@@ -16,6 +16,7 @@ refused key, nothing listening) is a `TemporalConnectError` whose message is one
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
@@ -113,7 +114,11 @@ def plan_connection(settings: Settings, *, address: str | None = None,
     address, namespace = address or flags.address, namespace or flags.namespace
     profile, config_file = profile or flags.profile, config_file or flags.config_file
     merged = _load_profile(profile, config_file, environ, disable_env=False)
-    from_file = _load_profile(profile, config_file, environ, disable_env=True)
+    # The profile alone (which file and profile are still chosen by the environment), to
+    # tell which source gave a field.
+    chooser = {k: v for k, v in (os.environ if environ is None else environ).items()
+               if k in ("TEMPORAL_CONFIG_FILE", "TEMPORAL_PROFILE")}
+    from_file = _load_profile(profile, config_file, chooser, disable_env=False)
 
     def pick(flag: str | None, value: str | None, file_value: str | None, opsc: str | None,
              opsc_name: str, default: str | None) -> tuple[str | None, str]:
@@ -182,10 +187,25 @@ def explain(err: BaseException, target: TemporalTarget) -> str:
     if isinstance(err, RPCError):
         if err.status in (RPCStatusCode.UNAUTHENTICATED, RPCStatusCode.PERMISSION_DENIED):
             return _one_line(f"{where}: the server refused the credentials "
-                             f"({err.status.name}: {err.message}); check TEMPORAL_API_KEY or "
-                             "the client certificate")
+                             f"({err.status.name.replace('_', '')}: {err.message}); check "
+                             "TEMPORAL_API_KEY or the client certificate")
         return _one_line(f"{where}: {err.status.name if err.status else 'error'}: "
                          f"{err.message}")
+    status = re.search(r'code: (Unauthenticated|PermissionDenied), message: "([^"]*)"', text)
+    if status:
+        return _one_line(f"{where}: the server refused the credentials ({status[1].upper()}"
+                         f"{': ' + status[2] if status[2] else ''}); check TEMPORAL_API_KEY "
+                         "or the client certificate")
+    if target.tls and any(n in text for n in ("UnexpectedEof", "ConnectionReset",
+                                               "close_notify", "BrokenPipe")):
+        # A server that refuses a client's certificate (or its absence) just closes the TLS
+        # connection after the handshake; only a fatal alert, when one is sent, says more.
+        why = ("the server closed the TLS connection: it may require a client certificate, "
+               "and none is configured (TEMPORAL_TLS_CLIENT_CERT_PATH / "
+               "TEMPORAL_TLS_CLIENT_KEY_PATH)") if not target.client_certificate else (
+               "the server closed the TLS connection: it may not accept this client "
+               "certificate (TEMPORAL_TLS_CLIENT_CERT_PATH)")
+        return _one_line(f"{where}: {why} [{_detail(text)}]")
     rules = (
         (("UnknownIssuer", "BadSignature", "unknown ca", "UnknownCA"),
          "TLS handshake failed: the server's certificate is not signed by the configured CA "
