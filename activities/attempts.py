@@ -231,6 +231,11 @@ async def attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID,
 
 # ------------------------------------------------------------------------ liveness
 
+# What a lost session looks like from asyncpg (killed backend, PostgreSQL restart).
+SESSION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.OperatorInterventionError)
+
+
 def attempt_key(execution_id: str | uuid.UUID, step_id: str, attempt: int) -> int:
     """The advisory-lock key (a signed bigint) of one attempt."""
     digest = hashlib.blake2b(f"opsc-attempt:{execution_id}:{step_id}:{attempt}".encode(),
@@ -261,25 +266,41 @@ class AttemptLiveness:
 
     async def _connection(self) -> Any:
         if self._conn is not None and self._conn.is_closed():
-            with contextlib.suppress(Exception):
-                await self.pool.release(self._conn)
-            self._conn = None
+            await self._drop()
         if self._conn is None:
             self._conn = await self.pool.acquire()
-            for key in self._keys:  # a new session after a PostgreSQL restart: hold them again
+            for key in self._keys:  # a new session after the old one died: hold them again
                 await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
         return self._conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    async def _call(self, sql: str, key: int) -> Any:
+        """One statement on the holding session; a dead session is replaced once."""
+        for last in (False, True):
+            try:
+                return await (await self._connection()).fetchval(sql, key)
+            except SESSION_LOST:
+                await self._drop()
+                if last:
+                    raise
+        return None
 
     async def hold(self, key: int) -> bool:
         """Mark an attempt alive; False when it cannot be (then a retry treats it as gone)."""
         async with self._lock:
             try:
-                conn = await self._connection()
-                held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                held = bool(await self._call("SELECT pg_try_advisory_lock($1)", key))
+            except (*SESSION_LOST, asyncpg.PostgresError):
                 return False
             if held:
                 self._keys.add(key)
+            elif not self._keys:
+                await self._drop()
             return held
 
     async def release(self, key: int) -> None:
@@ -288,18 +309,13 @@ class AttemptLiveness:
             if key not in self._keys:
                 return
             self._keys.discard(key)
-            conn = self._conn
-            if conn is None:
+            if self._conn is None:
                 return
-            try:
-                if not conn.is_closed():
-                    await conn.fetchval("SELECT pg_advisory_unlock($1)", key)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pass
-            if not self._keys:  # idle: give the connection back (its reset drops any lock)
-                self._conn = None
-                with contextlib.suppress(Exception):
-                    await self.pool.release(conn)
+            if self._keys:
+                with contextlib.suppress(*SESSION_LOST, asyncpg.PostgresError):
+                    await self._call("SELECT pg_advisory_unlock($1)", key)
+            else:  # idle: give the connection back (the pool's reset drops its locks)
+                await self._drop()
 
 
 async def attempt_alive(conn_or_pool: Executor, key: int) -> bool:
