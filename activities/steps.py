@@ -772,6 +772,7 @@ async def _close_unacted(inp: StepRunInput, attempt: int, pool: Any,
 # upgrade timed it out while its heartbeats could not arrive.
 SERVER_GAVE_UP = ("the server timed it out", "the server no longer knows it")
 RETRYABLE_KEY = "_retryable"  # beside a failed attempt's recorded result
+WATCH_SECONDS = 1.0  # how often such an attempt checks that its workflow still wants it
 
 
 async def _ride_out(work: asyncio.Future[StepOutcome], step_id: str, attempt: int,
@@ -790,16 +791,49 @@ async def _ride_out(work: asyncio.Future[StepOutcome], step_id: str, attempt: in
             log.warning("step %s attempt %d: %s (a Temporal restart or upgrade?); its command "
                         "runs on, and the retry waits for its recorded result", step_id,
                         attempt, why)
+            watch = asyncio.ensure_future(_watch_workflow(activity.info()))
             try:
-                return await asyncio.shield(work)
+                done, _ = await asyncio.wait({work, watch},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
+                    return work.result()
+                log.warning("step %s attempt %d: %s; its command is stopped", step_id, attempt,
+                            watch.result())
             except asyncio.CancelledError:
                 pass
+            finally:
+                watch.cancel()
         work.cancel()
         try:
             await work
         except (asyncio.CancelledError, Exception):
             pass
         raise asyncio.CancelledError from None
+
+
+async def _watch_workflow(info: activity.Info) -> str:
+    """While an attempt Temporal gave up on runs on, its workflow may move on without it (a
+    cancel while the retry waits for its backoff, attempts exhausted, the run ended): say
+    why, so the command stops. An unreachable Temporal only means: keep watching."""
+    from temporalio.api.enums.v1 import PendingActivityState
+    from temporalio.client import WorkflowExecutionStatus
+
+    handle = activity.client().get_workflow_handle(info.workflow_id,
+                                                   run_id=info.workflow_run_id)
+    while True:
+        await asyncio.sleep(WATCH_SECONDS)
+        try:
+            desc = await asyncio.wait_for(handle.describe(), 10)
+        except Exception:
+            continue
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return "its workflow run ended"
+        mine = [p for p in desc.raw_description.pending_activities
+                if p.activity_id == info.activity_id]
+        if not mine:
+            return "its workflow no longer waits for the step"
+        if mine[0].state == PendingActivityState.PENDING_ACTIVITY_STATE_CANCEL_REQUESTED:
+            return "its workflow cancelled the step"
 
 
 def _interruption() -> str | None:

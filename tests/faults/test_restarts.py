@@ -33,7 +33,7 @@ from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.temporal_server import TemporalDevServer
 from tests.helpers import request, shell, wait_for
-from tests.integration.helpers import opsc_env, start_worker, stop_process
+from tests.integration.helpers import group_members, opsc_env, start_worker, stop_process
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session")]
 
@@ -169,8 +169,35 @@ async def _finish(rig: Rig, resp: ExecutionResponse, d: Path, tally: Tally) -> N
         "AND event_type = 'step.recovered'", uuid.UUID(resp.execution_id)))
 
 
-async def _round(rig: Rig, outage: int, tally: Tally) -> None:
-    dirs = [rig.dir / f"r{outage}-{uuid.uuid4().hex[:6]}" for _ in range(PER_ROUND)]
+async def _retry_waiting(rig: Rig, resp: ExecutionResponse) -> bool:
+    """Temporal runs attempt 2 of the step while attempt 1 is still open (it waits)."""
+    desc = await rig.client.temporal.get_workflow_handle(resp.workflow_id).describe()
+    pending = list(desc.raw_description.pending_activities)
+    open_rows = await rig.client.pool.fetchval(
+        "SELECT count(*) FROM execution.step_attempts WHERE execution_id = $1 "
+        "AND finished_at IS NULL", uuid.UUID(resp.execution_id))
+    return bool(pending) and pending[0].attempt >= 2 and open_rows == 1
+
+
+async def _cancel_while_waiting(rig: Rig, resp: ExecutionResponse, d: Path) -> str:
+    """The workflow's cancel reaches the waiting retry: the command it waits for stops too,
+    and the execution ends cancelled, without the command's effect."""
+    await wait_for(lambda: _retry_waiting(rig, resp), timeout=60,
+                   what="the retry to wait for the live attempt")
+    outcome = await rig.client.cancel(resp.workflow_id, "bob", "window closed")
+    assert outcome.accepted, outcome.reason
+    result = await asyncio.wait_for(rig.client.result(resp.execution_id), 60)
+    pgid = int(_lines(d / "pids")[0])
+    await wait_for(lambda: not group_members(pgid), timeout=10,
+                   what="the awaited command's process group to stop")
+    assert result.status.value == "cancelled", result
+    assert _lines(d / "effects") == [], "the awaited command ran to its end"
+    return (f"cancelled while its retry waited: execution {result.status.value}, awaited "
+            f"command stopped (no effect, group {pgid} gone)")
+
+
+async def _round(rig: Rig, outage: int, tally: Tally, *, cancel_one: bool = False) -> None:
+    dirs = [rig.dir / f"r{outage}-{uuid.uuid4().hex[:6]}" for _ in range(PER_ROUND + cancel_one)]
     for d in dirs:
         d.mkdir()
     runs = [await _submit(rig, d) for d in dirs]
@@ -181,7 +208,11 @@ async def _round(rig: Rig, outage: int, tally: Tally) -> None:
     await asyncio.sleep(outage)  # the outage itself: the fault injected, not a wait
     await asyncio.to_thread(rig.server.start)
     tally.notes.append(f"server back after {time.monotonic() - began:.1f}s")
-    await asyncio.gather(*(_finish(rig, r, d, tally) for r, d in zip(runs, dirs, strict=True)))
+    cancelled = [_cancel_while_waiting(rig, runs.pop(), dirs.pop())] if cancel_one else []
+    *_, note = await asyncio.gather(
+        *(_finish(rig, r, d, tally) for r, d in zip(runs, dirs, strict=True)), *cancelled)
+    if cancel_one:
+        tally.notes.append(str(note))
     tally.rounds += 1
     assert rig.worker.poll() is None, f"the worker died (log {rig.log})"
 
@@ -190,8 +221,9 @@ async def _round(rig: Rig, outage: int, tally: Tally) -> None:
 async def test_temporal_restart_is_invisible(rig: Rig, outage: int,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     tally = Tally(outage)
-    for _ in range(COUNTS[f"restart{outage}"]):
-        await _round(rig, outage, tally)
+    for i in range(COUNTS[f"restart{outage}"]):
+        # one more execution in the first short round, cancelled while its retry waits
+        await _round(rig, outage, tally, cancel_one=outage == 5 and i == 0)
     with capsys.disabled():
         print("\n" + tally.line() + "".join(f"\n  note: {n}" for n in tally.notes))
     assert tally.executions == tally.completed == PER_ROUND * tally.rounds, tally.line()
