@@ -2,12 +2,14 @@
 
 The suite's own Temporal dev server on a SQLite file (state survives its restart) is stopped
 for 5 s and for 25 s — shorter than the 30 s bound `OPSC_TEMPORAL_OUTAGE_SECONDS` — while five
-executions each run one 15-second non-idempotent command on an `opsconductor worker`
-subprocess. The server times the attempts out during its own outage (a 2 s heartbeat
-timeout); the worker keeps their commands running, and the retries Temporal sends wait for
-the recorded results. Every execution completes; no command is killed, none paused, none
-repeated. Each command appends its pid when it starts and one line when it ends, so killed
-and repeated commands are counted from the files, not from our own records.
+executions each run one 15-second non-idempotent command, each on its own locked asset, on an
+`opsconductor worker` subprocess. The server times the attempts out during its own outage (a
+2 s heartbeat timeout); the worker keeps their commands running, and the retries Temporal
+sends wait for the recorded results. Every execution completes; no command is killed, none
+paused, none repeated, no lock is left. Each command appends its pid when it starts and one
+line when it ends, so killed and repeated commands are counted from the files, not from our
+own records. A sixth execution of the first 5 s round is cancelled while its retry waits:
+the command it waits for stops too.
 
 Rounds per duration: 1 by default; `OPSC_FAULT_COUNTS=restart5=5,restart25=5` for the full
 counts.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -41,6 +44,7 @@ COMMAND_SECONDS = 15
 PER_ROUND = 5
 TIMEOUTS = {"heartbeat_timeout_seconds": 2, "step_timeout_seconds": 40, "max_attempts": 3}
 DEFAULT_COUNTS = {"restart5": 1, "restart25": 1}
+ASSETS = tuple(f"restart-host-{i}" for i in range(PER_ROUND + 1))
 
 
 def restart_counts() -> dict[str, int]:
@@ -77,6 +81,7 @@ class Tally:
     paused: int = 0
     repeated: int = 0
     recovered: int = 0
+    locks_after_run: int = 0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -85,7 +90,7 @@ class Tally:
                 f"{self.executions} executions, {self.completed} completed, "
                 f"{self.started} command starts, {self.killed} killed, {self.paused} paused, "
                 f"{self.repeated} repeated, {self.recovered} retries answered with the "
-                f"recorded result")
+                f"recorded result, {self.locks_after_run} asset locks held after the run")
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,11 @@ async def rig(tmp_path_factory: pytest.TempPathFactory, migrated_pg: str,
     home = d / "home"
     home.mkdir()
     queue = f"opsc-restarts-{uuid.uuid4().hex[:8]}"
+    inventory = d / "inventory.json"  # each command's own asset, locked by its execution
+    inventory.write_text(json.dumps({"assets": [
+        {"id": a, "hostname": a, "connector": "local"} for a in ASSETS]}))
     env = opsc_env(temporal_address=server.address, database_url=migrated_pg,
-                   task_queue=queue, home=home)
+                   task_queue=queue, home=home, OPSC_INVENTORY=str(inventory))
     log = d / "worker.log"
     worker = start_worker(env, log)
     try:
@@ -107,10 +115,12 @@ async def rig(tmp_path_factory: pytest.TempPathFactory, migrated_pg: str,
                        if log.exists() else False, timeout=60, what=f"the worker (log {log})")
         temporal = await Client.connect(server.address, data_converter=DATA_CONVERTER)
         settings = Settings(home=home, task_queue=queue, temporal_address=server.address,
-                            database_url=migrated_pg)
-        yield Rig(dir=d, server=server, client=ExecutionClient(
-            temporal=temporal, pool=db_pool, settings=settings, update_wait_seconds=10),
-            worker=worker, log=log)
+                            database_url=migrated_pg, inventory=inventory)
+        with pytest.MonkeyPatch.context() as mp:  # the submitter resolves targets too
+            mp.setenv("OPSC_INVENTORY", str(inventory))
+            yield Rig(dir=d, server=server, client=ExecutionClient(
+                temporal=temporal, pool=db_pool, settings=settings, update_wait_seconds=10),
+                worker=worker, log=log)
     finally:
         stop_process(worker)
         await asyncio.to_thread(server.stop)
@@ -120,10 +130,11 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-async def _submit(rig: Rig, d: Path) -> ExecutionResponse:
+async def _submit(rig: Rig, d: Path, asset: str) -> ExecutionResponse:
     pids, effects = d / "pids", d / "effects"
     command = f"echo $$ >> {pids}; sleep {COMMAND_SECONDS}; echo done >> {effects}"
-    return await rig.client.execute(request([shell("act", command, idempotent=False)],
+    return await rig.client.execute(request([shell("act", command, idempotent=False,
+                                                   target=asset)],
                                             timeouts=TIMEOUTS), wait=False)
 
 
@@ -164,6 +175,9 @@ async def _finish(rig: Rig, resp: ExecutionResponse, d: Path, tally: Tally) -> N
     tally.started += starts
     tally.killed += max(0, starts - effects)
     tally.repeated += max(0, effects - 1)
+    tally.locks_after_run += int(await rig.client.pool.fetchval(
+        "SELECT count(*) FROM execution.execution_locks WHERE execution_id = $1",
+        resp.execution_id))
     tally.recovered += int(await rig.client.pool.fetchval(
         "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1 "
         "AND event_type = 'step.recovered'", uuid.UUID(resp.execution_id)))
@@ -200,7 +214,7 @@ async def _round(rig: Rig, outage: int, tally: Tally, *, cancel_one: bool = Fals
     dirs = [rig.dir / f"r{outage}-{uuid.uuid4().hex[:6]}" for _ in range(PER_ROUND + cancel_one)]
     for d in dirs:
         d.mkdir()
-    runs = [await _submit(rig, d) for d in dirs]
+    runs = [await _submit(rig, d, a) for d, a in zip(dirs, ASSETS, strict=False)]
     await wait_for(lambda: all(_lines(d / "pids") for d in dirs), timeout=60,
                    what="every command to start")
     await asyncio.to_thread(rig.server.stop)
@@ -228,4 +242,4 @@ async def test_temporal_restart_is_invisible(rig: Rig, outage: int,
         print("\n" + tally.line() + "".join(f"\n  note: {n}" for n in tally.notes))
     assert tally.executions == tally.completed == PER_ROUND * tally.rounds, tally.line()
     assert (tally.killed, tally.paused, tally.repeated) == (0, 0, 0), tally.line()
-    assert tally.started == tally.executions, tally.line()
+    assert tally.started == tally.executions and tally.locks_after_run == 0, tally.line()
