@@ -15,11 +15,18 @@ process group an attempt left behind (`record_process`) is stopped before the ne
 The look-up follows the chain of linked runs (`executions.previous_execution_id`: dlq requeue
 and re-runs), so the guard holds across them.
 
+An attempt whose worker is alive holds an advisory lock (`AttemptLiveness`): a retry Temporal
+sends while it still runs (a server restart timed it out) waits for its recorded result
+(`live_open_attempts`) instead of pausing; only an attempt whose worker is gone pauses.
+
 Every function takes an asyncpg Connection or Pool (`conn_or_pool`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -220,3 +227,119 @@ async def attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID,
            WHERE execution_id = $1 AND ($2::text IS NULL OR step_id = $2)
            ORDER BY step_id, attempt""", _uuid(execution_id), step_id)
     return [StepAttempt.from_record(r) for r in rows]
+
+
+# ------------------------------------------------------------------------ liveness
+
+# What a lost session looks like from asyncpg (killed backend, PostgreSQL restart).
+SESSION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                asyncpg.OperatorInterventionError)
+
+
+def attempt_key(execution_id: str | uuid.UUID, step_id: str, attempt: int) -> int:
+    """The advisory-lock key (a signed bigint) of one attempt."""
+    digest = hashlib.blake2b(f"opsc-attempt:{execution_id}:{step_id}:{attempt}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class AttemptLiveness:
+    """A live attempt holds a PostgreSQL advisory lock for as long as it runs.
+
+    Temporal may give up on an attempt that is in fact alive — a server restart or rolling
+    upgrade times it out while its heartbeats cannot arrive — and send a retry. The retry
+    asks PostgreSQL whether the earlier attempt's lock is still held: held means its worker
+    is alive and still running it (wait for its recorded result); free means its worker's
+    session is gone (the guard then pauses a non-idempotent step, as before).
+
+    One pooled connection per worker holds every running attempt's lock; it is checked out
+    only while at least one attempt runs, so the pool closes normally when idle. The lock
+    dies with the worker's session (process killed, host gone: the session's TCP keepalive),
+    which no timestamp lease can tell as quickly.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._conn: Any = None
+        self._keys: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> Any:
+        if self._conn is not None and self._conn.is_closed():
+            await self._drop()
+        if self._conn is None:
+            self._conn = await self.pool.acquire()
+            for key in self._keys:  # a new session after the old one died: hold them again
+                await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        return self._conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    async def _call(self, sql: str, key: int) -> Any:
+        """One statement on the holding session; a dead session is replaced once."""
+        for last in (False, True):
+            try:
+                return await (await self._connection()).fetchval(sql, key)
+            except SESSION_LOST:
+                await self._drop()
+                if last:
+                    raise
+        return None
+
+    async def hold(self, key: int) -> bool:
+        """Mark an attempt alive; False when it cannot be (then a retry treats it as gone)."""
+        async with self._lock:
+            try:
+                held = bool(await self._call("SELECT pg_try_advisory_lock($1)", key))
+            except (*SESSION_LOST, asyncpg.PostgresError):
+                return False
+            if held:
+                self._keys.add(key)
+            elif not self._keys:
+                await self._drop()
+            return held
+
+    async def release(self, key: int) -> None:
+        """The attempt ended (its end is recorded, or it is stopped)."""
+        async with self._lock:
+            if key not in self._keys:
+                return
+            self._keys.discard(key)
+            if self._conn is None:
+                return
+            if self._keys:
+                with contextlib.suppress(*SESSION_LOST, asyncpg.PostgresError):
+                    await self._call("SELECT pg_advisory_unlock($1)", key)
+            else:  # idle: give the connection back (the pool's reset drops its locks)
+                await self._drop()
+
+
+async def attempt_alive(conn_or_pool: Executor, key: int) -> bool:
+    """Whether some session (a live worker) holds the attempt's lock."""
+    async def probe(conn: asyncpg.Connection) -> bool:
+        async with conn.transaction():  # a transaction lock: gone at commit, never kept
+            return not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", key)
+
+    if isinstance(conn_or_pool, asyncpg.Pool):
+        async with conn_or_pool.acquire() as conn:
+            return await probe(conn)
+    return await probe(conn_or_pool)
+
+
+async def live_open_attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID,
+                             step_id: str, *, exclude_attempt: int) -> list[StepAttempt]:
+    """This execution's earlier attempts of the step that never closed and whose worker still
+    holds them: still running, though Temporal may have given up on them."""
+    rows: list[Any] = await conn_or_pool.fetch(
+        """SELECT * FROM execution.step_attempts
+           WHERE execution_id = $1 AND step_id = $2 AND attempt <> $3
+             AND finished_at IS NULL AND resolved_by IS NULL ORDER BY attempt""",
+        _uuid(execution_id), step_id, exclude_attempt)
+    found = [StepAttempt.from_record(r) for r in rows]
+    return [a for a in found
+            if await attempt_alive(conn_or_pool, attempt_key(a.execution_id, a.step_id,
+                                                             a.attempt))]

@@ -25,7 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
-from opsconductor.activities.attempts import StepAttempt
+from opsconductor.activities.attempts import StepAttempt, attempt_key
 from opsconductor.activities.authorization import ActionGate
 from opsconductor.activities.checks import result_context, run_checks
 from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
@@ -393,8 +393,10 @@ async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepA
 
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
-                      pool: Any, streams: list[StoredStream] | None = None) -> None:
-    """The step row, its event, the attempt's outcome (with the result on success) and the
+                      pool: Any, streams: list[StoredStream] | None = None, *,
+                      retryable: bool = False) -> None:
+    """The step row, its event, the attempt's outcome (with its result, and for a failure
+    whether it is retryable: a retry that waited for this attempt answers the same) and the
     full output streams, in one transaction."""
     from opsconductor.activities.attempts import record_attempt_finished
 
@@ -417,7 +419,8 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
     async with pool.acquire() as conn, conn.transaction():
         await record_attempt_finished(
             conn, inp.execution_id, step.id, attempt, outcome,
-            result=result.model_dump(mode="json") if outcome == "succeeded" else None)
+            result=result.model_dump(mode="json") if outcome == "succeeded"
+            else {**result.model_dump(mode="json"), RETRYABLE_KEY: retryable})
         await write_step_and_event(conn, inp.execution_id, record, event)
         await store_streams(conn, streams or [])
 
@@ -458,6 +461,12 @@ class StepActivities:
         self.secrets = secrets
         self.masker = masker
         self.live = live  # values registered here are masked in every log record
+        from opsconductor.activities.attempts import AttemptLiveness
+
+        # A running attempt's advisory lock: a retry Temporal sends while it still runs waits.
+        self.liveness = AttemptLiveness(pool)
+        # This worker's running step bodies, so a retry here can stop a ridden-out attempt.
+        self.running: dict[tuple[str, str, int], asyncio.Task[StepOutcome]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, pool: Any, *,
@@ -466,6 +475,69 @@ class StepActivities:
         return cls(settings=settings, pool=pool, rbac=RbacEngine.from_settings(settings),
                    secrets=SecretResolver.from_settings(settings),
                    masker=Masker.from_settings(settings), live=live or LiveSecrets())
+
+    async def _await_live_attempts(self, inp: StepRunInput, attempt: int, asset: Any,
+                                   deadline: float) -> None:
+        """Before acting, wait for an earlier attempt of this execution that still runs on a
+        live worker (Temporal gave up on it during an outage). Its recorded end then decides:
+        a success is returned by `_record_start`, a failure is raised here as it would have
+        been; one still running at `deadline` is left to the guard (a pause)."""
+        from opsconductor.activities.attempts import live_open_attempts, prior_attempts
+
+        step = inp.step
+
+        async def live() -> list[StepAttempt]:
+            try:
+                return await live_open_attempts(self.pool, inp.execution_id, step.id,
+                                                exclude_attempt=attempt)
+            except DB_OUTAGE:
+                return []
+
+        running = await live()
+        if not running:
+            return
+        awaited = {a.attempt for a in running}
+        log.warning("step %s attempt %d: attempt(s) %s still run on a live worker; waiting for "
+                    "their recorded end instead of acting", step.id, attempt,
+                    ", ".join(f"{a.attempt} on {a.worker}" for a in running))
+        try:
+            while running and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                running = await live()
+        except asyncio.CancelledError:  # the workflow's cancel: the awaited command stops too
+            await self._stop_awaited(inp, attempt, awaited, asset)
+            raise
+        ended = [a for a in await prior_attempts(self.pool, inp.execution_id, step.id,
+                                                 exclude_attempt=attempt)
+                 if a.execution_id == inp.execution_id and a.attempt in awaited]
+        for a in ended:
+            if a.outcome in ("failed", "timeout") and a.result:
+                raw = dict(a.result)
+                retryable = bool(raw.pop(RETRYABLE_KEY, False))
+                result = StepResult.model_validate({**raw, "attempts": attempt})
+                raise ApplicationError(result.error or "step failed", result,
+                                       type=result.error_type or ErrorType.STEP_FAILED,
+                                       non_retryable=not retryable)
+
+    async def _stop_awaited(self, inp: StepRunInput, attempt: int, awaited: set[int],
+                            asset: Any) -> None:
+        """Stop the attempts a cancelled retry was waiting for: here by their task, on
+        another worker by their recorded process group (as leftovers are stopped)."""
+        from opsconductor.activities.attempts import prior_attempts
+
+        for n in awaited:
+            task = self.running.get((inp.execution_id, inp.step.id, n))
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(task), 30)
+        with contextlib.suppress(Exception):
+            rest = [a for a in await prior_attempts(self.pool, inp.execution_id, inp.step.id,
+                                                    exclude_attempt=attempt)
+                    if a.attempt in awaited and a.finished_at is None and a.pgid
+                    and a.stopped_at is None]
+            if rest:
+                await asyncio.shield(_stop_leftovers(inp, attempt, rest, asset, self.pool))
 
     @activity.defn(name="run_step")
     async def run_step(self, inp: StepRunInput) -> StepResult:
@@ -529,15 +601,40 @@ class StepActivities:
                 _fail(masker.mask_text(f"step {step.id} precondition failed: {failed[0].expr}: "
                                        f"{failed[0].detail}"), ErrorType.PRECONDITION_FAILED)
 
+        try:
+            await self._await_live_attempts(inp, attempt, asset, start_deadline)
+        except BaseException:
+            self.live.forget(secret_values)
+            raise
+        key = attempt_key(inp.execution_id, step.id, attempt)
+        alive = await self.liveness.hold(key)
         started = _now()
         try:
             recorded, leftovers = await through_outage(
                 f"step {step.id} start record",
                 lambda: _record_start(inp, attempt, started, pool, audit), start_deadline)
-        except DatabaseOutage as err:
+        except BaseException as err:
+            await self.liveness.release(key)
             self.live.forget(secret_values)
-            _fail(f"{err}; step {step.id} did not act", ErrorType.DATABASE_UNAVAILABLE,
-                  retryable=True)
+            if isinstance(err, DatabaseOutage):
+                _fail(f"{err}; step {step.id} did not act", ErrorType.DATABASE_UNAVAILABLE,
+                      retryable=True)
+            raise
+        try:
+            return await self._act(inp, attempt, asset, masker, inputs, secret_values, checks,
+                                   gate, recorded, leftovers, started, t0, total, timeout,
+                                   local_attempt, alive)
+        finally:
+            await self.liveness.release(key)
+
+    async def _act(self, inp: StepRunInput, attempt: int, asset: Any, masker: Masker,
+                   inputs: Any, secret_values: Any, checks: list[dict[str, Any]], gate: ActionGate,
+                   recorded: StepResult | None, leftovers: list[StepAttempt],
+                   started: datetime, t0: float, total: float, timeout: float,
+                   local_attempt: int, alive: bool) -> StepResult:
+        """From the start record to the end record: the command itself."""
+        step = inp.step
+        pool = self.pool
         # A long outage at the start eats into the command's time, never past the deadline.
         timeout = max(1.0, min(timeout, t0 + total - time.monotonic() - 5.0))
         if recorded is not None:
@@ -576,7 +673,7 @@ class StepActivities:
             on_process=on_process, gate=gate)
         tap = OutputTap(pool, inp.execution_id, step.id, attempt, masker.mask_text)
         ctx.on_output = tap.feed  # live output for `opsconductor logs --follow`
-        try:
+        async def body() -> StepOutcome:
             async with _leases_renewed(inp, pool) as lost:
                 if step.templated:
                     outcome = await _run_templated(inp, ctx, gate, pool, timeout)
@@ -591,6 +688,13 @@ class StepActivities:
                                       error_type=ErrorType.LOCK_LOST, retryable=False,
                                       exit_code=outcome.exit_code, stdout=outcome.stdout,
                                       stderr=outcome.stderr)
+            return outcome
+
+        work = asyncio.ensure_future(body())
+        ident = (inp.execution_id, step.id, attempt)
+        self.running[ident] = work
+        try:
+            outcome = await _ride_out(work, step.id, attempt, alive)
         except asyncio.CancelledError:
             why = _interruption()
             await _record_cancelled(inp, attempt, pool, interrupted=why)
@@ -606,6 +710,7 @@ class StepActivities:
             outcome = StepOutcome(ok=False, error=f"{type(err).__name__}: {err}",
                                   error_type=ErrorType.EXECUTOR_ERROR)
         finally:
+            self.running.pop(ident, None)
             await tap.close()
             self.live.forget(secret_values)
 
@@ -637,7 +742,7 @@ class StepActivities:
         try:
             await through_outage(f"step {step.id} end record",
                                  lambda: _record_end(inp, attempt, result, final, pool,
-                                                     streams),
+                                                     streams, retryable=outcome.retryable),
                                  t0 + total - 1.0)
         except DatabaseOutage as err:
             # Temporal still gets the true result; the attempt stays open, so a retry that
@@ -661,6 +766,74 @@ async def _close_unacted(inp: StepRunInput, attempt: int, pool: Any,
     with contextlib.suppress(Exception):
         await record_attempt_finished(pool, inp.execution_id, inp.step.id, attempt, "failed",
                                       f"did not act: {str(err)[:500]}")
+
+
+# Temporal gave up on the attempt, yet its worker is alive: a server restart or rolling
+# upgrade timed it out while its heartbeats could not arrive.
+SERVER_GAVE_UP = ("the server timed it out", "the server no longer knows it")
+RETRYABLE_KEY = "_retryable"  # beside a failed attempt's recorded result
+WATCH_SECONDS = 1.0  # how often such an attempt checks that its workflow still wants it
+
+
+async def _ride_out(work: asyncio.Future[StepOutcome], step_id: str, attempt: int,
+                    alive: bool) -> StepOutcome:
+    """Await the step body; a cancel stops it (the workflow's, a worker shutdown) — except the
+    first one that only says Temporal gave up on a live attempt: the command then runs on and
+    records its end, which the retry Temporal sends waits for (`_await_live_attempts`).
+    Without the liveness lock (`alive`) a retry could not tell, so the command stops."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        why = _interruption()
+        task = asyncio.current_task()
+        if alive and why in SERVER_GAVE_UP and not work.cancelled() and task is not None:
+            task.uncancel()
+            log.warning("step %s attempt %d: %s (a Temporal restart or upgrade?); its command "
+                        "runs on, and the retry waits for its recorded result", step_id,
+                        attempt, why)
+            watch = asyncio.ensure_future(_watch_workflow(activity.info()))
+            try:
+                done, _ = await asyncio.wait({work, watch},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
+                    return work.result()
+                log.warning("step %s attempt %d: %s; its command is stopped", step_id, attempt,
+                            watch.result())
+            except asyncio.CancelledError:
+                pass
+            finally:
+                watch.cancel()
+        work.cancel()
+        try:
+            await work
+        except (asyncio.CancelledError, Exception):
+            pass
+        raise asyncio.CancelledError from None
+
+
+async def _watch_workflow(info: activity.Info) -> str:
+    """While an attempt Temporal gave up on runs on, its workflow may move on without it (a
+    cancel while the retry waits for its backoff, attempts exhausted, the run ended): say
+    why, so the command stops. An unreachable Temporal only means: keep watching."""
+    from temporalio.api.enums.v1 import PendingActivityState
+    from temporalio.client import WorkflowExecutionStatus
+
+    handle = activity.client().get_workflow_handle(info.workflow_id,
+                                                   run_id=info.workflow_run_id)
+    while True:
+        await asyncio.sleep(WATCH_SECONDS)
+        try:
+            desc = await asyncio.wait_for(handle.describe(), 10)
+        except Exception:
+            continue
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return "its workflow run ended"
+        mine = [p for p in desc.raw_description.pending_activities
+                if p.activity_id == info.activity_id]
+        if not mine:
+            return "its workflow no longer waits for the step"
+        if mine[0].state == PendingActivityState.PENDING_ACTIVITY_STATE_CANCEL_REQUESTED:
+            return "its workflow cancelled the step"
 
 
 def _interruption() -> str | None:

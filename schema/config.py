@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         "Temporal frontend host:port. Set it and the dev stack starts no Temporal server; "
         "unset, a running dev stack's stack.json provides it."))
     namespace: str = Field(DEFAULT_NAMESPACE, description="Temporal namespace.")
+    temporal_outage_seconds: float = Field(30.0, gt=0, description=(
+        "The longest Temporal outage (a restart, a rolling upgrade) that work rides through: "
+        "every call to Temporal (a step's heartbeat and result, a command's signal) is "
+        "retried for this long before it fails. TLS, API keys and profiles come from the "
+        "`temporal` CLI's own TEMPORAL_* variables and temporal.toml (docs/temporal.md)."))
     task_queue: str = Field(DEFAULT_TASK_QUEUE, description=(
         "Task queue the workers poll and executions are started on."))
     database_url: str | None = Field(None, description=(
@@ -329,7 +334,8 @@ class Settings(BaseSettings):
         "Test suite only: re-record the workflow histories the replay test checks."))
     fault_counts: str | None = Field(None, description=(
         "Test suite only: rounds of the fault-injection suite, e.g. "
-        "`kill9=10,sigterm=5,temporal=5,postgres=5` (default: what fits in ~4 minutes)."))
+        "`kill9=10,sigterm=5,temporal=5,postgres=5,restart5=5,restart25=5` (default: what "
+        "fits in ~4 minutes, one round of each restart length)."))
 
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
 

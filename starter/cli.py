@@ -668,8 +668,14 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from opsconductor.starter.cli_setup import apply_connection_flags
+    from opsconductor.starter.namespace_setup import NamespaceProblem
+
+    apply_connection_flags(args)
     try:
         await run_worker(stop=stop)
+    except NamespaceProblem as err:
+        return _err(args, str(err), EXIT_NOT_FOUND if err.not_found else EXIT_FAILED)
     except RuntimeError as err:
         return _err(args, str(err), EXIT_UNREACHABLE)
     return EXIT_OK
@@ -702,7 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("dev", cmd_dev, "run the embedded stack (Temporal, Postgres, worker) in the foreground")
     add("demo", cmd_demo, "run the bundled example execution (starts a stack if none runs)")
-    add("worker", cmd_worker, "run a worker against the configured Temporal and Postgres")
+    from opsconductor.starter import cli_setup
+
+    cli_setup.add_connection_flags(
+        add("worker", cmd_worker, "run a worker against the configured Temporal and Postgres"))
+    cli_setup.register(add)
     db = sub.add_parser("db", help="database commands")
     dbsub = db.add_subparsers(dest="db_command", required=True)
     mig = dbsub.add_parser("migrate", help="apply pending migrations")

@@ -255,6 +255,13 @@ class DevStack:
     async def start(self) -> Settings:
         """Servers, migrations, stack.json and a worker task; returns the settings."""
         settings = await asyncio.to_thread(self.start_servers)
+        if self.temporal is not None:
+            # The stack's own server, for its worker and this process's clients: before any
+            # TEMPORAL_* variable or profile the operator has set for other clusters.
+            from opsconductor.starter.connect import FLAGS, ConnectionFlags
+
+            FLAGS.set(ConnectionFlags(address=settings.temporal_address,
+                                      namespace=settings.namespace))
         self.policy_file = self.use_default_policy()
         try:
             assert settings.database_url

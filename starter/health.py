@@ -148,14 +148,15 @@ async def check_health(this_host: bool = False) -> dict[str, dict[str, Any]]:
         client = await asyncio.wait_for(connect(settings), 5)
         resp = await asyncio.wait_for(client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
-                namespace=settings.namespace, task_queue=TaskQueue(name=settings.task_queue),
+                namespace=client.namespace, task_queue=TaskQueue(name=settings.task_queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)), 10)
     except Exception as err:
         report["temporal"] = {"ok": False, "detail": str(err) or type(err).__name__}
         report["workers"] = {"ok": False, "detail": "unknown: Temporal unreachable"}
         return report
-    report["temporal"] = {"ok": True, "detail": f"{settings.temporal_address} "
-                                                f"namespace {settings.namespace}"}
+    report["temporal"] = {"ok": True,
+                          "detail": f"{client.service_client.config.target_host} "
+                                    f"namespace {client.namespace}"}
     host = socket.gethostname() if this_host else None
     identities = [p.identity for p in resp.pollers]
     polling = [i for i in identities if host is None or i.endswith(f"@{host}")]

@@ -27,8 +27,10 @@ class TemporalDevServer:
     def __init__(self, *, db_file: Path | None = None, log_file: Path | None = None,
                  port: int | None = None, ui_port: int | None = None, headless: bool = False,
                  namespace: str = "default", host: str = "127.0.0.1",
-                 codec_endpoint: str | None = None):
+                 codec_endpoint: str | None = None, search_attributes: bool = True):
         self.host = host
+        # False: a bare namespace, as an existing cluster's is before `opsconductor setup`.
+        self.search_attributes = search_attributes
         self.codec_endpoint = codec_endpoint  # the Web UI decodes payloads through it
         self.port = port or free_port(host)
         self.ui_port = None if headless else (ui_port or free_port(host))
@@ -56,7 +58,7 @@ class TemporalDevServer:
             cmd += ["--headless"]
         if self.db_file:
             cmd += ["--db-filename", str(self.db_file)]
-        for name, kind in SEARCH_ATTRIBUTES.items():
+        for name, kind in SEARCH_ATTRIBUTES.items() if self.search_attributes else ():
             cmd += ["--search-attribute", f"{name}={kind}"]
         return cmd
 

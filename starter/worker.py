@@ -39,7 +39,6 @@ from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretResolver
 from opsconductor.schema.config import Settings, load_settings
-from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.telemetry import Telemetry, tracing_interceptors
 from opsconductor.workflows.execution import ExecutionWorkflow
 
@@ -68,14 +67,23 @@ def workflow_runner(strict: bool | None = None) -> SandboxedWorkflowRunner:
 
 async def connect(settings: Settings, *, runtime: Runtime | None = None,
                   interceptors: Sequence[ClientInterceptor] = ()) -> Client:
-    """A client of the configured server; `runtime` carries a worker's metric buffer,
-    `interceptors` the client's tracing."""
-    if not settings.temporal_address:
-        raise RuntimeError("no Temporal server configured: set OPSC_TEMPORAL_ADDRESS or start "
-                           "`opsconductor dev`")
-    return await Client.connect(settings.temporal_address, namespace=settings.namespace,
-                                data_converter=DATA_CONVERTER, runtime=runtime,
-                                interceptors=interceptors)
+    """A client of the configured server (`opsconductor.starter.connect`: the `temporal` CLI's
+    TEMPORAL_* variables and profiles, then OPSC_*, then stack.json)."""
+    from opsconductor.starter.connect import connect as connect_temporal
+
+    return await connect_temporal(settings, runtime=runtime, interceptors=interceptors)
+
+
+async def ready_namespace(client: Client, settings: Settings) -> None:
+    """Refuse to start on a namespace without our search attributes: every workflow task
+    would fail when it upserts one, and the executions would hang."""
+    from opsconductor.starter.namespace_setup import NamespaceProblem, missing_search_attributes
+
+    missing = await missing_search_attributes(client, client.namespace)
+    if missing:
+        raise NamespaceProblem(
+            f"namespace {client.namespace!r} lacks the search attributes {', '.join(missing)}: "
+            "run `opsconductor setup` (once per namespace) before starting workers")
 
 
 def build_activities(settings: Settings, pool: asyncpg.Pool, *,
@@ -171,6 +179,7 @@ async def run_worker(settings: Settings | None = None,
         await require_schema(pool)  # refuse a schema older or newer than this code
         client = await connect(settings, runtime=telemetry.runtime,
                                interceptors=tracing_interceptors(telemetry.tracer_provider))
+        await ready_namespace(client, settings)
     except BaseException:
         await pool.close()
         raise
@@ -185,7 +194,8 @@ async def run_worker(settings: Settings | None = None,
     if stop is None:  # a caller that passes `stop` owns the signals (CLI, dev stack)
         stop = asyncio.Event()
         _stop_on_signals(stop)
-    log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+    log.info("worker polling %s on %s", settings.task_queue,
+             client.service_client.config.target_host)
     try:
         async with telemetry.running(), worker, refreshing(gauges, settings), \
                 every(settings.sla_check_seconds, sla.check, "SLA check"):

@@ -19,6 +19,12 @@ from opsconductor.starter.temporal_server import TemporalDevServer
 
 # The whole session's worker and client use the test RBAC policy (approver roles).
 os.environ["OPSC_RBAC_POLICY"] = str(Path(__file__).resolve().parent / "rbac_policy.yaml")
+# Hermetic Temporal connections: no TEMPORAL_* variable or temporal.toml of the machine's
+# (the `temporal` CLI's, which every client reads first) leaks into a test.
+for _name in [k for k in os.environ if k.startswith("TEMPORAL_")]:
+    del os.environ[_name]
+os.environ["TEMPORAL_CONFIG_FILE"] = str(Path(__file__).resolve().parent / "data"
+                                         / "no-temporal-profiles.toml")
 # Tests run the workflow in the strict sandbox: a non-deterministic call fails them.
 os.environ.setdefault("OPSC_WORKFLOW_SANDBOX", "strict")
 

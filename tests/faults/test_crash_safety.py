@@ -63,6 +63,8 @@ def fault_counts() -> dict[str, int]:
     raw = load_settings().fault_counts or ""
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, _, value = part.partition("=")
+        if name.startswith("restart"):  # test_restarts.py's rounds
+            continue
         if name not in counts:
             raise ValueError(f"OPSC_FAULT_COUNTS: unknown scenario {name!r}")
         counts[name] = int(value)
@@ -402,7 +404,8 @@ async def test_temporal_restart_mid_step(rig: Rig,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The Temporal server stops mid-step and comes back on its SQLite file: a step whose
     command finished during the outage returns its recorded result; a longer one, which the
-    server may time out and stop midway, pauses for an operator instead of starting again."""
+    server times out, runs on while its worker lives and its retry waits for that result
+    (tests/faults/test_restarts.py measures this at 5 s and 25 s): nothing pauses."""
     tally = Tally("Temporal server restart mid-step")
     for i in range(COUNTS["temporal"]):
         await one_worker(rig)
@@ -417,6 +420,7 @@ async def test_temporal_restart_mid_step(rig: Rig,
         await finish(rig, run, tally)
         assert len(run.lines("act", "effects")) == 1
     report(tally, capsys)
+    assert tally.pauses == 0
 
 
 async def test_postgres_restart(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
