@@ -23,6 +23,8 @@ The API (stable; other modules use only these names):
 - `TOOL_PROBES: dict[str, Mapper]` — tool name -> mapper (inputs -> (probe, params) | None);
   adding a tool is one line: `"tool-name": fixed("uptime")`, `fields("journal", unit="unit")`,
   or `forms(...)` for exact text forms (`"df -h"`), see docs/probes.md.
+- `Probe.env` — step `env` names a probe may take (`safety.command_env.PROBE_ENV`); any other
+  `env`, a `working_directory` or a secret reference makes the step free text.
 - `CONNECTION_KEYS` — inputs that say where the step runs, not what it does (ignored here).
 """
 
@@ -35,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from opsconductor.safety.command_env import probe_env_problems
 from opsconductor.safety.probe_catalog import PROBES, ProbeSpec
 from opsconductor.safety.probe_params import ps_name
 
@@ -53,6 +56,7 @@ class Probe(BaseModel):
     name: str
     params: dict[str, Any]
     platform: Literal["posix", "powershell"]
+    env: dict[str, str] = {}  # only `command_env.PROBE_ENV` names (a zone, a locale)
 
     @property
     def spec(self) -> ProbeSpec:
@@ -463,8 +467,10 @@ def probe_for(tool: str, inputs: Mapping[str, Any] | None) -> Probe | None:
     if mapper is None:
         return None
     meaningful = _meaningful(inputs or {})
-    if meaningful.get("env") or meaningful.get("working_directory"):
-        return None  # what a probe runs in is fixed: a step that sets it is not a probe
+    env = meaningful.pop("env", None) or {}
+    if meaningful.get("working_directory") or not isinstance(env, dict) \
+            or probe_env_problems(env):
+        return None  # where a probe runs is fixed, and what it sees beyond PROBE_ENV names
     if any(isinstance(v, dict) and v.get("type") == "secret" for v in meaningful.values()):
         return None
     try:
@@ -474,4 +480,5 @@ def probe_for(tool: str, inputs: Mapping[str, Any] | None) -> Probe | None:
     if mapped is None:
         return None
     name, params = mapped
-    return make_probe(name, params)
+    probe = make_probe(name, params)
+    return probe.model_copy(update={"env": dict(env)}) if env else probe
