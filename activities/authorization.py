@@ -1,12 +1,19 @@
 """One gate for everything that acts on a host: steps, command checks, safety checks, rollback.
 
 Every path that can start a process or change a system asks this gate first, with what it is
-about to run. The command is classified (`safety.command_policy`): a command that can run an
-arbitrary program (`env sh -c`, `find -exec`, `xargs`, shell syntax, ...) is authorized as
-`shell` as well as under its own tool's name, so a rule that denies `shell` cannot be walked
-around by naming another tool. Checks are meant to read: a check command that does more than
-read needs `shell` too. Each tool evaluated is one audited decision, with the rule that
-decided it.
+about to run, and the gate decides on what it *is*, never on how it is worded:
+
+- a step whose tool and inputs map onto a typed probe (`safety.probes`) is that probe: a
+  fixed read-only argument list. It is authorized as its tool and as `probe:<name>`, and what
+  runs is the probe's argv, whatever `command` text the step also carries;
+- anything else that runs on a host — `shell`, a free-text `command`, a script, a check or
+  rollback line that is not an exact probe form, a changing action of any tool, an `env` or
+  `working_directory` beyond a probe's — is free text and is authorized as `shell` too,
+  always. A read tool therefore can never carry a change: a change is not a probe.
+
+The old classifier (`safety.command_policy`) decides nothing here; the dry run shows its
+opinion to `shell` holders as a warning. Each tool name evaluated is one audited decision,
+with the rule that decided it.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opsconductor.safety import rbac
-from opsconductor.safety.command_policy import SHELL_TOOL, Capability, classify_command
+from opsconductor.safety.probes import Probe, ProbeError, probe_for
 from opsconductor.schema.enums import StepKind
 from opsconductor.schema.spec import ExecutionSpec, StepSpec
 
 CHECK_TOOL = "check"  # the tool name of a check command that only reads
+SHELL_TOOL = "shell"  # free text: runs any program
+TEXT_TOOL = "ssh_command_read"  # how a bare command line (check, rollback) is read for a probe
 
 
 class ActionDenied(PermissionError):
@@ -28,21 +37,51 @@ class ActionDenied(PermissionError):
 
 
 @dataclass(frozen=True)
+class Operation:
+    """What an action is, for RBAC: the probe it runs (None: free text), the tool names that
+    must all be allowed, and why `shell` is among them."""
+
+    probe: Probe | None
+    tools: tuple[str, ...]
+    why: str | None = None
+
+
+def operation_of(tool: str, command: str | None, *, inputs: Mapping[str, Any] | None = None,
+                 read_only_expected: bool = False) -> Operation:
+    """The operation an action is. `inputs`: the step's validated inputs (a step); None for a
+    bare command line (a check, a rollback action), which is a probe only in an exact form."""
+    if command is None and inputs is None:
+        return Operation(None, (tool,))
+    source, given = (tool, inputs) if inputs is not None else (TEXT_TOOL, {"command": command})
+    why = None
+    try:
+        probe = probe_for(source, given)
+    except ProbeError as err:
+        probe, why = None, str(err)
+    if probe is not None:
+        return Operation(probe, tuple(dict.fromkeys((tool, f"probe:{probe.name}"))))
+    if command is None:
+        return Operation(None, (tool,))  # not a command step (http, sql, noop, ...)
+    if why is None:
+        why = ("a check may only read: not a probe" if read_only_expected
+               else "free text: not a probe")
+    return Operation(None, tuple(dict.fromkeys((tool, SHELL_TOOL))), why)
+
+
+def tools_to_authorize(tool: str, command: str | None, *, read_only_expected: bool = False,
+                       inputs: Mapping[str, Any] | None = None,
+                       ) -> tuple[tuple[str, ...], str | None]:
+    """The tool names RBAC must allow for this action, and why `shell` is among them."""
+    op = operation_of(tool, command, inputs=inputs, read_only_expected=read_only_expected)
+    return op.tools, op.why
+
+
+@dataclass(frozen=True)
 class Verdict:
     allowed: bool
     reason: str
     entries: list[rbac.AuditEntry] = field(default_factory=list)
-
-
-def tools_to_authorize(tool: str, command: str | None, *,
-                       read_only_expected: bool = False) -> tuple[tuple[str, ...], str | None]:
-    """The tool names RBAC must allow for this action, and why (the classification)."""
-    if command is None:
-        return (tool,), None
-    c = classify_command(command)
-    if read_only_expected and c.capability is not Capability.READ:
-        return (tool, SHELL_TOOL), f"{c.reason}: a check may only read"
-    return c.rbac_tools(tool), c.reason if c.runs_any_program else None
+    probe: Probe | None = None  # what runs, when the action is a probe
 
 
 @dataclass
@@ -58,10 +97,12 @@ class ActionGate:
     step_id: str | None = None
 
     async def decide(self, *, tool: str, resource: str | None, command: str | None = None,
-                     read_only_expected: bool = False) -> Verdict:
+                     read_only_expected: bool = False,
+                     inputs: Mapping[str, Any] | None = None) -> Verdict:
         """Evaluate without recording (the caller records the entries in its own
         transaction); denied if any of the tools is denied."""
-        tools, why = tools_to_authorize(tool, command, read_only_expected=read_only_expected)
+        op = operation_of(tool, command, inputs=inputs, read_only_expected=read_only_expected)
+        tools, why = op.tools, op.why
         policy = await self.engine.policy(self.pool)
         target = resource or "localhost"
         entries: list[rbac.AuditEntry] = []
@@ -76,14 +117,15 @@ class ActionGate:
                 as_what = f" (as {name}: {why})" if name != tool and why else ""
                 return Verdict(False, f"denied: {self.actor} may not execute {tool}{as_what} "
                                       f"on {target} in {self.environment}: {decision.reason}",
-                               entries)
-        return Verdict(True, entries[-1].decision.reason, entries)
+                               entries, op.probe)
+        return Verdict(True, entries[-1].decision.reason, entries, op.probe)
 
     async def require(self, *, tool: str, resource: str | None, command: str | None = None,
-                      read_only_expected: bool = False) -> Verdict:
+                      read_only_expected: bool = False,
+                      inputs: Mapping[str, Any] | None = None) -> Verdict:
         """Decide and record now; raise `ActionDenied` when refused (nothing may run)."""
         verdict = await self.decide(tool=tool, resource=resource, command=command,
-                                    read_only_expected=read_only_expected)
+                                    read_only_expected=read_only_expected, inputs=inputs)
         await rbac.audit_many(self.pool, verdict.entries)
         if not verdict.allowed:
             raise ActionDenied(verdict.reason)
@@ -100,6 +142,7 @@ class PlannedAction:
     resource: str | None
     command: str | None
     read_only_expected: bool = False
+    inputs: dict[str, Any] | None = None  # a step's validated inputs (None: a bare line)
 
 
 def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | None = None,
@@ -125,8 +168,10 @@ def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | N
 
     for s in spec.steps:
         for where in places(s):
+            command_step = s.kind is StepKind.COMMAND
             out.append(PlannedAction(s.id, "step", s.tool, where,
-                                     s.command if s.kind is StepKind.COMMAND else None))
+                                     s.command if command_step else None,
+                                     inputs=s.inputs if command_step else None))
             checks(s.id, "precondition", s.preconditions, where)
             checks(s.id, "success criterion", s.success_criteria, where)
             if s.kind is StepKind.VALIDATE:

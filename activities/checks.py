@@ -692,8 +692,9 @@ async def run_command_check(command: str, *, asset: Asset | None, gate: ActionGa
     if gate is None:
         return CheckResult(False, label, "not run: a command check needs an authorization gate")
     try:
-        await gate.require(tool=CHECK_TOOL, resource=asset.id if asset is not None else None,
-                           command=command, read_only_expected=True)
+        verdict = await gate.require(tool=CHECK_TOOL,
+                                     resource=asset.id if asset is not None else None,
+                                     command=command, read_only_expected=True)
     except ActionDenied as err:
         return CheckResult(False, label, f"not run: {err}")
     spec = StepSpec(id="check", tool="shell", kind=StepKind.COMMAND,
@@ -703,7 +704,13 @@ async def run_command_check(command: str, *, asset: Asset | None, gate: ActionGa
                       inputs={"command": command}, timeout=timeout, asset=asset)
     connector = asset.connector if asset is not None else "local"
     runner = LocalCommandRunner() if connector == "local" else command_runner_for(connector)
-    outcome = await runner.run(ctx, command, env=dict(env or {}), cwd=None, timeout=timeout)
+    if verdict.probe is not None:  # what was authorized is what runs: the probe's argv
+        from opsconductor.activities.executors.probe import run_probe
+
+        outcome = await run_probe(ctx, verdict.probe, connector)
+    else:
+        outcome = await runner.run(ctx, command, env=dict(env or {}), cwd=None,
+                                   timeout=timeout)
     tail = (outcome.stdout.strip() or outcome.stderr.strip())[-300:]
     if outcome.exit_code is None:
         return CheckResult(False, label, outcome.error or "command did not run")

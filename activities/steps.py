@@ -172,9 +172,11 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
     from opsconductor.safety.rbac import audit_many
 
     async def authorize(variant: StepSpec, asset: Any) -> str | None:
+        command_step = variant.kind is StepKind.COMMAND
         verdict = await gate.decide(
             tool=variant.tool, resource=asset.id if asset is not None else variant.target,
-            command=variant.command if variant.kind is StepKind.COMMAND else None)
+            command=variant.command if command_step else None,
+            inputs=variant.inputs if command_step else None)
         await audit_many(pool, verdict.entries)
         return None if verdict.allowed else verdict.reason
 
@@ -243,14 +245,16 @@ def _gate(inp: StepRunInput, pool: Any, engine: RbacEngine) -> ActionGate:
 
 
 async def _authorize(inp: StepRunInput, gate: ActionGate) -> list[Any]:
-    """Decide now, at the moment of action, on what the step really runs (a command that can
-    run any program is authorized as `shell` too); the audit rows are written with the start
+    """Decide now, at the moment of action, on what the step really runs (a probe, or free
+    text, which is authorized as `shell` too); the audit rows are written with the start
     record (a denial is audited at once)."""
     from opsconductor.safety import rbac
 
     step = inp.step
+    command_step = step.kind is StepKind.COMMAND
     verdict = await gate.decide(tool=step.tool, resource=step.target,
-                                command=step.command if step.kind is StepKind.COMMAND else None)
+                                command=step.command if command_step else None,
+                                inputs=step.inputs if command_step else None)
     if not verdict.allowed:
         await rbac.audit_many(gate.pool, verdict.entries)
         _fail(verdict.reason, ErrorType.RBAC_DENIED)

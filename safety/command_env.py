@@ -73,3 +73,37 @@ def remote_reset_prefix() -> str:
     way (HOME/USER/LOGNAME are the remote account's own)."""
     return (f'exec /usr/bin/env -i PATH={SECURE_PATH} LANG={LOCALE} LC_ALL={LOCALE} TERM=dumb '
             'HOME="$HOME" USER="$USER" LOGNAME="$LOGNAME" SHELL=/bin/sh /bin/sh -c')
+
+
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|PRIVATE_?KEY|"
+                          r"CREDENTIAL|DATABASE_URL|DSN|AUTH)", re.IGNORECASE)
+
+
+def worker_held_secrets(settings: object, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What the worker itself holds that no output may show: its tokens and webhook secret,
+    its database password (and URL), every `OPSC_SECRET_*` value and every variable of its
+    environment whose name says it is a credential. Registered with the masker at start."""
+    from urllib.parse import unquote, urlsplit
+
+    env = os.environ if environ is None else environ
+    values: list[str] = []
+    for name in ("vault_token", "asset_service_token", "alert_webhook_secret"):
+        v = getattr(settings, name, None)
+        if v is not None:
+            values.append(v.get_secret_value() if hasattr(v, "get_secret_value") else str(v))
+    urls = [getattr(settings, "database_url", None), getattr(settings, "test_database_url", None)]
+    for name, value in env.items():
+        if _SECRET_NAME.search(name) or name.startswith("OPSC_SECRET_"):
+            values.append(value)
+            if "://" in value:
+                urls.append(value)
+    for url in urls:
+        if not url or "://" not in str(url):
+            continue
+        try:
+            password = urlsplit(str(url)).password
+        except ValueError:
+            continue
+        if password:
+            values += [password, unquote(password), str(url)]
+    return sorted({v for v in values if isinstance(v, str) and v})

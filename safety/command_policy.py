@@ -1,15 +1,15 @@
-"""What a command line really does: read, modify, or run any program.
+"""A guess at what a free-text command line does: read, modify, or run any program.
 
-RBAC rules name tools (`shell`, `systemctl`, ...), but a tool's name says little about what a
-command can do: `env sh -c ...`, `find -exec`, `xargs`, `timeout`, `sudo` or an `awk` program
-run any program, exactly like `shell`. So every command that reaches a host is classified here
-and a command that can run an arbitrary program is authorized as `shell` too, whatever tool
-the plan named.
+NOT a security boundary. Deciding what a command line does from its words fails (option
+values taken for verbs, skipped tokens, PowerShell quoting, programs known by basename, ...),
+so nothing is authorized by this module: free text always needs `shell`, and principals
+without it run typed probes (`safety.probes`). What remains here is a warning the dry run
+shows to `shell` holders ("this line looks like it changes state"), which may be wrong in
+either direction.
 
-The rules are an allow-list: a program is *read-only* only when it is listed below and every
-argument it gets is one the list allows for it. Anything else — an unlisted program, a flag
-the list does not know, shell syntax (pipes, `;`, `$(...)`, redirections) — is treated as able
-to run anything. A new read-only use is added here, never guessed.
+The guess: a program looks *read-only* when it is listed below and every argument it gets is
+one the list allows for it; an unlisted program, an unknown flag or shell syntax looks able to
+run anything.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ class Capability(StrEnum):
     EXECUTE = "execute"  # can run an arbitrary program: authorized as `shell`
 
 
-SHELL_TOOL = "shell"
-
 
 @dataclass(frozen=True)
 class Classification:
@@ -39,13 +37,6 @@ class Classification:
     @property
     def runs_any_program(self) -> bool:
         return self.capability is Capability.EXECUTE
-
-    def rbac_tools(self, tool: str) -> tuple[str, ...]:
-        """The tool names RBAC must allow: the plan's tool, plus `shell` when it can run
-        anything."""
-        if self.runs_any_program and tool != SHELL_TOOL:
-            return (tool, SHELL_TOOL)
-        return (tool,)
 
 
 # Characters that make a command line a shell program rather than one argv.

@@ -237,7 +237,9 @@ def _df(p: DiskParams) -> list[str]:
 
 def _ps(p: ProcessParams) -> list[str]:
     select = ["-p", ",".join(str(i) for i in p.pids)] if p.pids else ["-e"]
-    return [*select, "-ww", "-o", "pid,ppid,user,%cpu,%mem,etime,stat,args",
+    # the columns of `ps aux`, so readers of its output (checks, people) keep working
+    return [*select, "-ww", "-o", "user,pid,%cpu,%mem,vsz,rss,tty=TTY,stat,bsdstart=START,"
+            "time,args=COMMAND",
             *_opt("sort", PS_SORT.get(p.sort or ""))]
 
 

@@ -204,7 +204,7 @@ class ExecutionClient:
                               actor=request.actor, environment=request.environment.value,
                               step_id=action.step_id)
             verdict = await gate.decide(tool=action.tool, resource=action.resource,
-                                        command=action.command,
+                                        command=action.command, inputs=action.inputs,
                                         read_only_expected=action.read_only_expected)
             entries += verdict.entries
             if not verdict.allowed and refusal is None:

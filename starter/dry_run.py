@@ -14,6 +14,7 @@ query's results, the steps that fan out over them) is shown as such.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -46,6 +47,9 @@ class StepPlan(BaseModel):
     run_time: list[str] = Field(default_factory=list)  # what only run time can know
     allowed: bool = True
     rbac_reason: str = ""
+    probe: str | None = None  # the typed probe the step runs as (None: free text, `shell`)
+    argv: list[str] | None = None  # what the probe execs (or its cmdlet line)
+    warning: str | None = None  # free text: the old classifier's opinion, for `shell` holders
 
 
 class DryRunReport(BaseModel):
@@ -104,12 +108,13 @@ async def _targets(specs: list[StepSpec]) -> tuple[dict[str, Any], list[str], st
 
 
 def _judge(policy: Any, req: Any, tool: str, resource: str, command: str | None,
-           read_only_expected: bool) -> tuple[bool, str]:
+           read_only_expected: bool, inputs: Any = None) -> tuple[bool, str]:
     """The worker's decision for one action: every tool it must be allowed as (`shell` too for
-    a command that can run any program)."""
+    free text, anything that is not a probe)."""
     from opsconductor.activities.authorization import tools_to_authorize
 
-    tools, why = tools_to_authorize(tool, command, read_only_expected=read_only_expected)
+    tools, why = tools_to_authorize(tool, command, read_only_expected=read_only_expected,
+                                    inputs=inputs)
     reason = ""
     for name in tools:
         decision = policy.evaluate(tenant=req.tenant, actor=req.actor, resource=resource,
@@ -160,7 +165,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
         resource = (assets[action.resource].id if action.resource in assets
                     and assets[action.resource] is not None else action.resource)
         ok, why = _judge(policy, req, action.tool, resource or "localhost", action.command,
-                         action.read_only_expected)
+                         action.read_only_expected, action.inputs)
         if not ok:
             if action.what == "step":
                 denied_targets.setdefault(action.step_id, []).append(resource or "localhost")
@@ -193,7 +198,8 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                       f"allowed on each of its {len(fleets[s.id])} targets")
         elif not s.fan_out_from:
             allowed, reason = _judge(policy, req, s.tool, resource,
-                                     s.command if s.kind.value == "command" else None, False)
+                                     s.command if s.kind.value == "command" else None, False,
+                                     s.inputs if s.kind.value == "command" else None)
         if not allowed and s.id not in fleets:  # a fleet's denials are listed per target
             problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
                 f"denied: {req.actor} may not execute {s.tool} on {resource} in "
@@ -219,6 +225,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                             f"max_errors {f.max_errors}; each target authorized and leased "
                             "on its own (variants <step>@<target>)")
         gate = gates.get(s.id)
+        probe, argv, warning = _probe_view(s)
         steps.append(StepPlan(
             id=s.id, tool=s.tool, executor=EXECUTOR_OF_KIND.get(s.kind.value, s.kind.value),
             action_class=s.action_class.value, runs=_runs(s),
@@ -233,11 +240,31 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
             gate=(f"approval ({gate.risk_level}): {gate.reason}" if gate else None),
             checkpoint=s.checkpoint, execution_location=s.execution_location,
             requires_credentials=s.requires_credentials, run_time=run_time,
-            allowed=allowed, rbac_reason=reason))
+            allowed=allowed, rbac_reason=reason, probe=probe, argv=argv, warning=warning))
     return DryRunReport(would_run=not problems, problems=problems, tenant=req.tenant,
                         environment=req.environment.value, approval_level=req.approval_level,
                         sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps,
                         policy_source=source)
+
+
+def _probe_view(s: StepSpec) -> tuple[str | None, list[str] | None, str | None]:
+    """The probe a command step runs as and its argv; for free text, the old classifier's
+    guess at what the line does (a warning for `shell` holders, never a decision)."""
+    from opsconductor.activities.authorization import operation_of
+    from opsconductor.safety.command_policy import classify_command
+
+    if s.kind.value != "command":
+        return None, None, None
+    op = operation_of(s.tool, s.command, inputs=s.inputs)
+    if op.probe is not None:
+        argv = (op.probe.argv() if op.probe.platform == "posix"
+                else [op.probe.powershell_command()])
+        return op.probe.name, argv, None
+    if s.dialect in ("powershell", "cmd") or not s.command:
+        return None, None, f"free text ({op.why}): needs shell"
+    c = classify_command(s.command)
+    return None, None, f"free text ({op.why}): needs shell; the line looks {c.capability}: " \
+        f"{c.reason} (a guess, not a check)"
 
 
 def _listed(names: list[str], most: int = 10) -> str:
@@ -257,6 +284,10 @@ def render_text(report: DryRunReport) -> str:
     for s in report.steps:
         out.append(f"{s.id}  {s.tool} -> {s.executor} [{s.action_class}]")
         out.append(f"    runs:      {s.runs}")
+        if s.probe:
+            out.append(f"    probe:     {s.probe}: {shlex.join(s.argv or [])}")
+        elif s.warning:
+            out.append(f"    warning:   {s.warning}")
         out.append(f"    target:    {s.target} via {s.connector}")
         out.append(f"    on failure: {s.failure_handling}  (written: "
                    f"{s.failure_handling_text!r}; {s.failure_rule})")

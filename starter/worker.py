@@ -35,6 +35,7 @@ from opsconductor.activities.sla import SlaMonitor
 from opsconductor.activities.steps import StepActivities
 from opsconductor.activities.submissions import SubmissionActivities
 from opsconductor.activities.telemetry import SCOPE, MirrorGauges
+from opsconductor.safety.command_env import worker_held_secrets
 from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretResolver
@@ -91,9 +92,11 @@ def build_activities(settings: Settings, pool: asyncpg.Pool, *,
     """Every activity the workflow calls (by name), bound to objects built with their
     dependencies. Secret values a step uses are registered with `live` (default: the
     registry of the masking filter on the root logger, installed here if missing)."""
-    masker = Masker.from_settings(settings)
+    held = worker_held_secrets(settings)  # the worker's own tokens, database password, ...
+    masker = Masker.from_settings(settings).with_secrets(held)
     if live is None:
         live = install_log_masking(masker=masker).live
+    live.register(held)
     secrets = SecretResolver.from_settings(settings)
     engine = RbacEngine.from_settings(settings)
     steps = StepActivities(settings=settings, pool=pool, rbac=engine, secrets=secrets,

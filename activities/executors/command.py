@@ -1,4 +1,5 @@
-"""The command step kind: build env and working directory, then run on the right connector.
+"""The command step kind: a probe's argv, or free text with its env and working directory,
+run on the right connector.
 
 The connector is the tool's when its spec forces one (PowerShell tools run through the
 Automation Service whatever the asset says), else the asset's own. Before anything runs, the
@@ -61,8 +62,13 @@ class CommandExecutor:
         self.local = local or LocalCommandRunner()
 
     async def run(self, ctx: StepContext) -> StepOutcome:
+        from opsconductor.activities.authorization import operation_of
+
         command = ctx.step.command
-        if not command:
+        # What the gate authorized, decided the same way: a probe runs as its argv, whatever
+        # `command` text the step also carries.
+        probe = operation_of(ctx.step.tool, command, inputs=ctx.step.inputs).probe
+        if not command and probe is None:
             return StepOutcome(ok=False, error="command step has no command",
                                error_type=ErrorType.INVALID_STEP, retryable=False)
         connector = connector_for(ctx)
@@ -70,6 +76,11 @@ class CommandExecutor:
         if problems:
             return StepOutcome(ok=False, error="; ".join(problems),
                                error_type=ErrorType.INVALID_STEP, retryable=False)
+        if probe is not None:
+            from opsconductor.activities.executors.probe import run_probe
+
+            return await run_probe(ctx, probe, connector, self.local)
+        assert command is not None
         if ctx.step.connector == "automation-service":
             from opsconductor.activities.executors.powershell import PowerShellRunner
 

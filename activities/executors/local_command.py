@@ -26,6 +26,7 @@ from opsconductor.activities.executors.base import (
     cap_text,
 )
 from opsconductor.activities.executors.supervise import proc_start_ticks, proc_stat
+from opsconductor.safety.command_env import command_env
 from opsconductor.schema.errors import ErrorType
 
 SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
@@ -136,12 +137,12 @@ class _Supervised:
             kill_group(self.pgid)
 
 
-async def _start(command: str, env: dict[str, str], cwd: str | None) -> _Supervised:
+async def _start(argv: list[str], env: dict[str, str], cwd: str | None) -> _Supervised:
     read_fd, write_fd = os.pipe()
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), str(KILL_GRACE_SECONDS),
-            str(write_fd), "--", "/bin/sh", "-c", command, stdin=asyncio.subprocess.DEVNULL,
+            str(write_fd), "--", *argv, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
             start_new_session=True, pass_fds=(write_fd,))
     except BaseException:
@@ -157,11 +158,19 @@ async def _start(command: str, env: dict[str, str], cwd: str | None) -> _Supervi
 
 
 class LocalCommandRunner:
+    """Free text runs as `/bin/sh -c COMMAND`, a probe as its own argv (no shell); both in
+    the reset environment of `safety.command_env`, never the worker's own."""
+
     async def run(self, ctx: StepContext, command: str, *, env: dict[str, str],
                   cwd: str | None, timeout: float) -> StepOutcome:
-        full_env = {**os.environ, **env}
+        return await self.run_argv(ctx, ["/bin/sh", "-c", command],
+                                   env=command_env(env, probe=False), cwd=cwd, timeout=timeout)
+
+    async def run_argv(self, ctx: StepContext, argv: list[str], *, env: dict[str, str],
+                       cwd: str | None, timeout: float) -> StepOutcome:
+        """Exec `argv` with exactly `env` (the caller built it from `command_env`)."""
         try:
-            sup = await _start(command, full_env, cwd)
+            sup = await _start(argv, env, cwd)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
             return StepOutcome(ok=False, error=f"cannot start command: {err}",
                                error_type=ErrorType.COMMAND_START_ERROR, retryable=False)

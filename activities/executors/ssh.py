@@ -21,7 +21,10 @@ escaped both (`stop_remote_leftover`). Without `setsid` on the host the login sh
 OpenSSH makes a session leader, is the group, and only the kill by a later attempt applies.
 
 Environment values (possibly secrets) go over stdin, not the command line, so they never show
-up in the remote host's `ps`.
+up in the remote host's `ps`. The login shell's own environment is reset before anything else
+runs (`exec /usr/bin/env -i PATH=<secure path> LANG=... HOME="$HOME" ... /bin/sh -c ...`), so
+a command sees the fixed set of `safety.command_env` plus the step's variables only. A probe
+arrives here as its argv quoted once (`Probe.remote_command()`).
 
 Connections are cached per asset inside a worker and re-opened when they die. Host keys are
 checked strictly by default against the asset's `known_hosts` file (else `OPSC_SSH_KNOWN_HOSTS`,
@@ -52,6 +55,7 @@ from opsconductor.activities.executors.base import (
     StepOutcome,
     require_asset,
 )
+from opsconductor.safety.command_env import remote_reset_prefix
 from opsconductor.safety.secrets import SecretError
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.config import Settings, load_settings
@@ -340,7 +344,9 @@ def wrap_command(command: str, *, env: dict[str, str], cwd: str | None) -> tuple
     parts.append("if command -v setsid >/dev/null 2>&1; then "
                  f"exec setsid -w /bin/sh -c {shlex.quote(inner)} opsc {q_cmd}; "
                  f'else echo "@@opsc-pgid:$$"; exec /bin/sh -c {q_cmd} </dev/null; fi')
-    return "; ".join(parts), env_block
+    # The login shell's environment is reset first (safety.command_env): only the step's own
+    # variables, read from stdin, are added to the fixed set.
+    return f"{remote_reset_prefix()} {shlex.quote('; '.join(parts))}", env_block
 
 
 def _kill_script(pgid: int, grace: float) -> str:

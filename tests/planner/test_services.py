@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from opsconductor.safety.probes import probe_for
 from tests.planner.helpers import WINDOWS, load, run_plan, spec_of
 from tests.planner.standins import ASSET_SERVICE, AUTOMATION, DIGEST_PASSWORD, DigestCamera
 
@@ -48,8 +49,12 @@ async def test_windows_plan_reaches_the_automation_service_whole(
     assert all(o.ok for o in outcomes.values()), {k: o.error for k, o in outcomes.items()}
     planned = _plan_inputs(name)
     assert len(AUTOMATION.calls) == len(planned)
-    for body, inputs in zip(AUTOMATION.calls, planned, strict=True):
-        assert body["command"] == inputs["command"]
+    tools = [s["tool"] for s in load(name)["plan"]["plan"]["steps"]]
+    for body, inputs, tool in zip(AUTOMATION.calls, planned, tools, strict=True):
+        # a read the catalog knows is sent as its probe's fixed cmdlet line; other lines
+        # (free text, authorized as `shell`) as the planner wrote them
+        probe = probe_for(tool, inputs)
+        assert body["command"] == (probe.powershell_command() if probe else inputs["command"])
         assert body["connection_type"] == inputs["connection_type"]
         expected_host = "10.0.0.5" if inputs["target_host"] == "win-1" else inputs["target_host"]
         assert body["target_host"] == expected_host
@@ -61,8 +66,9 @@ async def test_windows_plan_reaches_the_automation_service_whole(
 async def test_cmdlet_named_tools_build_their_cmdlet(windows_inventory: Path) -> None:
     outcomes = await run_plan(load("llm_get_service_cmdlet.json"))
     assert all(o.ok for o in outcomes.values())
+    # both are probes: the fixed cmdlet with typed parameters, never the planner's pipeline
     assert [c["command"] for c in AUTOMATION.calls] == [
-        "Get-Service", "Get-ComputerInfo | Select-Object CsName, OsName"]
+        "Get-Service", "Get-ComputerInfo -Property 'CsName','OsName'"]
     assert {c["connection_type"] for c in AUTOMATION.calls} == {"powershell"}
 
 

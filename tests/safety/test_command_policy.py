@@ -1,4 +1,7 @@
-"""Command classification: everything that can run another program is authorized as `shell`."""
+"""The dry run's warning for `shell` holders: what a free-text line looks like it does.
+
+A guess, never a decision (the gate authorizes free text as `shell`, always: see
+tests/safety/test_probes.py and tests/attacks/); these keep the warning useful."""
 
 from __future__ import annotations
 
@@ -50,7 +53,6 @@ RUNS_ANYTHING = [
 def test_programs_that_run_programs_need_shell(command: str) -> None:
     c = classify_command(command)
     assert c.capability is Capability.EXECUTE, c.reason
-    assert c.rbac_tools("env") == ("env", "shell")
 
 
 READ_ONLY = [
@@ -68,7 +70,6 @@ READ_ONLY = [
 def test_read_only_uses_stay_read(command: str) -> None:
     c = classify_command(command)
     assert c.capability is Capability.READ, c.reason
-    assert c.rbac_tools("ps") == ("ps",)
 
 
 MODIFIES = ["date -s 2020-01-01", "hostname evil", "mount /dev/sda1 /mnt", "dmesg -c",
@@ -90,8 +91,8 @@ def test_argv_built_by_the_tool_registry_is_classified_the_same_way() -> None:
     assert classify_command(shlex.join(argv)).capability is Capability.EXECUTE
 
 
-def test_shell_tool_is_authorized_once() -> None:
-    assert classify_command("touch /tmp/x && ls").rbac_tools("shell") == ("shell",)
+def test_shell_syntax_looks_like_a_program() -> None:
+    assert classify_command("touch /tmp/x && ls").runs_any_program
 
 
 def test_unparsable_line_is_not_trusted() -> None:
