@@ -168,7 +168,7 @@ def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | N
 
     for s in spec.steps:
         for where in places(s):
-            command_step = s.kind is StepKind.COMMAND
+            command_step = s.kind == StepKind.COMMAND
             out.append(PlannedAction(s.id, "step", s.tool, where,
                                      s.command if command_step else None,
                                      inputs=s.inputs if command_step else None))

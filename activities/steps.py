@@ -172,7 +172,7 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
     from opsconductor.safety.rbac import audit_many
 
     async def authorize(variant: StepSpec, asset: Any) -> str | None:
-        command_step = variant.kind is StepKind.COMMAND
+        command_step = variant.kind == StepKind.COMMAND
         verdict = await gate.decide(
             tool=variant.tool, resource=asset.id if asset is not None else variant.target,
             command=variant.command if command_step else None,
@@ -251,7 +251,7 @@ async def _authorize(inp: StepRunInput, gate: ActionGate) -> list[Any]:
     from opsconductor.safety import rbac
 
     step = inp.step
-    command_step = step.kind is StepKind.COMMAND
+    command_step = step.kind == StepKind.COMMAND
     verdict = await gate.decide(tool=step.tool, resource=step.target,
                                 command=step.command if command_step else None,
                                 inputs=step.inputs if command_step else None)
