@@ -188,6 +188,11 @@ class PsChildItemParams(Params):
     path: WindowsListPath
 
 
+class PsVolumeParams(Params):
+    drive_letter: str | None = Field(None, pattern=r"^[A-Za-z]$")
+    as_json: bool = False
+
+
 class PsEventParams(Params):
     log: Literal["System", "Application", "Setup", "Security"] = "System"
     max_events: int = Field(50, ge=1, le=1000)
@@ -256,6 +261,10 @@ def _curl(p: HttpParams) -> list[str]:
             "--proto", "=http,https", "--proto-redir", "=http,https", "--max-redirs", "0",
             *(["--head"] if p.method == "HEAD" else []), *(["--insecure"] if p.insecure else []),
             "--", p.url]
+
+
+# In a PowerShell probe's parameters: pipe the objects to ConvertTo-Json (our fixed suffix).
+JSON_OUTPUT = "__json__"
 
 
 def _ps_names(p: PsServiceParams) -> dict[str, Any]:
@@ -364,7 +373,9 @@ CATALOG: tuple[ProbeSpec, ...] = (
               cmdlet="Get-ComputerInfo"),
     ProbeSpec("ps_get_child_item", "listing of an allowed Windows directory", PsChildItemParams,
               lambda p: {"LiteralPath": p.path}, cmdlet="Get-ChildItem"),
-    ProbeSpec("ps_get_volume", "Windows volumes", NoParams, lambda p: {}, cmdlet="Get-Volume"),
+    ProbeSpec("ps_get_volume", "Windows volumes", PsVolumeParams,
+              lambda p: {**({"DriveLetter": p.drive_letter} if p.drive_letter else {}),
+                         **({JSON_OUTPUT: True} if p.as_json else {})}, cmdlet="Get-Volume"),
     ProbeSpec("ps_get_hotfix", "installed Windows updates", NoParams, lambda p: {},
               cmdlet="Get-HotFix"),
     ProbeSpec("ps_get_winevent", "Windows event log entries, bounded", PsEventParams,

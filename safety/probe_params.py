@@ -126,11 +126,11 @@ def list_path(v: str) -> str:
 def windows_list_path(v: str) -> str:
     if not re.fullmatch(r"[A-Za-z]:\\[A-Za-z0-9_. ()\\\-]*", v):
         raise ValueError(f"{v!r} is not a plain absolute Windows path")
+    if re.fullmatch(r"[A-Za-z]:\\*", v):  # a drive root, however many backslashes
+        return v[:2] + "\\"
     norm = ntpath.normpath(v)
     if norm.rstrip("\\") != v.rstrip("\\") or ".." in v.split("\\"):
         raise ValueError(f"{v!r} is not a normalized Windows path")
-    if re.fullmatch(r"[A-Za-z]:\\?", v):
-        return v[:2] + "\\"
     low = v.lower().rstrip("\\") + "\\"
     if not any(low.startswith(r.lower()) for r in WINDOWS_LIST_ROOTS):
         raise ValueError(f"{v!r} is outside the Windows paths probes may list")

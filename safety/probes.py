@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from opsconductor.safety.command_env import probe_env_problems
-from opsconductor.safety.probe_catalog import PROBES, ProbeSpec
+from opsconductor.safety.probe_catalog import JSON_OUTPUT, PROBES, ProbeSpec
 from opsconductor.safety.probe_params import ps_name
 
 __all__ = ["CONNECTION_KEYS", "PROBES", "TOOL_PROBES", "Probe", "ProbeError", "ProbeSpec",
@@ -87,11 +87,12 @@ class Probe(BaseModel):
         parameters = spec.build(self._typed())
         assert isinstance(parameters, dict)
         parts = [spec.cmdlet]
+        as_json = bool(parameters.pop(JSON_OUTPUT, False))
         for key, value in parameters.items():
             parts.append(f"-{key}")
             values = value if isinstance(value, list) else [value]
             parts.append(",".join(_ps_literal(v) for v in values))
-        return " ".join(parts)
+        return " ".join(parts) + (" | ConvertTo-Json -Depth 4" if as_json else "")
 
     def display(self) -> str:
         return (shlex.join(self.argv()) if self.platform == "posix"
@@ -334,7 +335,9 @@ PS_FORMS: tuple[tuple[re.Pattern[str], str, Callable[[re.Match[str]], dict[str, 
     (re.compile(r"^Get-ChildItem\s+(?:-(?:Literal)?Path\s+)?(?P<q>['\"]?)"
                 r"(?P<path>[A-Za-z]:\\[A-Za-z0-9_. ()\\\-]*)(?P=q)$"),
      "ps_get_child_item", lambda m: {"path": m["path"]}),
-    (re.compile(r"^Get-Volume$"), "ps_get_volume", lambda m: {}),
+    (re.compile(r"^Get-Volume(?:\s+-DriveLetter\s+(?P<d>[A-Za-z]))?"
+                r"(?P<j>\s*\|\s*ConvertTo-Json)?$"), "ps_get_volume",
+     lambda m: {"drive_letter": m["d"], "as_json": bool(m["j"])}),
     (re.compile(r"^Get-HotFix$"), "ps_get_hotfix", lambda m: {}),
     (re.compile(r"^Resolve-DnsName\s+(?:-Name\s+)?(?P<n>[A-Za-z0-9.\-]+)$"), "ps_dns_lookup",
      lambda m: {"name": m["n"]}),
