@@ -255,9 +255,10 @@ def _ss(p: SocketParams) -> list[str]:
 
 def _curl(p: HttpParams) -> list[str]:
     # --disable first: no ~/.curlrc. Only http(s), also after a redirect, and none followed.
+    # (curl takes no `--opt=value`: each value is its own word, and the URL follows `--`.)
     return ["--disable", "--silent", "--show-error", "--fail", "--output", "/dev/null",
             "--write-out", "%{http_code} %{time_total}s %{remote_ip}\\n",
-            f"--max-time={p.timeout_seconds}", f"--connect-timeout={p.timeout_seconds}",
+            "--max-time", str(p.timeout_seconds), "--connect-timeout", str(p.timeout_seconds),
             "--proto", "=http,https", "--proto-redir", "=http,https", "--max-redirs", "0",
             *(["--head"] if p.method == "HEAD" else []), *(["--insecure"] if p.insecure else []),
             "--", p.url]
