@@ -22,9 +22,11 @@ The API (stable; other modules use only these names):
   refused (a path outside the allowed roots, a unit name that is an option, ...).
 - `TOOL_PROBES: dict[str, Mapper]` — tool name -> mapper (inputs -> (probe, params) | None);
   adding a tool is one line: `"tool-name": fixed("uptime")`, `fields("journal", unit="unit")`,
-  or `forms(...)` for exact text forms (`"df -h"`), see docs/probes.md.
+  `named("disk_usage")` (inputs named as the probe's parameters), or an exact text form in
+  `TEXT_FORMS` (`"df -h"`), see docs/probes.md.
 - `Probe.env` — step `env` names a probe may take (`safety.command_env.PROBE_ENV`); any other
   `env`, a `working_directory` or a secret reference makes the step free text.
+- `named(probe)`: the mapper for a tool whose inputs are named as the probe's parameters.
 - `CONNECTION_KEYS` — inputs that say where the step runs, not what it does (ignored here).
 """
 
@@ -173,6 +175,13 @@ def fields(probe: str, _defaults: Mapping[str, Any] | None = None,
                 params[how] = value
         return probe, params
     return mapper
+
+
+def named(probe: str) -> Mapper:
+    """The tool's input keys are the probe's own parameter names (a catalog row that names its
+    probe joins here with one line: `TOOL_PROBES[tool] = named(probe)`)."""
+    allowed = set(PROBES[probe].params.model_fields)
+    return lambda inputs: (probe, dict(inputs)) if set(inputs) <= allowed else None
 
 
 def when(key: str, table: Mapping[Any, Mapper], default: Any = None) -> Mapper:

