@@ -42,6 +42,8 @@ class ProbeSpec:
     program: str | None = None
     cmdlet: str | None = None
     reads_paths: bool = False  # its operands are files it reads: re-checked where it runs
+    # A summary: several probes run one after the other (each its own argv), never a line.
+    parts: Callable[[Any], list[tuple[str, dict[str, Any]]]] | None = None
 
     @property
     def platform(self) -> Literal["posix", "powershell"]:
@@ -174,6 +176,30 @@ class PackageParams(Params):
 class VmstatParams(Params):
     delay: int = Field(1, ge=1, le=5)
     count: int = Field(2, ge=1, le=10)
+
+
+class SummaryParams(Params):
+    info_type: Literal["system_status", "system_metrics", "diagnostic_info"] = "system_status"
+    format: Literal["detailed", "summary"] = "detailed"
+    include_metrics: bool = False
+
+
+_SUMMARIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "system_status": [("uptime", {}), ("disk_usage", {}), ("memory", {})],
+    "system_metrics": [("load_average", {}), ("memory", {}), ("disk_usage", {}),
+                       ("vmstat", {})],
+    "diagnostic_info": [("kernel", {}), ("uptime", {}), ("disk_usage", {}), ("memory", {}),
+                        ("journal", {"kernel": True, "lines": 20})],
+}
+
+
+def _summary(p: SummaryParams) -> list[tuple[str, dict[str, Any]]]:
+    parts = list(_SUMMARIES[p.info_type])
+    if p.format == "summary":
+        parts = parts[:1]
+    if p.include_metrics:
+        parts += [x for x in (("load_average", {}), ("memory", {})) if x not in parts]
+    return parts
 
 
 class PsServiceParams(Params):
@@ -350,6 +376,8 @@ CATALOG: tuple[ProbeSpec, ...] = (
               lambda p: ["--", p.path], "/usr/bin/sha256sum", reads_paths=True),
     ProbeSpec("file_line_count", "line count of an allowed file", PathParams,
               lambda p: ["--lines", "--", p.path], "/usr/bin/wc", reads_paths=True),
+    ProbeSpec("system_summary", "several system probes in a row (upstream's info_display)",
+              SummaryParams, lambda p: [], parts=_summary),
     # containers and packages
     ProbeSpec("containers", "container list", ContainerListParams,
               lambda p: ["ps", "--no-trunc", "--format", "{{json .}}",

@@ -67,9 +67,17 @@ class Probe(BaseModel):
     def _typed(self) -> Any:
         return self.spec.params.model_validate(self.params)
 
+    def parts(self) -> list[Probe]:
+        """A summary's probes, in order (each runs as its own argv); [] for a plain probe."""
+        if self.spec.parts is None:
+            return []
+        return [make_probe(name, params) for name, params in self.spec.parts(self._typed())]
+
     def argv(self) -> list[str]:
         """The exact argument vector: fixed absolute program, fixed flags, `--`, operands."""
         spec = self.spec
+        if spec.parts is not None:
+            raise ProbeError(f"probe {self.name} runs several probes: see parts()")
         if spec.program is None:
             raise ProbeError(f"probe {self.name} is a PowerShell cmdlet, not an argv")
         args = spec.build(self._typed())
@@ -97,6 +105,8 @@ class Probe(BaseModel):
         return " ".join(parts) + (" | ConvertTo-Json -Depth 4" if as_json else "")
 
     def display(self) -> str:
+        if self.spec.parts is not None:
+            return " ; ".join(p.display() for p in self.parts())
         return (shlex.join(self.argv()) if self.platform == "posix"
                 else self.powershell_command())
 
@@ -453,6 +463,8 @@ TOOL_PROBES: dict[str, Mapper] = {
     "ps": text_or(_PS_TOOL)("ps"),
     "docker": text_or(_DOCKER)("docker"),
     "network_tools": _netstat_listening(_NETWORK),
+    "info_display": fields("system_summary", info_type="info_type", format="format",
+                           include_metrics="include_metrics"),
     "file_manager": _read_op("file_head", "path"),
     "config_manager": _read_op("file_head", "config_file"),
     "Get-Service": cmdlet("ps_get_service"),

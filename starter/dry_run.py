@@ -14,7 +14,6 @@ query's results, the steps that fan out over them) is shown as such.
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -49,6 +48,7 @@ class StepPlan(BaseModel):
     rbac_reason: str = ""
     probe: str | None = None  # the typed probe the step runs as (None: free text, `shell`)
     argv: list[str] | None = None  # what the probe execs (or its cmdlet line)
+    probe_line: str | None = None  # the same, readable (a summary: each part's, in order)
     warning: str | None = None  # free text: the old classifier's opinion, for `shell` holders
 
 
@@ -240,7 +240,8 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
             gate=(f"approval ({gate.risk_level}): {gate.reason}" if gate else None),
             checkpoint=s.checkpoint, execution_location=s.execution_location,
             requires_credentials=s.requires_credentials, run_time=run_time,
-            allowed=allowed, rbac_reason=reason, probe=probe, argv=argv, warning=warning))
+            allowed=allowed, rbac_reason=reason, probe=probe, argv=argv, warning=warning,
+            probe_line=_probe_line(s) if probe else None))
     return DryRunReport(would_run=not problems, problems=problems, tenant=req.tenant,
                         environment=req.environment.value, approval_level=req.approval_level,
                         sla_class=spec.sla_class.value, mode=spec.mode.value, steps=steps,
@@ -257,6 +258,8 @@ def _probe_view(s: StepSpec) -> tuple[str | None, list[str] | None, str | None]:
         return None, None, None
     op = operation_of(s.tool, s.command, inputs=s.inputs)
     if op.probe is not None:
+        if op.probe.parts():  # a summary: each part's argv, in order
+            return op.probe.name, [w for p in op.probe.parts() for w in p.argv()], None
         argv = (op.probe.argv() if op.probe.platform == "posix"
                 else [op.probe.powershell_command()])
         return op.probe.name, argv, None
@@ -265,6 +268,13 @@ def _probe_view(s: StepSpec) -> tuple[str | None, list[str] | None, str | None]:
     c = classify_command(s.command)
     return None, None, f"free text ({op.why}): needs shell; the line looks {c.capability}: " \
         f"{c.reason} (a guess, not a check)"
+
+
+def _probe_line(s: StepSpec) -> str | None:
+    from opsconductor.activities.authorization import operation_of
+
+    op = operation_of(s.tool, s.command, inputs=s.inputs)
+    return op.probe.display() if op.probe is not None else None
 
 
 def _listed(names: list[str], most: int = 10) -> str:
@@ -285,7 +295,7 @@ def render_text(report: DryRunReport) -> str:
         out.append(f"{s.id}  {s.tool} -> {s.executor} [{s.action_class}]")
         out.append(f"    runs:      {s.runs}")
         if s.probe:
-            out.append(f"    probe:     {s.probe}: {shlex.join(s.argv or [])}")
+            out.append(f"    probe:     {s.probe}: {s.probe_line}")
         elif s.warning:
             out.append(f"    warning:   {s.warning}")
         out.append(f"    target:    {s.target} via {s.connector}")

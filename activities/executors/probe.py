@@ -62,8 +62,28 @@ def remote_guarded(probe: Probe) -> str:
             f'esac; echo "probe {probe.name}: $p is outside the allowed paths" >&2; exit 126')
 
 
+async def run_summary(ctx: StepContext, probe: Probe, connector: str,
+                      local: LocalCommandRunner | None) -> StepOutcome:
+    """Each part in turn, its output under a `== <argv>` header; the step fails when any part
+    does (the others still run and show)."""
+    outs, errs, failed = [], [], []
+    for part in probe.parts():
+        outcome = await run_probe(ctx, part, connector, local)
+        outs.append(f"== {part.display()}\n{outcome.stdout}")
+        if outcome.stderr:
+            errs.append(outcome.stderr)
+        if not outcome.ok:
+            failed.append(f"{part.name}: {outcome.error}")
+    if failed:
+        return StepOutcome(ok=False, exit_code=1, stdout="".join(outs), stderr="".join(errs),
+                           error="; ".join(failed), error_type=ErrorType.COMMAND_FAILED)
+    return StepOutcome(ok=True, exit_code=0, stdout="".join(outs), stderr="".join(errs))
+
+
 async def run_probe(ctx: StepContext, probe: Probe, connector: str,
                     local: LocalCommandRunner | None = None) -> StepOutcome:
+    if probe.spec.parts is not None:
+        return await run_summary(ctx, probe, connector, local)
     if probe.platform == "powershell":
         if connector != "automation-service":
             return _refused(f"probe {probe.name} is a PowerShell cmdlet; the step runs via "

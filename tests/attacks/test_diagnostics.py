@@ -44,11 +44,13 @@ def diagnostics(http_port: int) -> list[tuple[str, dict[str, Any]]]:
         ("ssh_command_read", {"command": "sha256sum /etc/hosts"}),
         ("ssh_command_read", {"command": "dpkg-query -W bash"}),
         ("wc", {"args": ["-l", "/etc/hosts"]}),
+        ("info_display", {"info_type": "system_status", "format": "detailed"}),
+        ("info_display", {"info_type": "system_metrics", "include_metrics": True}),
     ]
 
 
 OVER_SSH = {"uptime", "df", "free", "uname", "ps", "cat", "ss", "ip", "who", "id", "stat",
-            "ls", "config_manager", "ssh_command_read"}
+            "ls", "config_manager", "ssh_command_read", "info_display"}
 
 
 async def _health_server() -> tuple[asyncio.Server, int]:

@@ -5,7 +5,6 @@ cmdlet line) it will run. The read steps that stay free text are named and refus
 from __future__ import annotations
 
 import copy
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,9 @@ from opsconductor.schema.validation import validate_request
 from opsconductor.starter.dry_run import dry_run, render_text
 from tests.planner.helpers import INDEX, inventory_text, load
 
-# Reads that stay free text (they need `shell`): several commands in one step, or a listing
-# of the working directory (a probe names its path).
-FREE_TEXT_READS = {("rule_connectivity_ping.json", "info_display"),
-                   ("rule_troubleshoot_ssh.json", "info_display"),
-                   ("stage_e_test_plan.json", "ssh_command_read:ls -la")}
+# Reads that stay free text (they need `shell`): a listing of the working directory (a probe
+# names its path).
+FREE_TEXT_READS = {("stage_e_test_plan.json", "ssh_command_read:ls -la")}
 
 
 @pytest.fixture
@@ -83,20 +80,23 @@ async def test_corpus_reads_dry_run_clean_as_probes_without_shell(inventory: Pat
         for s in report.steps:  # ids without explicit ones are renumbered: judge by kind
             if s.executor == "command":
                 assert s.allowed and s.probe and s.argv, text
-                assert f"probe:     {s.probe}: {shlex.join(s.argv)}" in text
+                assert f"probe:     {s.probe}: {s.probe_line}" in text
+                assert s.probe_line and (s.argv[0] in s.probe_line or
+                                         s.argv[0].split()[0] in s.probe_line)
                 mapped += 1
     print(f"\n[corpus] {mapped} read steps dry-run clean for bot-ci in prod as probes; "
           f"{len(left)} reads stay free text (need shell): {left}")
-    assert mapped == total >= 20
+    assert mapped == total >= 22
     assert set(left) == FREE_TEXT_READS
 
 
 async def test_a_free_text_read_is_refused_without_shell_and_warned_with_it(
         inventory: Path) -> None:
-    doc = load("rule_troubleshoot_ssh.json")
+    doc = load("stage_e_test_plan.json")
     doc["actor"], doc["environment"] = "bot-ci", "prod"
     report = await dry_run(doc)
     assert not report.would_run
-    info = next(s for s in report.steps if s.tool == "info_display")
-    assert not info.allowed and "shell" in info.rbac_reason and info.probe is None
-    assert info.warning and "needs shell" in info.warning
+    ls, df = report.steps
+    assert not ls.allowed and "shell" in ls.rbac_reason and ls.probe is None
+    assert ls.warning and "needs shell" in ls.warning
+    assert df.allowed and df.probe == "disk_usage"

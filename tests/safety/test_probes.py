@@ -38,7 +38,7 @@ SAMPLE: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PROBES))
+@pytest.mark.parametrize("name", sorted(n for n in PROBES if PROBES[n].parts is None))
 def test_every_probe_is_a_fixed_program_with_operands_after_dashdash(name: str) -> None:
     probe = make_probe(name, SAMPLE.get(name, {}))
     if probe.platform == "powershell":
@@ -199,3 +199,13 @@ def test_a_catalog_tool_joins_its_probe_in_one_line(monkeypatch: pytest.MonkeyPa
     found = probe_for("disk-usage-tool", {"paths": ["/var"], "target_host": "web-1"})
     assert found is not None and found.argv()[-2:] == ["--", "/var"]
     assert probe_for("disk-usage-tool", {"command": "df -h"}) is None  # not its parameters
+
+
+def test_a_summary_is_several_probes_never_one_line() -> None:
+    probe = probe_for("info_display", {"info_type": "diagnostic_info", "include_metrics": True})
+    assert probe is not None and probe.name == "system_summary"
+    names = [p.name for p in probe.parts()]
+    assert names == ["kernel", "uptime", "disk_usage", "memory", "journal", "load_average"]
+    assert all(p.argv()[0].startswith("/") for p in probe.parts())
+    with pytest.raises(ProbeError, match="several"):
+        probe.argv()
