@@ -57,7 +57,9 @@ async def test_troubleshooting_plan_runs_and_reads_prose_failure_handling(
     netstat = next(s for sid, s in steps.items() if "netstat" in sid)
     assert "Netid" in netstat.stdout or "State" in netstat.stdout
     info = next(s for sid, s in steps.items() if "info_display" in sid)
-    assert "== uname -a" in info.stdout and "== cat /proc/loadavg" in info.stdout
+    # a summary of probes: each part under its own argv
+    assert "== /usr/bin/uname --all" in info.stdout
+    assert "== /usr/bin/cat -- /proc/loadavg" in info.stdout
     # "Check configuration file syntax and permissions ..." matches no phrase: abort
     assert resp.result.status.value == "failed"
     assert "nginx.conf" in (resp.result.error or "")

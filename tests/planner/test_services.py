@@ -112,7 +112,9 @@ async def test_asset_query_fans_out_to_every_returned_windows_host(
         r[target_key] for r in _windows_records(automation_service)[:3]]
     hosts = sorted(c["target_host"] for c in AUTOMATION.calls)
     assert hosts == sorted(r["hostname"] for r in records.values() if "win10" in r["tags"])
-    assert {c["command"] for c in AUTOMATION.calls} == {step.command}
+    probe = probe_for(step.tool, step.inputs)  # a read cmdlet goes as its probe's line
+    assert {c["command"] for c in AUTOMATION.calls} == {
+        probe.powershell_command() if probe else step.command}
 
 
 async def test_conditional_check_reads_the_asset_count(asset_service: str,
