@@ -209,3 +209,14 @@ def test_a_summary_is_several_probes_never_one_line() -> None:
     assert all(p.argv()[0].startswith("/") for p in probe.parts())
     with pytest.raises(ProbeError, match="several"):
         probe.argv()
+
+
+def test_the_workers_masker_hides_what_the_worker_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsconductor.safety.masking import Masker
+    from opsconductor.schema.config import Settings
+
+    monkeypatch.setenv("OPSC_VAULT_TOKEN", "hvs.worker-vault-token-1234")
+    settings = Settings(database_url="postgresql://opsc:db-pass-98765@db/opsc")
+    masker = Masker.from_settings(settings).with_secrets(worker_held_secrets(settings))
+    out = masker.mask_text("pw db-pass-98765 token hvs.worker-vault-token-1234")
+    assert "db-pass-98765" not in out and "worker-vault-token" not in out
