@@ -325,7 +325,7 @@ def _text(inputs: dict[str, Any], tool: str) -> Mapped:
     if command is not None:
         return match_form(str(command), TEXT_FORMS)
     words = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
-    return match_form([tool, *words], TEXT_FORMS)
+    return match_form([*tool.split(), *words], TEXT_FORMS)
 
 
 def text_or(typed: Mapper | None = None) -> Callable[[str], Mapper]:
@@ -465,6 +465,12 @@ TOOL_PROBES: dict[str, Mapper] = {
     "network_tools": _netstat_listening(_NETWORK),
     "info_display": fields("system_summary", info_type="info_type", format="format",
                            include_metrics="include_metrics"),
+    # upstream's catalog names for container reads: `args` follow `docker <verb>`
+    "docker-ps": text_or(fields("containers", all="all"))("docker ps"),
+    "docker-inspect": text_or(fields("container_inspect", container="container"))(
+        "docker inspect"),
+    "docker-logs": text_or(fields("container_logs", container="container", lines="lines"))(
+        "docker logs"),
     "file_manager": _read_op("file_head", "path"),
     "config_manager": _read_op("file_head", "config_file"),
     "Get-Service": cmdlet("ps_get_service"),

@@ -76,6 +76,8 @@ TOOLS = [
     ("ls", {"command": "ls -la /tmp"}, "list_directory"),
     ("cat", {"args": ["/etc/os-release"]}, "os_release"),
     ("curl", {"args": ["-sf", "http://127.0.0.1:8080/health"]}, "http_health"),
+    ("docker-ps", {"args": "-a"}, "containers"),
+    ("docker-logs", {"container": "web", "lines": 20}, "container_logs"),
     ("Get-Service", {}, "ps_get_service"), ("Get-Service", {"args": "nginx,W32Time"},
                                             "ps_get_service"),
     ("Get-ComputerInfo", {"command": "Get-ComputerInfo | Select-Object CsName, OsName"},
