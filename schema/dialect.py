@@ -96,7 +96,9 @@ NOT_A_TARGET: dict[str, tuple[str, ...]] = {"network_tools": ("target",)}
 def step_target(inputs: dict[str, Any], tool: str | None = None) -> str | None:
     """The asset a step names in its inputs, or None (this machine, or a template only run
     time resolves)."""
-    for key in TARGET_KEYS:
+    from opsconductor.schema.tools import target_keys
+
+    for key in target_keys(tool, inputs):
         if key in NOT_A_TARGET.get(tool or "", ()):
             continue
         value = inputs.get(key)

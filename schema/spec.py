@@ -165,7 +165,7 @@ def step_specs(req: ExecutionRequest,
     known = {s.id for s in req.steps}
     checkpoints = set(req.plan.execution_metadata.checkpoint_steps)
     for index, step in enumerate(req.steps):
-        tool = lookup(step.tool)
+        tool = lookup(step.tool, step.inputs)
         assert tool is not None, "validate_request runs first"
         inputs = tool.inputs.model_validate(step.inputs)
         dumped = (tool.normalize(inputs) if tool.normalize else

@@ -23,7 +23,8 @@ from opsconductor.schema.validation import Problem, RequestValidationError, vali
 
 EXECUTOR_OF_KIND = {"command": "command", "http": "http", "sql": "sql",
                     "file_transfer": "file transfer", "validate": "checks", "noop": "noop",
-                    "asset_query": "Asset Service query"}
+                    "asset_query": "Asset Service query",
+                    "service": "service (POST /execute-plan)"}
 
 
 class StepPlan(BaseModel):
@@ -73,6 +74,8 @@ def _runs(step: StepSpec) -> str:
     if step.kind.value == "asset_query":
         q = {k: v for k, v in i.items() if v not in (None, [], {})}
         return f"asset query {q}"
+    if step.kind.value == "service":
+        return f"POST {step.connector}/execute-plan {step.tool} {i}"
     if step.kind.value == "validate":
         return "checks: " + "; ".join(str(c) for c in i.get("checks", []))
     if step.kind.value == "file_transfer":
@@ -87,9 +90,9 @@ async def _targets(specs: list[StepSpec]) -> tuple[dict[str, Any], list[str], st
 
     settings = load_settings()
     path = settings.inventory_path()
-    inventory = load_inventory(path) if path is not None and path.exists() else None
     found: dict[str, Any] = {}
     unknown: list[str] = []
+    inventory = load_inventory(path) if path is not None and path.exists() else None
     for s in specs:
         t = s.target
         if t is None or is_local_target(t) or t in found:
@@ -140,9 +143,18 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
     spec = build_spec(req, execution_id="dry-run", workflow_id="dry-run",
                       idempotency_key="dry-run")
     specs = spec.steps
-    assets, unknown, where = await _targets(specs)
+    from opsconductor.activities.assets import InventoryError
+    from opsconductor.activities.service_clients import unconfigured_services
+
+    try:
+        assets, unknown, where = await _targets(specs)
+    except InventoryError as err:
+        return DryRunReport(would_run=False, problems=[Problem(path="inventory",
+                                                               message=str(err))])
     problems: list[Problem] = []
     index = {s.id: i for i, s in enumerate(req.steps)}
+    problems += [Problem(path=f"plan.plan.steps[{index[sid]}].tool", message=why)
+                 for sid, why in unconfigured_services(specs, load_settings())]
     for s in specs:
         if s.target in unknown:
             problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",

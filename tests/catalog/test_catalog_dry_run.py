@@ -1,0 +1,155 @@
+"""One plan per file of upstream's tool catalog (222 files, 218 names), each step built from
+the tool's example as Stage C builds it: every plan dry-runs clean, or is refused for a named,
+intended reason (a plain-text credential). Counts printed by catalog folder and by the service
+upstream routes the tool to."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from opsconductor.schema.catalog import ROUTES, by_name, catalog, location_of
+from opsconductor.schema.tools import PLAIN_SECRET_MESSAGE, lookup
+from opsconductor.starter.dry_run import dry_run, render_text
+from tests.catalog.helpers import STEPS, inventory_text, plan_for, stage_c_step, tally
+
+SERVICES = {r.env: f"http://127.0.0.1:9/{r.location}" for r in ROUTES.values()}
+
+
+@pytest.fixture
+def catalog_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(inventory_text())
+    monkeypatch.setenv("OPSC_INVENTORY", str(inv))
+    for env, url in SERVICES.items():
+        monkeypatch.setenv(env, url)
+    return inv
+
+
+def verdict(report: object) -> str:
+    if report.would_run:  # type: ignore[attr-defined]
+        return "clean"
+    messages = [p.message for p in report.problems]  # type: ignore[attr-defined]
+    if messages and all(m == PLAIN_SECRET_MESSAGE for m in messages):
+        return "refused-for-reason"
+    return "refused-wrongly"
+
+
+async def test_every_catalog_plan_dry_runs_clean_or_is_refused_for_a_plain_secret(
+        catalog_env: Path) -> None:
+    rows, wrong, refused = [], [], []
+    for entry in STEPS:
+        report = await dry_run(plan_for(entry))
+        v = verdict(report)
+        rows.append((entry["group"], entry["location"], v))
+        if v == "refused-wrongly":
+            wrong.append(f"{entry['file']}: {render_text(report)}")
+        elif v == "refused-for-reason":
+            refused.append(entry["tool"])
+            assert "password" in entry["inputs"]
+        else:
+            step = report.steps[0]
+            routed = ROUTES[entry["location"]]
+            if entry["tool"] == "asset-query":  # our Asset Service client (docs/catalog.md)
+                assert step.executor == "Asset Service query"
+            elif routed.sent:  # sent to its service, by tool name
+                assert step.executor.startswith("service"), (entry["file"], step)
+                assert step.connector == entry["location"]
+            else:
+                assert step.executor == "command", step
+    print("\ncatalog dry runs:\n" + tally(rows))
+    assert not wrong, "\n\n".join(wrong[:5])
+    assert len(rows) == 222 and len({e["tool"] for e in STEPS}) == 218
+    # the camera tools' examples carry a plain-text password: refused, and only those
+    assert refused and all(t.startswith("Axis-VAPIX") for t in refused), refused
+
+
+def test_data_file_restates_the_catalog_fixture() -> None:
+    """The package's data file and the test's own fixture agree on every fact they share."""
+    rows = catalog()
+    assert [(r.file, r.name, r.group, r.location) for r in rows] == [
+        (e["file"], e["tool"], e["group"], e["location"]) for e in STEPS]
+    assert [r.example for r in rows] == [e["inputs"] for e in STEPS]
+    assert location_of("slack_cli") == location_of("slack-cli") == "communication-service"
+    assert location_of("no-such-tool") == "automation-service"  # upstream's default
+    for row in rows:
+        assert row.action in ("read", "modify", "deploy")
+        assert set(row.example) <= set(row.inputs), row.name
+
+
+@pytest.mark.parametrize(("tool", "inputs", "argv"), [
+    ("ping", {"target": "web-server-01", "host": "bastion-host", "count": 4,
+              "timeout_seconds": 5},
+     ["ping", "--target", "web-server-01", "--count", "4", "--timeout-seconds", "5"]),
+    ("ls", {"path": "/var/log/apache2", "host": "web-server-01", "show_hidden": False,
+            "long_format": True, "human_readable": True},
+     ["ls", "--path", "/var/log/apache2", "--long-format", "--human-readable"]),
+    ("grep", {"pattern": "a b; rm -rf /", "target": "/var/log/app.log", "host": "h",
+              "case_insensitive": False, "line_numbers": True},
+     ["grep", "--pattern", "a b; rm -rf /", "--target", "/var/log/app.log",
+      "--line-numbers"]),
+    ("systemctl", {"service_name": "nginx", "host": "web-server-01"},
+     ["systemctl", "--service-name", "nginx"]),
+    ("ps", {"host": "app-server-01", "format": "aux", "sort_by": "cpu"},
+     ["ps", "--format", "aux", "--sort-by", "cpu"]),
+    ("dig", {"domain": "www.example.org", "host": "bastion-host", "short_output": True},
+     ["dig", "--short-output"]),  # upstream leaves `domain` out: a connection input to it
+    ("Restart-Service", {"host": "192.168.1.100", "service_name": "Spooler", "force": True},
+     ["Restart-Service", "-Servicename", "Spooler", "-Force"]),
+    ("Test-Connection", {"ComputerName": "WEB-SERVER-01", "Count": 4},
+     ["Test-Connection", "-Computername", "WEB-SERVER-01", "-Count", "4"]),
+])
+def test_commands_follow_upstreams_convention_as_argument_lists(
+        tool: str, inputs: dict[str, object], argv: list[str]) -> None:
+    spec = lookup(tool, inputs)
+    assert spec is not None and spec.build_argv is not None and spec.catalog
+    model = spec.inputs.model_validate(inputs)
+    assert spec.build_argv(model) == argv
+    line = spec.build_command(model)  # type: ignore[misc]
+    if spec.dialect == "sh":
+        assert shlex.split(line) == argv  # each value stays one argument, nothing spliced
+    else:
+        assert line.startswith(argv[0] + " ") and "'" in line
+
+
+def test_catalog_form_and_our_form_of_one_name() -> None:
+    """`ps` as our rule planner writes it stays ours; with a catalog-only input it is the
+    catalog's; an input neither knows is refused by name."""
+    ours = lookup("ps", {"format": "detailed"})
+    theirs = lookup("ps", {"host": "h", "format": "aux"})
+    assert ours is not None and ours.catalog is None
+    assert theirs is not None and theirs.catalog == "linux/ps.yaml"
+    from opsconductor.schema.validation import RequestValidationError, validate_request
+
+    with pytest.raises(RequestValidationError) as err:
+        validate_request({"tenant": "t", "actor": "a", "environment": "dev", "plan": {
+            "steps": [stage_c_step("df", {"host": "h", "colour": "red"})]}})
+    assert [p.path for p in err.value.problems] == ["plan.plan.steps[0].inputs.colour"]
+
+
+def test_read_and_change_classes_come_from_the_data_file() -> None:
+    classes = {r.name: r.action for r in catalog()}
+    assert classes["df"] == classes["Get-Service"] == classes["kubectl-get"] == "read"
+    assert classes["iptables"] == classes["Stop-Service"] == classes["kubectl-exec"] == "modify"
+    assert classes["helm-install"] == "deploy"
+    spec = lookup("df", {"host": "h", "command": "df -h; rm -rf /"})
+    assert spec is not None
+    model = spec.inputs.model_validate({"host": "h", "command": "df -h; rm -rf /"})
+    assert spec.action_class(model).value == "modify"  # free text is never a read
+    assert len(by_name()) == 218 + 3  # the communication service's own spellings
+
+
+async def test_unconfigured_service_is_refused_naming_the_setting(
+        catalog_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for route in ROUTES.values():
+        monkeypatch.delenv(route.env)
+    for tool, env in (("nmap", "OPSC_NETWORK_SERVICE_URL"),
+                      ("slack-cli", "OPSC_COMMUNICATION_SERVICE_URL"),
+                      ("teams_cli", "OPSC_COMMUNICATION_SERVICE_URL"),
+                      ("asset-create", "OPSC_ASSET_SERVICE_URL")):
+        report = await dry_run(plan_for({"tool": tool, "inputs": {"host": "192.168.1.100"}}))
+        assert not report.would_run
+        assert [p.path for p in report.problems] == ["plan.plan.steps[0].tool"], report
+        assert env in report.problems[0].message
