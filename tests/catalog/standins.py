@@ -16,6 +16,7 @@ test releases it (a worker killed mid-call)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import UTC, datetime
@@ -128,7 +129,7 @@ def handler_for(service: Service) -> type[_Base]:
                                      "message": f"Unknown {service.location} tool: {tool}"})
             status = "completed" if output["success"] else "failed"
             now = datetime.now(UTC).isoformat()
-            self._send(200, {
+            self._answer({
                 "execution_id": body["execution_id"], "status": status,
                 "result": {"total_steps": 1, "successful_steps": int(known),
                            "failed_steps": int(not known)},
@@ -136,5 +137,10 @@ def handler_for(service: Service) -> type[_Base]:
                                   "output": output, "completed_at": now}],
                 "completed_at": now,
                 "error_message": None if known else "One or more steps failed"})
+
+        def _answer(self, body: dict[str, Any]) -> None:
+            """Answer; a caller that died meanwhile (a killed worker) just misses it."""
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._send(200, body)
 
     return ExecutePlan
