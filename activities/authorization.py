@@ -34,6 +34,15 @@ class Verdict:
     entries: list[rbac.AuditEntry] = field(default_factory=list)
 
 
+def judged_command(step: StepSpec) -> str | None:
+    """The command text RBAC must classify for a step, or None when there is none to judge:
+    not a command step, or one its tool built from typed inputs as an argument list (its
+    program is the tool itself, so the tool's own permission is the program's)."""
+    if step.kind is not StepKind.COMMAND or step.argv is not None:
+        return None
+    return step.command
+
+
 def tools_to_authorize(tool: str, command: str | None, *,
                        read_only_expected: bool = False) -> tuple[tuple[str, ...], str | None]:
     """The tool names RBAC must allow for this action, and why (the classification)."""
@@ -125,8 +134,7 @@ def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | N
 
     for s in spec.steps:
         for where in places(s):
-            out.append(PlannedAction(s.id, "step", s.tool, where,
-                                     s.command if s.kind is StepKind.COMMAND else None))
+            out.append(PlannedAction(s.id, "step", s.tool, where, judged_command(s)))
             checks(s.id, "precondition", s.preconditions, where)
             checks(s.id, "success criterion", s.success_criteria, where)
             if s.kind is StepKind.VALIDATE:

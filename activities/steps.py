@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
 from opsconductor.activities.attempts import StepAttempt, attempt_key
-from opsconductor.activities.authorization import ActionGate
+from opsconductor.activities.authorization import ActionGate, judged_command
 from opsconductor.activities.checks import result_context, run_checks
 from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
 from opsconductor.activities.executors.registry import executor_for
@@ -41,7 +41,7 @@ from opsconductor.safety.masking import LiveSecrets, Masker
 from opsconductor.safety.rbac import RbacEngine
 from opsconductor.safety.secrets import SecretError, SecretResolver
 from opsconductor.schema.config import Settings
-from opsconductor.schema.enums import StepKind, StepStatus
+from opsconductor.schema.enums import StepStatus
 from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.messages import EventRecord, StepRecord, StepResult, StepRunInput
 from opsconductor.schema.spec import StepSpec
@@ -174,7 +174,7 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
     async def authorize(variant: StepSpec, asset: Any) -> str | None:
         verdict = await gate.decide(
             tool=variant.tool, resource=asset.id if asset is not None else variant.target,
-            command=variant.command if variant.kind is StepKind.COMMAND else None)
+            command=judged_command(variant))
         await audit_many(pool, verdict.entries)
         return None if verdict.allowed else verdict.reason
 
@@ -250,7 +250,7 @@ async def _authorize(inp: StepRunInput, gate: ActionGate) -> list[Any]:
 
     step = inp.step
     verdict = await gate.decide(tool=step.tool, resource=step.target,
-                                command=step.command if step.kind is StepKind.COMMAND else None)
+                                command=judged_command(step))
     if not verdict.allowed:
         await rbac.audit_many(gate.pool, verdict.entries)
         _fail(verdict.reason, ErrorType.RBAC_DENIED)

@@ -45,6 +45,9 @@ class StepSpec(BaseModel):
     action_class: ActionClass
     inputs: dict[str, Any]  # validated inputs (may contain secret references, never values)
     command: str | None = None  # for command steps: the finished command line
+    # ... and, when the tool built it from typed inputs, as an argument list: the program it
+    # runs is the tool's own (catalog tools; see schema/catalog/specs.py)
+    argv: list[str] | None = None
     target: str | None = None
     depends_on: list[str] = Field(default_factory=list)
     order: int
@@ -196,6 +199,8 @@ def step_specs(req: ExecutionRequest,
             inputs=dumped,
             command=(tool.build_command(inputs) if tool.build_command
                      else getattr(inputs, "command", None)),
+            argv=(tool.build_argv(inputs) if tool.build_argv is not None
+                  and not getattr(inputs, "command", None) else None),
             target=_canonical(step.target, asset_ids),
             depends_on=depends_on,
             order=step.execution_order if step.execution_order is not None else index + 1,

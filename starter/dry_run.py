@@ -129,7 +129,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
     """Everything `run` would check and decide, described, with nothing started or written.
     `db`: a PostgreSQL connection or pool whose rule tables join the policy file;
     `db_problem`: why there is none (said in the report)."""
-    from opsconductor.activities.authorization import planned_actions
+    from opsconductor.activities.authorization import judged_command, planned_actions
     from opsconductor.activities.checks import expression_problems
     from opsconductor.activities.executors.command import connection_problems
     from opsconductor.activities.fleet import check_fleets
@@ -204,8 +204,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                       f"{_listed(denied)}" if denied else
                       f"allowed on each of its {len(fleets[s.id])} targets")
         elif not s.fan_out_from:
-            allowed, reason = _judge(policy, req, s.tool, resource,
-                                     s.command if s.kind.value == "command" else None, False)
+            allowed, reason = _judge(policy, req, s.tool, resource, judged_command(s), False)
         if not allowed and s.id not in fleets:  # a fleet's denials are listed per target
             problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
                 f"denied: {req.actor} may not execute {s.tool} on {resource} in "

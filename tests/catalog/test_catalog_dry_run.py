@@ -153,3 +153,41 @@ async def test_unconfigured_service_is_refused_naming_the_setting(
         assert not report.would_run
         assert [p.path for p in report.problems] == ["plan.plan.steps[0].tool"], report
         assert env in report.problems[0].message
+
+
+async def test_read_tools_run_without_shell_and_change_tools_do_not(
+        catalog_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A principal granted exactly the catalog's read tools (no `shell`, strict): every read
+    tool's plan is allowed, every change tool's plan denied; free text on a read tool that
+    does more than read needs `shell`, so it is denied too."""
+    import json
+
+    reads = sorted({r.name for r in catalog() if r.action == "read"})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps({
+        "version": "readers", "strict": ["dev"],
+        "roles": [{"actor": "viewer", "tenant": "*", "roles": ["reader"]}],
+        "rules": [{"id": "readers-read", "effect": "allow", "subjects": ["role:reader"],
+                   "actions": ["execute"], "tools": reads}]}))
+    monkeypatch.setenv("OPSC_RBAC_POLICY", str(policy))
+    action = {r.file: r.action for r in catalog()}
+    counts = {"read allowed": 0, "read denied": 0, "change denied": 0, "change allowed": 0}
+    for entry in STEPS:
+        doc = {**plan_for(entry), "actor": "viewer"}
+        report = await dry_run(doc)
+        if any(p.message == PLAIN_SECRET_MESSAGE for p in report.problems):
+            continue
+        reading = action[entry["file"]] == "read"
+        allowed = report.would_run
+        key = ("read " if reading else "change ") + ("allowed" if allowed else "denied")
+        counts[key] += 1
+        if not allowed:
+            assert all("denied" in p.message for p in report.problems), render_text(report)
+        assert allowed == reading, (entry["file"], render_text(report))
+    print(f"\nprincipal without shell: {counts}")
+    assert counts["read allowed"] > 90 and counts["change denied"] > 100
+    free = {**plan_for({"tool": "df", "inputs": {"host": "192.168.1.100",
+                                                 "command": "df -h; touch /tmp/x"}}),
+            "actor": "viewer"}
+    report = await dry_run(free)
+    assert not report.would_run and "shell" in render_text(report)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -185,3 +187,19 @@ async def test_a_service_that_is_down_then_up_is_waited_for(tmp_path: Path) -> N
     assert len(tries) == 2 and all("cannot connect" in t for t in tries), tries
     assert outcome.output["tries"] == 3 and len(service.calls) == 1
     print(f"\ndown then up: {len(tries)} refused connections, then 1 call taken")
+
+
+async def test_catalog_tools_we_run_ourselves_run_on_the_target(stack: Stack) -> None:
+    """automation-service tools run through our own connector (here the worker's machine):
+    the command is upstream's, built as an argument list."""
+    steps = chain(("uname", {"host": "localhost"}),
+                  ("df", {"host": "localhost", "human_readable": True}),
+                  ("whoami", {"host": "localhost"}))
+    resp = await stack.client.execute(plan(steps), wait=True)
+    result = resp.result
+    assert result is not None and result.status.value == "completed", result
+    by_id = {s.step_id: s for s in result.steps}
+    assert by_id[steps[0]["id"]].stdout.strip() == os.uname().sysname
+    assert "Filesystem" in by_id[steps[1]["id"]].stdout
+    assert by_id[steps[2]["id"]].stdout.strip() == getpass.getuser()
+    assert not any(s.calls for s in stack.services.values()), "nothing was sent to a service"
