@@ -32,6 +32,8 @@ from tests.catalog.helpers import stage_c_step
 from tests.catalog.standins import Service, handler_for
 from tests.executors.servers import serve
 from tests.helpers import events, step_rows
+from tests.planner.helpers import run_plan
+from tests.planner.standins import AUTOMATION, AutomationService
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -203,3 +205,26 @@ async def test_catalog_tools_we_run_ourselves_run_on_the_target(stack: Stack) ->
     assert "Filesystem" in by_id[steps[1]["id"]].stdout
     assert by_id[steps[2]["id"]].stdout.strip() == getpass.getuser()
     assert not any(s.calls for s in stack.services.values()), "nothing was sent to a service"
+
+
+async def test_windows_catalog_tools_go_through_the_automation_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Windows catalog tool runs as its cmdlet line on the target through the Automation
+    Service (`POST /execute`, our connector for Windows), each value a quoted literal."""
+    with serve(AutomationService) as url:
+        AUTOMATION.calls.clear()
+        inv = tmp_path / "inventory.yaml"
+        inv.write_text("assets:\n  - {id: win-7, hostname: 192.168.1.100, connector: "
+                       "automation-service, os: windows, user: admin, credentials: {password:"
+                       " {type: secret, path: catalog/win}}, automation: {base_url: "
+                       f"'{url}'}}}}\n")
+        monkeypatch.setenv("OPSC_INVENTORY", str(inv))
+        monkeypatch.delenv("OPSC_ASSET_SERVICE_URL", raising=False)
+        monkeypatch.setenv(secret_env_name("catalog/win"), "Win-Pass-7")
+        doc = plan([stage_c_step("Restart-Service", {"host": "192.168.1.100",
+                                                     "service_name": "Print Spooler"})])
+        outcomes = await run_plan(doc)
+    assert all(o.ok for o in outcomes.values()), outcomes
+    (call,) = AUTOMATION.calls
+    assert call["command"] == "Restart-Service -Servicename 'Print Spooler'"
+    assert call["connection_type"] == "powershell" and call["target_host"] == "192.168.1.100"
