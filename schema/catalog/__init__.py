@@ -42,6 +42,7 @@ class CatalogTool(BaseModel):
     location: Location
     location_written: str | None
     action: Literal["read", "modify", "deploy"]
+    probe: str | None  # the typed read-only probe a read tool means (safety.probes), if any
     target: str | None
     inputs: dict[str, InputType]
     example_from: Literal["first_example", "required_inputs", "host_only"]

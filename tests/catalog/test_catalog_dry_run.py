@@ -191,3 +191,19 @@ async def test_read_tools_run_without_shell_and_change_tools_do_not(
             "actor": "viewer"}
     report = await dry_run(free)
     assert not report.would_run and "shell" in render_text(report)
+
+
+def test_read_tools_we_run_name_their_probe_where_one_exists() -> None:
+    """The join with the typed probes (safety.probes): each read tool we run ourselves names
+    the probe it means where there is one; change tools and tools sent to a service name
+    none. Counts printed: what the probe layer still has to cover."""
+    rows = catalog()
+    ours = [r for r in rows if r.action == "read" and r.location == "automation-service"]
+    assert all(r.probe is None for r in rows if r.action != "read" or
+               r.location != "automation-service")
+    mapped = [r for r in ours if r.probe]
+    print(f"\nread tools we run: {len(ours)}; with a probe: {len(mapped)}; without: "
+          f"{len(ours) - len(mapped)}")
+    assert {r.name: r.probe for r in mapped if r.name in ("df", "Get-Service", "docker-ps")} \
+        == {"df": "disk_usage", "Get-Service": "ps_get_service", "docker-ps": "containers"}
+    assert len(mapped) >= 40
