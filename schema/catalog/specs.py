@@ -7,8 +7,9 @@ verbatim; otherwise the tool's name, then every other input in the order written
 left out) or, for Windows tools, as cmdlet parameters `-Keyname value`; the connection inputs
 (`host`, `target_host`, `computer_name`, `server`, `use_asset_credentials`, `asset_id`,
 `connection_type`, `timeout`, `username`, `password`, `domain`) are never passed. We keep each
-value one argument (upstream splices them into one string for a shell): `shlex.join` of the
-list for sh, single-quoted literals for PowerShell.
+value one argument (upstream splices them into one string for a shell): each word quoted for
+sh, single-quoted literals for PowerShell; a `{{placeholder}}` stays bare for the renderer,
+which quotes what it puts there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from opsconductor.schema.catalog import (
     by_name,
 )
 from opsconductor.schema.enums import ActionClass, StepKind
+from opsconductor.schema.templates import PLACEHOLDER
 
 _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
                           "array": list[Any], "object": dict[str, Any]}
@@ -79,9 +81,16 @@ def _connection_fields() -> dict[str, Any]:
     return fields
 
 
-def inputs_model(name: str, inputs: dict[str, str]) -> type[CatalogInputs]:
-    """The model of one tool: its catalog inputs typed, every one optional."""
+def inputs_model(name: str, inputs: dict[str, str], *,
+                 own_credentials: bool = True) -> type[CatalogInputs]:
+    """The model of one tool: its catalog inputs typed, every one optional. Without
+    `own_credentials` (a tool we run over SSH or locally, whose credentials are its asset's)
+    a `password` or `domain` the catalog does not declare is refused, not ignored."""
     fields = _connection_fields()
+    if not own_credentials:
+        for key in ("password", "domain"):
+            if key not in inputs:
+                del fields[key]
     for key, kind in inputs.items():
         if key in fields or not key.isidentifier():
             continue
@@ -98,47 +107,81 @@ def _value(value: Any) -> str:
     return str(value)
 
 
-def posix_argv(name: str, written: list[tuple[str, Any]]) -> list[str]:
-    """`name --key-name value -k value --flag`, connection inputs left out."""
-    argv = [name]
+def _flags(written: list[tuple[str, Any]], flag: Callable[[str], str]
+           ) -> list[tuple[str, str | None]]:
+    """(flag, value) per input passed (value None: a bare switch), connection inputs left
+    out, in the order written."""
+    out: list[tuple[str, str | None]] = []
     for key, value in written:
         if key in CONNECTION_INPUTS or key == "command" or key.startswith("_"):
             continue
-        flag = f"-{key}" if len(key) == 1 else "--" + key.replace("_", "-")
         if isinstance(value, bool):
             if value:
-                argv.append(flag)
+                out.append((flag(key), None))
         else:
-            argv += [flag, _value(value)]
-    return argv
+            out.append((flag(key), _value(value)))
+    return out
+
+
+def posix_flag(key: str) -> str:
+    """`--key-name`, or `-k` for a one-letter key."""
+    return f"-{key}" if len(key) == 1 else "--" + key.replace("_", "-")
+
+
+def cmdlet_flag(key: str) -> str:
+    """Upstream's parameter name: the key without underscores, title-cased
+    (`service_name` -> `-Servicename`; PowerShell matches it case-insensitively)."""
+    return "-" + key.replace("_", "").title()
+
+
+def _argv(name: str, pairs: list[tuple[str, str | None]]) -> list[str]:
+    return [name, *(x for f, v in pairs for x in ((f,) if v is None else (f, v)))]
+
+
+def posix_argv(name: str, written: list[tuple[str, Any]]) -> list[str]:
+    """`name --key-name value -k value --flag`."""
+    return _argv(name, _flags(written, posix_flag))
 
 
 def cmdlet_argv(name: str, written: list[tuple[str, Any]]) -> list[str]:
-    """`Name -Keyname value -Switch`: upstream's parameter name is the key without
-    underscores, title-cased (`service_name` -> `-Servicename`; PowerShell matches it
-    case-insensitively)."""
-    argv = [name]
-    for key, value in written:
-        if key in CONNECTION_INPUTS or key == "command" or key.startswith("_"):
+    """`Name -Keyname value -Switch`."""
+    return _argv(name, _flags(written, cmdlet_flag))
+
+
+def sh_word(arg: str) -> str:
+    """One shell word: literal text quoted, a `{{placeholder}}` left bare for the renderer,
+    which quotes the value it puts there (schema.templates): still one word."""
+    out, pos = [], 0
+    for m in PLACEHOLDER.finditer(arg):
+        if arg[pos:m.start()]:
+            out.append(shlex.quote(arg[pos:m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    if arg[pos:] or not out:
+        out.append(shlex.quote(arg[pos:]))
+    return "".join(out)
+
+
+def sh_line(argv: list[str]) -> str:
+    return " ".join(sh_word(a) for a in argv)
+
+
+def powershell_line(name: str, pairs: list[tuple[str, str | None]]) -> str:
+    """One PowerShell statement: the name and parameter names bare (ours, never a value),
+    every value a single-quoted literal (nothing in it is interpreted), or a whole-value
+    `{{placeholder}}` the renderer fills with such a literal."""
+    out = [name]
+    for flag, value in pairs:
+        out.append(flag)
+        if value is None:
             continue
-        flag = "-" + key.replace("_", "").title()
-        if isinstance(value, bool):
-            if value:
-                argv.append(flag)
+        if PLACEHOLDER.fullmatch(value):
+            out.append(value)
+        elif PLACEHOLDER.search(value):
+            raise ValueError(f"{flag}: a template in a Windows tool's input must be the whole "
+                             f"value, not part of {value!r}")
         else:
-            argv += [flag, _value(value)]
-    return argv
-
-
-def powershell_line(argv: list[str]) -> str:
-    """The argument list as one PowerShell statement: the name bare, parameters bare, every
-    value a single-quoted literal (nothing in it is interpreted)."""
-    out = [argv[0]]
-    for arg in argv[1:]:
-        if arg.startswith("-") and arg[1:].isalnum():
-            out.append(arg)
-        else:
-            out.append("'" + arg.replace("'", "''") + "'")
+            out.append("'" + value.replace("'", "''") + "'")
     return " ".join(out)
 
 
@@ -156,9 +199,9 @@ def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
     merged: dict[str, str] = {}
     for r in rows:
         merged.update(r.inputs)
-    model = inputs_model(name, merged)
     windows = all(r.windows for r in rows)
     route = ROUTES[row.location]
+    model = inputs_model(name, merged, own_credentials=windows or route.sent)
     action = ActionClass(row.action)
 
     def argv(inputs: BaseModel) -> list[str]:
@@ -170,8 +213,9 @@ def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
         assert isinstance(inputs, CatalogInputs)
         if inputs.command:
             return inputs.command
-        args = argv(inputs)
-        return powershell_line(args) if windows else shlex.join(args)
+        if windows:
+            return powershell_line(name, _flags(inputs.written(), cmdlet_flag))
+        return sh_line(argv(inputs))
 
     def action_class(inputs: BaseModel) -> ActionClass:
         assert isinstance(inputs, CatalogInputs)

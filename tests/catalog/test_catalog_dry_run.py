@@ -207,3 +207,43 @@ def test_read_tools_we_run_name_their_probe_where_one_exists() -> None:
     assert {r.name: r.probe for r in mapped if r.name in ("df", "Get-Service", "docker-ps")} \
         == {"df": "disk_usage", "Get-Service": "ps_get_service", "docker-ps": "containers"}
     assert len(mapped) >= 40
+
+
+def test_templates_in_catalog_inputs_stay_one_argument() -> None:
+    """A value an earlier step fills in is quoted by the renderer into one word: shell
+    metacharacters in it do nothing."""
+    from opsconductor.schema.spec import build_spec
+    from opsconductor.schema.templates import expand, shell_quote
+    from opsconductor.schema.validation import validate_request
+
+    doc = {"tenant": "t", "actor": "a", "environment": "dev", "plan": {"steps": [
+        {"id": "q", "tool": "asset-query", "inputs": {}},
+        stage_c_step("grep", {"host": "{{hostname}}", "pattern": "ERR {{hostname}}",
+                              "target": "/var/log/{{hostname}}.log"}, 1)]}}
+    spec = build_spec(validate_request(doc), execution_id="e", workflow_id="w",
+                      idempotency_key="k")
+    step = spec.steps[1]
+    evil = "h; touch /tmp/pwned '$(id)'"
+    results = {"q": {"output": {"assets": [{"hostname": evil, "id": "x"}]}}}
+    (variant,) = expand(step.id, step.inputs, step.command, step.target, step.placeholders,
+                        results, shell_quote)
+    assert shlex.split(variant.command or "") == [
+        "grep", "--pattern", f"ERR {evil}", "--target", f"/var/log/{evil}.log"]
+
+
+def test_windows_template_must_be_a_whole_value_and_ssh_tools_take_no_password() -> None:
+    from opsconductor.schema.validation import RequestValidationError, validate_request
+
+    def problems(step: dict[str, object]) -> dict[str, str]:
+        with pytest.raises(RequestValidationError) as err:
+            validate_request({"tenant": "t", "actor": "a", "environment": "dev",
+                              "plan": {"steps": [{"id": "q", "tool": "asset-query",
+                                                  "inputs": {}}, step]}})
+        return {p.path: p.message for p in err.value.problems}
+
+    found = problems(stage_c_step("Stop-Service", {"host": "{{hostname}}",
+                                                   "service_name": "svc-{{hostname}}"}, 1))
+    assert any("whole value" in m for m in found.values()), found
+    found = problems(stage_c_step("df", {"host": "h", "password": {
+        "type": "secret", "path": "x"}}, 1))
+    assert list(found) == ["plan.plan.steps[1].inputs.password"], found
