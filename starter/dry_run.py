@@ -75,7 +75,10 @@ def _runs(step: StepSpec) -> str:
         q = {k: v for k, v in i.items() if v not in (None, [], {})}
         return f"asset query {q}"
     if step.kind.value == "service":
-        return f"POST {step.connector}/execute-plan {step.tool} {i}"
+        from opsconductor.schema.catalog import SERVICE_SPELLING
+
+        return (f"POST {step.connector}/execute-plan, step tool "
+                f"{SERVICE_SPELLING.get(step.tool, step.tool)!r}, inputs {i}")
     if step.kind.value == "validate":
         return "checks: " + "; ".join(str(c) for c in i.get("checks", []))
     if step.kind.value == "file_transfer":
@@ -237,6 +240,8 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                     "each fleet target" if s.fleet is not None else
                     (f"{s.target} (asset {asset.id})" if asset is not None else
                      s.target or ("Asset Service" if s.kind.value == "asset_query"
+                                  else "no host (the service acts)"
+                                  if s.kind.value == "service"
                                   else "localhost (this worker)"))),
             connector=connector, failure_handling=s.failure_handling.value,
             failure_handling_text=s.failure_handling_text, failure_rule=s.failure_rule,
