@@ -232,6 +232,8 @@ class ToolSpec:
     service: str | None = None  # StepKind.SERVICE: the upstream service it is sent to
     service_tool: str | None = None  # ... and the tool name that service knows
     catalog: str | None = None  # the upstream catalog file it comes from
+    # The step's time limit from its inputs (default: its `timeout_seconds` input).
+    time_limit: Callable[[BaseModel], float | None] | None = None
 
 
 def _fixed(ac: ActionClass) -> Callable[[BaseModel], ActionClass]:

@@ -222,17 +222,22 @@ def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
         return ActionClass.MODIFY if inputs.command and action is ActionClass.READ else action
 
     targets = TARGET_ALIASES if row.target else ()
+
+    def time_limit(inputs: BaseModel) -> float | None:
+        """Upstream's `timeout` is the command's limit; a catalog `timeout_seconds` (ping,
+        curl) is an argument of the program, not ours."""
+        return getattr(inputs, "timeout", None)
     if route.sent:
         return ToolSpec(name, StepKind.SERVICE, model, action_class,
                         connector=route.location, service=route.location,
                         service_tool=SERVICE_SPELLING.get(name, name),
                         target_keys=targets, description=f"sent to the {route.location}",
-                        catalog=row.file)
+                        catalog=row.file, time_limit=time_limit)
     return ToolSpec(name, StepKind.COMMAND, model, action_class, command,
                     connector="automation-service" if windows else None,
                     dialect="powershell" if windows else "sh", build_argv=argv,
                     target_keys=targets, description=f"catalog tool ({row.group})",
-                    catalog=row.file)
+                    catalog=row.file, time_limit=time_limit)
 
 
 def catalog_specs() -> dict[str, Any]:

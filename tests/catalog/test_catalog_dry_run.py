@@ -247,3 +247,28 @@ def test_windows_template_must_be_a_whole_value_and_ssh_tools_take_no_password()
     found = problems(stage_c_step("df", {"host": "h", "password": {
         "type": "secret", "path": "x"}}, 1))
     assert list(found) == ["plan.plan.steps[1].inputs.password"], found
+
+
+async def test_the_steps_own_execution_location_never_routes_it(catalog_env: Path) -> None:
+    """Stage C may write any service as the step's location; the tool's name decides."""
+    for written in ("network-service", "communication-service", "asset-service"):
+        step = stage_c_step("uptime", {"host": "192.168.1.100"})
+        step["execution_location"] = written
+        report = await dry_run({"tenant": "t", "actor": "a", "environment": "dev",
+                                "plan": {"steps": [step]}})
+        assert report.would_run, render_text(report)
+        assert report.steps[0].executor == "command"
+        assert report.steps[0].connector == "ssh"
+
+
+def test_upstreams_timeout_is_the_steps_limit_and_an_argument_stays_an_argument() -> None:
+    from opsconductor.schema.spec import build_spec
+    from opsconductor.schema.validation import validate_request
+
+    doc = {"tenant": "t", "actor": "a", "environment": "dev", "plan": {"steps": [
+        stage_c_step("ping", {"host": "h", "target": "x", "timeout_seconds": 5}, 0),
+        stage_c_step("uptime", {"host": "h", "timeout": 42}, 1)]}}
+    ping, uptime = build_spec(validate_request(doc), execution_id="e", workflow_id="w",
+                              idempotency_key="k").steps
+    assert ping.timeout_seconds is None and "--timeout-seconds" in (ping.argv or [])
+    assert uptime.timeout_seconds == 42 and uptime.argv == ["uptime"]
