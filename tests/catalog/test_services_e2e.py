@@ -141,6 +141,9 @@ async def test_service_steps_run_end_to_end(stack: Stack) -> None:
         uuid.UUID(resp.execution_id))
     assert sorted(r["outcome"] for r in attempts) == ["succeeded"] * 4
     assert sum(e["event_type"] == "step.status" for e in evs) >= 8
+    acquired = [e for e in evs if e["event_type"] == "locks.acquired"]
+    assert acquired and "cam-1" in str(acquired[0]["data"]), "the camera's lease was held"
+    assert any(e["event_type"] == "locks.released" for e in evs)
     print(f"\nservice steps end to end: network {len(net.calls)}, asset {len(assets.calls)}, "
           f"communication {len(comm.calls)} calls; all completed")
 
