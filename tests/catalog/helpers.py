@@ -43,11 +43,11 @@ def tally(rows: list[tuple[str, str, str]]) -> str:
     """`(group, location, verdict)` rows as a table of counts by group and by location."""
     verdicts = ("clean", "refused-for-reason", "refused-wrongly")
     lines = []
-    for label, index in (("group", 0), ("location", 1)):
+    for label, index in (("category", 0), ("location", 1)):
         keys = sorted({r[index] for r in rows})
         for key in keys:
             c = Counter(r[2] for r in rows if r[index] == key)
-            lines.append(f"  {label} {key:22s} " + "  ".join(f"{v} {c[v]:3d}" for v in verdicts))
+            lines.append(f"  {label:8s} {key:22s} " + "  ".join(f"{v} {c[v]:3d}" for v in verdicts))
     c = Counter(r[2] for r in rows)
     lines.append(f"  total {len(rows)}: " + ", ".join(f"{v} {c[v]}" for v in verdicts))
     return "\n".join(lines)
