@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 
@@ -32,6 +32,8 @@ from opsconductor.schema.catalog import (
 from opsconductor.schema.enums import ActionClass, StepKind
 from opsconductor.schema.templates import PLACEHOLDER
 
+NEEDS_HOST = ("a Windows tool runs on its host through the Automation Service: name the host "
+              "(`host`, `target_host`, `computer_name` or `server`)")
 _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
                           "array": list[Any], "object": dict[str, Any]}
 
@@ -42,6 +44,8 @@ class CatalogInputs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     _order: list[str] = PrivateAttr(default_factory=list)
+    # A Windows tool runs on a host through the Automation Service: it must name one.
+    needs_host: ClassVar[bool] = False
 
     @model_validator(mode="wrap")
     @classmethod
@@ -50,6 +54,12 @@ class CatalogInputs(BaseModel):
         if isinstance(data, dict):
             model._order = [k for k in data if k in type(model).model_fields]
         return model
+
+    @model_validator(mode="after")
+    def _host_given(self) -> CatalogInputs:
+        if self.needs_host and self.named_host() is None:
+            raise ValueError(NEEDS_HOST)
+        return self
 
     def written(self) -> list[tuple[str, Any]]:
         """(name, value) of every input given, in the order written."""
@@ -202,6 +212,7 @@ def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
     windows = all(r.windows for r in rows)
     route = ROUTES[row.location]
     model = inputs_model(name, merged, own_credentials=windows or route.sent)
+    model.needs_host = windows and not route.sent
     action = ActionClass(row.action)
 
     def argv(inputs: BaseModel) -> list[str]:

@@ -1,7 +1,7 @@
 """One plan per file of upstream's tool catalog (222 files, 218 names), each step built from
 the tool's example as Stage C builds it: every plan dry-runs clean, or is refused for a named,
-intended reason (a plain-text credential). Counts printed by catalog folder and by the service
-upstream routes the tool to."""
+intended reason (a plain-text credential; a Windows tool that names no host to run on).
+Counts printed by catalog folder and by the service upstream routes the tool to."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from opsconductor.schema.catalog import ROUTES, by_name, catalog, location_of
+from opsconductor.schema.catalog.specs import NEEDS_HOST
 from opsconductor.schema.tools import PLAIN_SECRET_MESSAGE, lookup
 from opsconductor.starter.dry_run import dry_run, render_text
 from tests.catalog.helpers import STEPS, inventory_text, plan_for, stage_c_step, tally
@@ -32,7 +33,7 @@ def verdict(report: object) -> str:
     if report.would_run:  # type: ignore[attr-defined]
         return "clean"
     messages = [p.message for p in report.problems]  # type: ignore[attr-defined]
-    if messages and all(m == PLAIN_SECRET_MESSAGE for m in messages):
+    if messages and all(m in (PLAIN_SECRET_MESSAGE, NEEDS_HOST) for m in messages):
         return "refused-for-reason"
     return "refused-wrongly"
 
@@ -48,7 +49,7 @@ async def test_every_catalog_plan_dry_runs_clean_or_is_refused_for_a_plain_secre
             wrong.append(f"{entry['file']}: {render_text(report)}")
         elif v == "refused-for-reason":
             refused.append(entry["tool"])
-            assert "password" in entry["inputs"]
+            assert "password" in entry["inputs"] or entry["group"] == "windows"
         else:
             step = report.steps[0]
             routed = ROUTES[entry["location"]]
@@ -62,8 +63,11 @@ async def test_every_catalog_plan_dry_runs_clean_or_is_refused_for_a_plain_secre
     print("\ncatalog dry runs:\n" + tally(rows))
     assert not wrong, "\n\n".join(wrong[:5])
     assert len(rows) == 222 and len({e["tool"] for e in STEPS}) == 218
-    # the camera tools' examples carry a plain-text password: refused, and only those
-    assert refused and all(t.startswith("Axis-VAPIX") for t in refused), refused
+    # the camera tools' examples carry a plain-text password; two Windows examples name no
+    # host to run on: refused, and only those
+    assert {t for t in refused if not t.startswith("Axis-VAPIX")} == {
+        "powershell", "Test-Connection"}, refused
+    assert sum(t.startswith("Axis-VAPIX") for t in refused) == 14
 
 
 def test_data_file_restates_the_catalog_fixture() -> None:
@@ -98,7 +102,7 @@ def test_data_file_restates_the_catalog_fixture() -> None:
      ["dig", "--short-output"]),  # upstream leaves `domain` out: a connection input to it
     ("Restart-Service", {"host": "192.168.1.100", "service_name": "Spooler", "force": True},
      ["Restart-Service", "-Servicename", "Spooler", "-Force"]),
-    ("Test-Connection", {"ComputerName": "WEB-SERVER-01", "Count": 4},
+    ("Test-Connection", {"host": "192.168.1.100", "ComputerName": "WEB-SERVER-01", "Count": 4},
      ["Test-Connection", "-Computername", "WEB-SERVER-01", "-Count", "4"]),
 ])
 def test_commands_follow_upstreams_convention_as_argument_lists(
@@ -175,7 +179,7 @@ async def test_read_tools_run_without_shell_and_change_tools_do_not(
     for entry in STEPS:
         doc = {**plan_for(entry), "actor": "viewer"}
         report = await dry_run(doc)
-        if any(p.message == PLAIN_SECRET_MESSAGE for p in report.problems):
+        if any(p.message in (PLAIN_SECRET_MESSAGE, NEEDS_HOST) for p in report.problems):
             continue
         reading = action[entry["file"]] == "read"
         allowed = report.would_run
