@@ -231,3 +231,31 @@ async def test_windows_catalog_tools_go_through_the_automation_service(
     (call,) = AUTOMATION.calls
     assert call["command"] == "Restart-Service -Servicename 'Print Spooler'"
     assert call["connection_type"] == "powershell" and call["target_host"] == "192.168.1.100"
+
+
+async def test_a_service_step_fans_out_over_an_asset_query(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream's multi-machine form: asset-query, then a camera tool on `{{ip_address}}`:
+    one execute-plan call per returned asset, each with its host rendered."""
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("assets:\n"
+                   "  - {id: cam-a, hostname: cam-a, address: 10.0.0.11, connector: local,"
+                   " tags: [camera]}\n"
+                   "  - {id: cam-b, hostname: cam-b, address: 10.0.0.12, connector: local,"
+                   " tags: [camera]}\n"
+                   "  - {id: web, hostname: web, address: 10.0.0.20, connector: local}\n")
+    monkeypatch.setenv("OPSC_INVENTORY", str(inv))
+    monkeypatch.delenv("OPSC_ASSET_SERVICE_URL", raising=False)
+    monkeypatch.setenv(secret_env_name(CAMERA_SECRET), CAMERA_PASSWORD)
+    with standins() as (services, urls):
+        monkeypatch.setenv("OPSC_NETWORK_SERVICE_URL", urls["network-service"])
+        steps = chain(("asset-query", {"filters": {"tags": ["camera"]}}),
+                      ("Axis-VAPIX-PTZ-Control", {
+                          "host": "{{ip_address}}", "username": "root", "preset_name": "home",
+                          "password": {"type": "secret", "path": CAMERA_SECRET}}))
+        outcomes = await run_plan(plan(steps))
+        calls = services["network-service"].calls
+    assert all(o.ok for o in outcomes.values()), outcomes
+    assert sorted(c["plan"]["steps"][0]["inputs"]["host"] for c in calls) == [
+        "10.0.0.11", "10.0.0.12"]
+    assert all(c["plan"]["steps"][0]["tool"] == "Axis-VAPIX-PTZ-Control" for c in calls)
