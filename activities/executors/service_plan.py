@@ -37,9 +37,12 @@ MAX_BACKOFF = 5.0
 
 
 def actor_id_of(actor: str | None) -> int:
-    """Upstream's integer principal: a numeric actor is its own id; a named one is 0 here
-    (its name travels in the X-OpsConductor-Actor header)."""
-    return int(actor) if actor and actor.isdigit() else 0
+    """Upstream's integer principal: a numeric actor, or `principal:<id>` (how the Stage E
+    drop-in names an OpsConductor user nobody mapped), is that id; a named one is 0 here
+    (its name travels in the X-OpsConductor-Actor header; the mirror's
+    execution.actor_principals keeps its own number)."""
+    text = (actor or "").removeprefix("principal:")
+    return int(text) if text.isdigit() and len(text) <= 9 else 0
 
 
 def previous_results(prior: dict[str, Any]) -> list[dict[str, Any]]:

@@ -259,3 +259,10 @@ async def test_a_service_step_fans_out_over_an_asset_query(
     assert sorted(c["plan"]["steps"][0]["inputs"]["host"] for c in calls) == [
         "10.0.0.11", "10.0.0.12"]
     assert all(c["plan"]["steps"][0]["tool"] == "Axis-VAPIX-PTZ-Control" for c in calls)
+
+
+async def test_actor_ids_as_upstream_reads_them() -> None:
+    from opsconductor.activities.executors.service_plan import actor_id_of
+
+    assert [actor_id_of(a) for a in ("1", "principal:42", "stage-d", None, "principal:x",
+                                     "9" * 12)] == [1, 42, 0, 0, 0, 0]
