@@ -73,7 +73,7 @@ class ServicePlanExecutor:
         url = service_url(settings, location)
         if not url:
             return StepOutcome(ok=False, error=f"{ctx.step.tool} runs at the {location}: set "
-                               f"{route.env}", error_type=ErrorType.INVALID_STEP,
+                               f"{route.env}", error_type=ErrorType.CONFIGURATION_ERROR,
                                retryable=False)
         body = request_for(ctx)
         deadline = time.monotonic() + ctx.timeout
@@ -97,9 +97,11 @@ class ServicePlanExecutor:
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF, backoff * 2)
                 except ServiceError as err:
+                    # An answer (4xx, 500) is the service's verdict; no answer after sending
+                    # is an unknown outcome: only an idempotent step may be sent again.
                     return StepOutcome(ok=False, error=f"{location}: {err}",
                                        error_type=ErrorType.EXECUTOR_ERROR,
-                                       retryable=ctx.step.idempotent)
+                                       retryable=err.status is None and ctx.step.idempotent)
         return outcome_of(answer.model_dump(), location, tries)
 
 

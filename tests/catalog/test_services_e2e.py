@@ -266,3 +266,20 @@ async def test_actor_ids_as_upstream_reads_them() -> None:
 
     assert [actor_id_of(a) for a in ("1", "principal:42", "stage-d", None, "principal:x",
                                      "9" * 12)] == [1, 42, 0, 0, 0, 0]
+
+
+async def test_a_service_verdict_is_read_as_upstream_reads_it() -> None:
+    """Only `completed` is success; the service's own message is the error; no step result
+    is a failure, never a success."""
+    from opsconductor.activities.executors.service_plan import outcome_of
+
+    failed = outcome_of({"status": "failed", "step_results": [{
+        "status": "failed", "output": {"success": False,
+                                       "message": "Unknown communication tool: slack-cli"}}]},
+        "communication-service")
+    assert not failed.ok and failed.error == "Unknown communication tool: slack-cli"
+    assert not failed.retryable
+    odd = outcome_of({"status": "completed", "step_results": [{"status": "success"}]}, "x")
+    assert not odd.ok  # upstream's Stage E counts only `completed`
+    empty = outcome_of({"status": "failed", "error_message": "No steps in plan"}, "x")
+    assert not empty.ok and "No steps in plan" in (empty.error or "")
