@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from opsconductor.activities.service_clients import AssetNotFound, AssetServiceClient
 from opsconductor.safety.secrets import SecretError, SecretNotFound, SecretResolver
@@ -109,6 +110,10 @@ def load_inventory(path: str | Path) -> Inventory:
         doc = {"assets": doc}
     try:
         inv = Inventory.model_validate(doc or {})
+    except ValidationError as err:  # each problem with where it is, not pydantic's dump
+        raise InventoryError(f"inventory {p}: " + "; ".join(
+            (".".join(str(x) for x in e["loc"]) + ": " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ") for e in err.errors())) from None
     except ValueError as err:
         raise InventoryError(f"inventory {p}: {err}") from err
     _inventory_cache[str(p)] = (stamp, inv)

@@ -84,6 +84,15 @@ class Verdict:
     probe: Probe | None = None  # what runs, when the action is a probe
 
 
+def judged_command(step: StepSpec) -> str | None:
+    """The command text RBAC must classify for a step, or None when there is none to judge:
+    not a command step, or one its tool built from typed inputs as an argument list (its
+    program is the tool itself, so the tool's own permission is the program's)."""
+    if step.kind is not StepKind.COMMAND or step.argv is not None:
+        return None
+    return step.command
+
+
 @dataclass
 class ActionGate:
     """Decides, per action, for one actor of one execution; audits every decision."""
@@ -169,8 +178,7 @@ def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | N
     for s in spec.steps:
         for where in places(s):
             command_step = s.kind == StepKind.COMMAND
-            out.append(PlannedAction(s.id, "step", s.tool, where,
-                                     s.command if command_step else None,
+            out.append(PlannedAction(s.id, "step", s.tool, where, judged_command(s),
                                      inputs=s.inputs if command_step else None))
             checks(s.id, "precondition", s.preconditions, where)
             checks(s.id, "success criterion", s.success_criteria, where)

@@ -1,4 +1,5 @@
-"""httpx clients for OpsConductor's own Asset Service and Automation Service.
+"""httpx clients for OpsConductor's own services: the Asset Service, the Automation Service,
+and `POST {service}/execute-plan` of any of them (catalog tools routed to a service).
 
 Asset Service (read-only here, so every call is safe to repeat): connection errors and 5xx
 answers are retried with exponential backoff; 404 and 401/403 are typed errors because they
@@ -245,3 +246,113 @@ class AutomationServiceClient(_RetryingClient):
                                          resp.status_code)
         doc = _unwrap(resp.json())
         return doc if isinstance(doc, dict) else {"status": doc}
+
+
+# ------------------------------------------------------------ POST {service}/execute-plan
+
+class ExecutePlanRequest(BaseModel):
+    """Upstream Stage E's call to a service: one step per call, earlier results beside it."""
+
+    execution_id: str
+    plan: dict[str, Any]  # {"steps": [step], "previous_results": [result, ...]}
+    tenant_id: str
+    actor_id: int
+
+
+class ServiceStepResult(BaseModel):
+    """One item of `step_results` as upstream's services write it (each service adds its
+    own keys: `output` for asset/communication/network, `stdout`/`exit_code` for commands)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str = "failed"
+    tool: str | None = None
+    step_index: int | None = None
+    output: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    error: str | None = None
+    message: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        """Upstream's Stage E counts a step done only when its status is `completed`."""
+        return self.status == "completed"
+
+
+class ExecutePlanResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    execution_id: str | None = None
+    status: str = "failed"
+    result: Any = None
+    step_results: list[ServiceStepResult] = []
+    error_message: str | None = None
+
+
+class ServiceUnavailable(ServiceError):
+    """The service could not take the request (no connection, 502/503/504): nothing ran."""
+
+
+# Answers that mean the request was not taken: a gateway or an overloaded server said so.
+NOT_TAKEN = frozenset({502, 503, 504})
+
+
+class PlanServiceClient(_RetryingClient):
+    """`POST /execute-plan` of an OpsConductor service. The call acts, so it is sent once:
+    only a failure to connect or a 502/503/504 (the request was not taken) is repeated, by
+    the caller, which knows how long the step may wait."""
+
+    async def execute_plan(self, body: ExecutePlanRequest, *, timeout: float,
+                           actor: str | None = None) -> ExecutePlanResponse:
+        headers = {"X-OpsConductor-Actor": actor} if actor else {}
+        try:
+            resp = await self._client.post("/execute-plan", json=body.model_dump(mode="json"),
+                                           timeout=timeout, headers=headers)
+        except httpx.ConnectError as err:
+            raise ServiceUnavailable(f"cannot connect to {self.base_url}: {err}",
+                                     sent=False) from err
+        except httpx.TransportError as err:
+            raise ServiceError(f"{type(err).__name__} after sending to {self.base_url}"
+                               f"/execute-plan: the outcome is unknown") from err
+        if resp.status_code in NOT_TAKEN:
+            raise ServiceUnavailable(f"{self.base_url}/execute-plan answered "
+                                     f"{resp.status_code}", resp.status_code, sent=False)
+        try:
+            doc = resp.json()
+        except ValueError as err:
+            raise ServiceError(f"{self.base_url}/execute-plan answered {resp.status_code} "
+                               "without JSON", resp.status_code) from err
+        if resp.status_code >= 400:
+            detail = doc.get("detail") if isinstance(doc, dict) else doc
+            raise ServiceError(f"{self.base_url}/execute-plan answered {resp.status_code}: "
+                               f"{detail}", resp.status_code)
+        try:
+            return ExecutePlanResponse.model_validate(doc)
+        except ValueError as err:
+            raise ServiceError(f"{self.base_url}/execute-plan: unexpected answer: {err}",
+                               resp.status_code) from err
+
+
+def service_url(settings: Settings, location: str) -> str | None:
+    """The configured URL of an upstream service (schema.catalog.ROUTES names the field)."""
+    from opsconductor.schema.catalog import ROUTES
+
+    route = ROUTES.get(location)
+    return getattr(settings, route.setting, None) or None if route else None
+
+
+def unconfigured_services(steps: Any, settings: Settings) -> list[tuple[str, str]]:
+    """(step id, why) for each step sent to a service whose URL is not set: refused at
+    submission, naming the setting."""
+    from opsconductor.schema.catalog import ROUTES
+    from opsconductor.schema.enums import StepKind
+
+    out = []
+    for step in steps:
+        if step.kind is StepKind.SERVICE and step.connector in ROUTES:
+            route = ROUTES[step.connector]
+            if not service_url(settings, route.location):
+                out.append((step.id, f"{step.tool} is sent to the {route.location} "
+                                     f"(POST /execute-plan), which is not configured: set "
+                                     f"{route.env}"))
+    return out

@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
 from opsconductor.activities.attempts import StepAttempt, attempt_key
-from opsconductor.activities.authorization import ActionGate
+from opsconductor.activities.authorization import ActionGate, judged_command
 from opsconductor.activities.checks import result_context, run_checks
 from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
 from opsconductor.activities.executors.registry import executor_for
@@ -175,7 +175,7 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
         command_step = variant.kind == StepKind.COMMAND
         verdict = await gate.decide(
             tool=variant.tool, resource=asset.id if asset is not None else variant.target,
-            command=variant.command if command_step else None,
+            command=judged_command(variant),
             inputs=variant.inputs if command_step else None)
         await audit_many(pool, verdict.entries)
         return None if verdict.allowed else verdict.reason
@@ -253,7 +253,7 @@ async def _authorize(inp: StepRunInput, gate: ActionGate) -> list[Any]:
     step = inp.step
     command_step = step.kind == StepKind.COMMAND
     verdict = await gate.decide(tool=step.tool, resource=step.target,
-                                command=step.command if command_step else None,
+                                command=judged_command(step),
                                 inputs=step.inputs if command_step else None)
     if not verdict.allowed:
         await rbac.audit_many(gate.pool, verdict.entries)

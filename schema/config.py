@@ -320,6 +320,12 @@ class Settings(BaseSettings):
     automation_service_url: str | None = Field(None, description=(
         "OpsConductor Automation Service base URL, for assets whose connector is "
         "`automation-service` and that name none themselves."))
+    network_service_url: str | None = Field(None, description=(
+        "OpsConductor network service base URL: catalog tools routed to `network-service` "
+        "are sent there by POST /execute-plan (docs/catalog.md); unset, they are refused."))
+    communication_service_url: str | None = Field(None, description=(
+        "OpsConductor communication service base URL: sendmail, slack/teams CLIs and "
+        "webhook_sender are sent there by POST /execute-plan; unset, they are refused."))
     ssh_known_hosts: Path | None = Field(None, description=(
         "known_hosts for strict SSH host-key checking when the asset names none "
         "(default ~/.ssh/known_hosts)."))

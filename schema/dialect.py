@@ -21,8 +21,11 @@ from typing import Any
 
 from opsconductor.schema.templates import PLACEHOLDER
 
-# Where a step may run: upstream's default service, or our worker itself.
-EXECUTION_LOCATIONS = frozenset({"automation-service", "worker", "local"})
+# Where a step may run: upstream's services (its Stage C may copy a catalog tool's location
+# onto the step; upstream routes by the tool's name all the same, and so do we, see
+# schema/catalog), or our worker itself.
+EXECUTION_LOCATIONS = frozenset({"automation-service", "network-service", "asset-service",
+                                 "communication-service", "worker", "local"})
 TARGET_KEYS = ("target", "target_host")
 WILDCARD_CHARS = frozenset("*?[")
 
@@ -96,7 +99,9 @@ NOT_A_TARGET: dict[str, tuple[str, ...]] = {"network_tools": ("target",)}
 def step_target(inputs: dict[str, Any], tool: str | None = None) -> str | None:
     """The asset a step names in its inputs, or None (this machine, or a template only run
     time resolves)."""
-    for key in TARGET_KEYS:
+    from opsconductor.schema.tools import target_keys
+
+    for key in target_keys(tool, inputs):
         if key in NOT_A_TARGET.get(tool or "", ()):
             continue
         value = inputs.get(key)

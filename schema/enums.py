@@ -75,6 +75,7 @@ class StepKind(StrEnum):
     VALIDATE = "validate"
     NOOP = "noop"
     ASSET_QUERY = "asset_query"
+    SERVICE = "service"  # sent to an OpsConductor service: POST {service}/execute-plan
 
 
 TERMINAL_STATUSES = frozenset(

@@ -45,6 +45,9 @@ class StepSpec(BaseModel):
     action_class: ActionClass
     inputs: dict[str, Any]  # validated inputs (may contain secret references, never values)
     command: str | None = None  # for command steps: the finished command line
+    # ... and, when the tool built it from typed inputs, as an argument list: the program it
+    # runs is the tool's own (catalog tools; see schema/catalog/specs.py)
+    argv: list[str] | None = None
     target: str | None = None
     depends_on: list[str] = Field(default_factory=list)
     order: int
@@ -165,7 +168,7 @@ def step_specs(req: ExecutionRequest,
     known = {s.id for s in req.steps}
     checkpoints = set(req.plan.execution_metadata.checkpoint_steps)
     for index, step in enumerate(req.steps):
-        tool = lookup(step.tool)
+        tool = lookup(step.tool, step.inputs)
         assert tool is not None, "validate_request runs first"
         inputs = tool.inputs.model_validate(step.inputs)
         dumped = (tool.normalize(inputs) if tool.normalize else
@@ -196,13 +199,16 @@ def step_specs(req: ExecutionRequest,
             inputs=dumped,
             command=(tool.build_command(inputs) if tool.build_command
                      else getattr(inputs, "command", None)),
+            argv=(tool.build_argv(inputs) if tool.build_argv is not None
+                  and not getattr(inputs, "command", None) else None),
             target=_canonical(step.target, asset_ids),
             depends_on=depends_on,
             order=step.execution_order if step.execution_order is not None else index + 1,
             failure_handling=reading.mode,
             estimated_duration=step.estimated_duration,
             idempotent=bool(idempotent),
-            timeout_seconds=getattr(inputs, "timeout_seconds", None),
+            timeout_seconds=(tool.time_limit(inputs) if tool.time_limit is not None
+                             else getattr(inputs, "timeout_seconds", None)),
             success_criteria=list(step.success_criteria),
             preconditions=list(step.preconditions),
             failure_handling_text=reading.text,

@@ -225,6 +225,15 @@ class ToolSpec:
     normalize: Callable[[BaseModel], dict[str, Any]] | None = None
     dialect: Literal["sh", "powershell", "cmd"] | None = None
     description: str = ""
+    # The command as an argument list (catalog tools); `build_command` is its rendering.
+    build_argv: Callable[[BaseModel], list[str]] | None = None
+    # The inputs that name the step's target, in order of precedence.
+    target_keys: tuple[str, ...] = ("target", "target_host")
+    service: str | None = None  # StepKind.SERVICE: the upstream service it is sent to
+    service_tool: str | None = None  # ... and the tool name that service knows
+    catalog: str | None = None  # the upstream catalog file it comes from
+    # The step's time limit from its inputs (default: its `timeout_seconds` input).
+    time_limit: Callable[[BaseModel], float | None] | None = None
 
 
 def _fixed(ac: ActionClass) -> Callable[[BaseModel], ActionClass]:
@@ -369,14 +378,40 @@ register(ToolSpec("validate", StepKind.VALIDATE, ValidateInputs, _fixed(ActionCl
 register(ToolSpec("noop", StepKind.NOOP, NoopInputs, _fixed(ActionClass.READ)))
 
 
-def lookup(tool: str) -> ToolSpec | None:
-    """The tool's spec; a PowerShell cmdlet name (Verb-Noun) is a PowerShell tool."""
+def _own(tool: str) -> ToolSpec | None:
     spec = TOOLS.get(tool)
     if spec is None and CMDLET.match(tool):
         from opsconductor.schema.upstream_tools import cmdlet_tool
 
         return cmdlet_tool(tool)
     return spec
+
+
+def _keys(model: type[BaseModel]) -> set[str]:
+    return {k for name, f in model.model_fields.items() for k in (name, f.alias) if k}
+
+
+def lookup(tool: str, inputs: Any = None) -> ToolSpec | None:
+    """The tool's spec; a PowerShell cmdlet name (Verb-Noun) is a PowerShell tool. A name
+    that is both one of ours and a catalog tool reads the step in the catalog's form when
+    its inputs use a name only the catalog's form knows (`host`, `service_name`, ...), else
+    in ours (a step mixing names of both is read as ours, the catalog's names refused): a
+    rule on the input names, never on whether a form happens to validate."""
+    own = _own(tool)
+    cat = CATALOG.get(tool)
+    if own is None or cat is None:
+        return own or cat
+    if isinstance(inputs, dict):
+        theirs, ours = _keys(cat.inputs), _keys(own.inputs)
+        if set(inputs) & (theirs - ours) and not set(inputs) & (ours - theirs):
+            return cat
+    return own
+
+
+def target_keys(tool: str | None, inputs: Any) -> tuple[str, ...]:
+    """The inputs that name the step's target for this tool in this form."""
+    spec = lookup(tool, inputs) if tool else None
+    return spec.target_keys if spec is not None else ("target", "target_host")
 
 
 CMDLET = re.compile(r"^[A-Z][a-z]+-[A-Z][A-Za-z0-9]+$")
@@ -386,3 +421,13 @@ CMDLET = re.compile(r"^[A-Z][a-z]+-[A-Z][A-Za-z0-9]+$")
 from opsconductor.schema import upstream_tools as _upstream_tools  # noqa: E402
 
 _upstream_tools.register_all(register)
+
+# Every tool of upstream's catalog (schema/catalog): names we do not know as our own are
+# catalog tools; names we know are read in the catalog's form when the step writes it.
+from opsconductor.schema.catalog.specs import catalog_specs  # noqa: E402
+
+CATALOG: dict[str, ToolSpec] = catalog_specs()
+
+
+def known_tools() -> list[str]:
+    return sorted({*TOOLS, *CATALOG})

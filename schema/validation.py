@@ -11,7 +11,7 @@ from opsconductor.schema.dialect import WILDCARD_CHARS, expand_dependencies, nor
 from opsconductor.schema.limits import limit_problems
 from opsconductor.schema.request import ExecutionRequest
 from opsconductor.schema.templates import PLACEHOLDER, context_problems, find_placeholders
-from opsconductor.schema.tools import TOOLS, ToolSpec, lookup
+from opsconductor.schema.tools import ToolSpec, known_tools, lookup
 
 CONDITION = re.compile(r"^\s*" + PLACEHOLDER.pattern + r"\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
 
@@ -205,11 +205,11 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
         problems += secret_problems(inputs, f"{path}.inputs")
         tool = step.get("tool")
         if isinstance(tool, str) and tool:
-            spec = lookup(tool)
+            spec = lookup(tool, inputs)
             if spec is None:
                 problems.append(Problem(
                     path=f"{path}.tool",
-                    message=f"unknown tool {tool!r}; known tools: {', '.join(sorted(TOOLS))} "
+                    message=f"unknown tool {tool!r}; known tools: {', '.join(known_tools())} "
                             "and PowerShell cmdlets (Verb-Noun)"))
             elif isinstance(inputs, dict):
                 problems += _tool_problems(spec, inputs, path)

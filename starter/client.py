@@ -40,11 +40,12 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from opsconductor.activities import db
-from opsconductor.activities.assets import resolve_targets
+from opsconductor.activities.assets import InventoryError, resolve_targets
 from opsconductor.activities.authorization import ActionGate, planned_actions
 from opsconductor.activities.checks import expression_problems
 from opsconductor.activities.fleet import check_fleets
 from opsconductor.activities.mirror import write_events
+from opsconductor.activities.service_clients import unconfigured_services
 from opsconductor.activities.telemetry import SCOPE
 from opsconductor.safety import idempotency, rbac
 from opsconductor.safety.signatures import (
@@ -179,7 +180,11 @@ class ExecutionClient:
         request = validate_request(raw)
         targets = sorted({t for s in request.steps
                           if isinstance(t := s.target, str) and t})
-        asset_ids, unknown = await resolve_targets(targets, self.settings)
+        try:
+            asset_ids, unknown = await resolve_targets(targets, self.settings)
+        except InventoryError as err:  # a broken inventory is the request's problem to see
+            raise RequestValidationError([Problem(path="inventory", message=str(err))]) \
+                from None
         problems = [Problem(path=f"plan.plan.steps[{i}].inputs.target",
                             message=f"unknown asset {s.target!r}")
                     for i, s in enumerate(request.steps) if s.target in unknown]
@@ -188,6 +193,9 @@ class ExecutionClient:
         draft = build_spec(request, execution_id="", workflow_id="", idempotency_key="",
                            asset_ids=asset_ids)
         problems += [Problem(path=path, message=why) for path, why in expression_problems(draft)]
+        index = {st.id: i for i, st in enumerate(request.steps)}
+        problems += [Problem(path=f"plan.plan.steps[{index[sid]}].tool", message=why)
+                     for sid, why in unconfigured_services(draft.steps, self.settings)]
         if problems:
             raise RequestValidationError(problems)
         return Prepared(request, draft, fleets)

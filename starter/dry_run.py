@@ -23,7 +23,8 @@ from opsconductor.schema.validation import Problem, RequestValidationError, vali
 
 EXECUTOR_OF_KIND = {"command": "command", "http": "http", "sql": "sql",
                     "file_transfer": "file transfer", "validate": "checks", "noop": "noop",
-                    "asset_query": "Asset Service query"}
+                    "asset_query": "Asset Service query",
+                    "service": "service (POST /execute-plan)"}
 
 
 class StepPlan(BaseModel):
@@ -77,6 +78,11 @@ def _runs(step: StepSpec) -> str:
     if step.kind.value == "asset_query":
         q = {k: v for k, v in i.items() if v not in (None, [], {})}
         return f"asset query {q}"
+    if step.kind.value == "service":
+        from opsconductor.schema.catalog import SERVICE_SPELLING
+
+        return (f"POST {step.connector}/execute-plan, step tool "
+                f"{SERVICE_SPELLING.get(step.tool, step.tool)!r}, inputs {i}")
     if step.kind.value == "validate":
         return "checks: " + "; ".join(str(c) for c in i.get("checks", []))
     if step.kind.value == "file_transfer":
@@ -91,9 +97,9 @@ async def _targets(specs: list[StepSpec]) -> tuple[dict[str, Any], list[str], st
 
     settings = load_settings()
     path = settings.inventory_path()
-    inventory = load_inventory(path) if path is not None and path.exists() else None
     found: dict[str, Any] = {}
     unknown: list[str] = []
+    inventory = load_inventory(path) if path is not None and path.exists() else None
     for s in specs:
         t = s.target
         if t is None or is_local_target(t) or t in found:
@@ -131,7 +137,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
     """Everything `run` would check and decide, described, with nothing started or written.
     `db`: a PostgreSQL connection or pool whose rule tables join the policy file;
     `db_problem`: why there is none (said in the report)."""
-    from opsconductor.activities.authorization import planned_actions
+    from opsconductor.activities.authorization import judged_command, planned_actions
     from opsconductor.activities.checks import expression_problems
     from opsconductor.activities.executors.command import connection_problems
     from opsconductor.activities.fleet import check_fleets
@@ -145,9 +151,18 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
     spec = build_spec(req, execution_id="dry-run", workflow_id="dry-run",
                       idempotency_key="dry-run")
     specs = spec.steps
-    assets, unknown, where = await _targets(specs)
+    from opsconductor.activities.assets import InventoryError
+    from opsconductor.activities.service_clients import unconfigured_services
+
+    try:
+        assets, unknown, where = await _targets(specs)
+    except InventoryError as err:
+        return DryRunReport(would_run=False, problems=[Problem(path="inventory",
+                                                               message=str(err))])
     problems: list[Problem] = []
     index = {s.id: i for i, s in enumerate(req.steps)}
+    problems += [Problem(path=f"plan.plan.steps[{index[sid]}].tool", message=why)
+                 for sid, why in unconfigured_services(specs, load_settings())]
     for s in specs:
         if s.target in unknown:
             problems.append(Problem(path=f"plan.plan.steps[{index[s.id]}].inputs.target",
@@ -198,7 +213,7 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                       f"allowed on each of its {len(fleets[s.id])} targets")
         elif not s.fan_out_from:
             allowed, reason = _judge(policy, req, s.tool, resource,
-                                     s.command if s.kind.value == "command" else None, False,
+                                     judged_command(s), False,
                                      s.inputs if s.kind.value == "command" else None)
         if not allowed and s.id not in fleets:  # a fleet's denials are listed per target
             problems.append(Problem(path=f"plan.plan.steps[{i}]", message=(
@@ -233,6 +248,8 @@ async def dry_run(raw: Any, db: Any = None, *, db_problem: str | None = None) ->
                     "each fleet target" if s.fleet is not None else
                     (f"{s.target} (asset {asset.id})" if asset is not None else
                      s.target or ("Asset Service" if s.kind.value == "asset_query"
+                                  else "no host (the service acts)"
+                                  if s.kind.value == "service"
                                   else "localhost (this worker)"))),
             connector=connector, failure_handling=s.failure_handling.value,
             failure_handling_text=s.failure_handling_text, failure_rule=s.failure_rule,

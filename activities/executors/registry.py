@@ -27,6 +27,7 @@ _EXECUTORS: dict[StepKind, tuple[str, str]] = {
                              "FileTransferExecutor"),
     StepKind.VALIDATE: ("opsconductor.activities.executors.validate", "ValidateExecutor"),
     StepKind.ASSET_QUERY: ("opsconductor.activities.executors.asset_query", "AssetQueryExecutor"),
+    StepKind.SERVICE: ("opsconductor.activities.executors.service_plan", "ServicePlanExecutor"),
 }
 _RUNNERS: dict[str, tuple[str, str]] = {
     "ssh": ("opsconductor.activities.executors.ssh", "SshCommandRunner"),

@@ -137,3 +137,32 @@ def test_metadata_approval_points_merge_and_unknown_one_refused() -> None:
     with pytest.raises(RequestValidationError) as err:
         validate_request(doc)
     assert err.value.problems[0].path == "plan.execution_metadata.approval_points[0]"
+
+
+# Why each invalid plan of the corpus is refused: every problem it gets must be that one.
+REFUSED_FOR = {
+    "dependency_cycle.json": ("a depends_on cycle", "depends_on cycle"),
+    "llm_api_axis_example.json": ("a plain-text secret", ".inputs.password"),
+    "llm_impacket_explicit_password.json": ("a plain-text secret", ".inputs.password"),
+    "llm_linux_ssh_example.json": ("a plain-text secret", ".inputs.password"),
+    "multistep_doc_plain_password.json": ("a plain-text secret", ".inputs.password"),
+    "llm_multi_machine_wrong.json": ("literal hosts instead of the asset query's results "
+                                     "(the planner prompt's own WRONG PLAN)", "target_hosts"),
+}
+
+
+async def test_corpus_refusals_are_for_their_named_reason(inventory: Path) -> None:
+    counts = {"clean": 0, "refused for its reason": 0, "refused otherwise": 0}
+    for entry in INDEX:
+        report = await dry_run(load(str(entry["file"])))
+        if report.would_run:
+            counts["clean"] += 1
+            assert entry["valid"], entry["file"]
+            continue
+        reason, mark = REFUSED_FOR[str(entry["file"])]
+        wrong = [p for p in report.problems if mark not in p.path + " " + p.message
+                 and not (mark == "target_hosts" and p.path.endswith(".asset_ids"))]
+        counts["refused otherwise" if wrong else "refused for its reason"] += 1
+        assert not wrong, (entry["file"], reason, wrong)
+    print(f"\ncorpus of {len(INDEX)}: {counts}")
+    assert counts == {"clean": 24, "refused for its reason": 6, "refused otherwise": 0}
