@@ -17,7 +17,7 @@ from opsconductor.activities.db import DatabaseUnavailable, create_pool
 from opsconductor.schema.migrate import migrate, status
 from opsconductor.starter import cli
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres, ServerTls, ssl_bin_dir
-from tests.pg_prod.tls_certs import Ca, make_ca, make_server_cert
+from tests.tls_certs import Ca, Pair, make_ca, make_leaf
 
 
 class TlsServer:
@@ -31,10 +31,12 @@ class TlsServer:
 @pytest.fixture(scope="module")
 def tls_server(session_dir: Path) -> Iterator[TlsServer]:
     folder = session_dir / "pg-tls"
-    ca = make_ca(folder / "ca", "opsc-test-ca")
-    wrong = make_ca(folder / "other", "someone-elses-ca")
-    cert, key = make_server_cert(ca, folder, ips=["127.0.0.1"], dns=[])
-    server = EmbeddedPostgres(folder / "pg", tls=ServerTls(cert_file=cert, key_file=key),
+    ca = make_ca(folder / "ca" / "opsc-test-ca.crt", "opsc-test-ca")
+    wrong = make_ca(folder / "other" / "someone-elses-ca.crt", "someone-elses-ca")
+    pair = make_leaf(ca, Pair(folder / "server.crt", folder / "server.key"),
+                     "opsc-test-postgres", server=True, ips=["127.0.0.1"])
+    server = EmbeddedPostgres(folder / "pg", tls=ServerTls(cert_file=pair.cert,
+                                                           key_file=pair.key),
                               durable=True, bin_dir=ssl_bin_dir())
     server.start(timeout=60)
     try:

@@ -21,8 +21,8 @@ from opsconductor.starter.ports import free_port
 from opsconductor.starter.temporal_server import TemporalDevServer
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import Cli, opsc_env, run_cli, start_worker, stop_process
-from tests.temporal_tls.certs import Certs, make_certs
 from tests.temporal_tls.proxy import GrpcProxy, server_context
+from tests.tls_certs import Certs, make_certs
 
 API_KEY = "opsc-test-key-4f1c"
 EXIT_UNREACHABLE = 4
