@@ -8,6 +8,7 @@ the last value seen. Test modules import from here (or from a conftest), never f
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import os
@@ -271,3 +272,18 @@ def payload_from_json(doc: dict[str, Any]) -> Any:
 
     return Payload(metadata={k: base64.b64decode(v) for k, v in doc["metadata"].items()},
                    data=base64.b64decode(doc.get("data", "")))
+
+
+def decoded_payloads(node: Any) -> str:
+    """History JSON carries payloads base64-encoded: decode every one to search it."""
+    out = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "data" and isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    out.append(base64.b64decode(value).decode("utf-8", "replace"))
+            else:
+                out.append(decoded_payloads(value))
+    elif isinstance(node, list):
+        out += [decoded_payloads(v) for v in node]
+    return "\n".join(out)

@@ -4,8 +4,6 @@ action, idempotency under concurrency."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import hashlib
 import io
 import itertools
@@ -27,6 +25,7 @@ from opsconductor.schema.enums import ActionClass, Environment, FailureHandling,
 from opsconductor.schema.messages import StepRunInput, TimeoutPolicy
 from opsconductor.schema.spec import StepSpec
 from tests.helpers import (
+    decoded_payloads,
     file_exists,
     inventory_in_use,
     lease_expired,
@@ -113,21 +112,6 @@ async def test_secret_canary_is_used_but_never_stored_logged_or_in_history(
     logs = captured_logs.getvalue()
     assert "debug dump token=***" in logs
     assert CANARY not in logs
-
-
-def decoded_payloads(node: Any) -> str:
-    """History JSON carries payloads base64-encoded: decode every one to search it."""
-    out = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "data" and isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    out.append(base64.b64decode(value).decode("utf-8", "replace"))
-            else:
-                out.append(decoded_payloads(value))
-    elif isinstance(node, list):
-        out += [decoded_payloads(v) for v in node]
-    return "\n".join(out)
 
 
 async def test_missing_secret_fails_the_step_naming_the_path(engine: Any) -> None:

@@ -5,8 +5,6 @@ connection, and canaries in the worker's environment that no output may ever sho
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.executors.conftest import SshServer, keyed_sshd
+from tests.helpers import decoded_payloads as decoded_payloads  # re-exported to its tests
 from tests.helpers import inventory_in_use
 
 SSH_KEY_SECRET = "attacks/ssh/key"
@@ -109,18 +108,3 @@ async def arena(engine: Any, attack_sshd: SshServer,
                     windows_asset="attack-win", worker_pid=os.getpid())
     server.close()
     await server.wait_closed()
-
-
-def decoded_payloads(node: Any) -> str:
-    """History JSON carries payloads base64-encoded: decode every one to search it."""
-    out = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "data" and isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    out.append(base64.b64decode(value).decode("utf-8", "replace"))
-            else:
-                out.append(decoded_payloads(value))
-    elif isinstance(node, list):
-        out += [decoded_payloads(v) for v in node]
-    return "\n".join(out)
