@@ -255,6 +255,27 @@ async def serving(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
         await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def policy_worker(temporal_client: Any, pool: Any, policy_file: Path, *, home: Path,
+                        queue_prefix: str) -> AsyncIterator[Any]:
+    """A worker on its own task queue and a client, both reading the RBAC policy at
+    `policy_file` (the submission check reads OPSC_RBAC_POLICY, pointed at it meanwhile);
+    yields the `ExecutionClient`."""
+    import pytest
+
+    from opsconductor.schema.config import Settings
+    from opsconductor.starter.client import ExecutionClient
+    from opsconductor.starter.worker import build_worker
+
+    queue = unique_queue(queue_prefix)
+    settings = Settings(home=home, task_queue=queue, temporal_address="unused",
+                        database_url="unused", rbac_policy=policy_file)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPSC_RBAC_POLICY", str(policy_file))
+        async with build_worker(temporal_client, queue, pool=pool, settings=settings):
+            yield ExecutionClient(temporal=temporal_client, pool=pool, settings=settings)
+
+
 # ---------------------------------------------------------------------------- payloads
 
 def payload_as_json(payload: Any) -> dict[str, Any]:

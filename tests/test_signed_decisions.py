@@ -23,20 +23,18 @@ from temporalio.client import Client
 
 from opsconductor.activities.attempts import record_attempt_started
 from opsconductor.safety.signatures import signed_payload, ssh_keygen
-from opsconductor.schema.config import Settings
 from opsconductor.schema.messages import DecisionOutcome
 from opsconductor.starter.binaries import temporal_cli
 from opsconductor.starter.client import ExecutionClient
-from opsconductor.starter.worker import build_worker
 from tests.helpers import (
     approval_rows,
     events,
     execution_row,
     pending,
+    policy_worker,
     request,
     shell,
     step,
-    unique_queue,
     until,
 )
 from tests.integration.helpers import opsc_env, run_binary, run_cli
@@ -86,14 +84,10 @@ async def signed(temporal_client: Client, db_pool: asyncpg.Pool, policy_file: Pa
                  session_dir: Path) -> AsyncIterator[ExecutionClient]:
     """A worker and a client that read the policy with the keys (the submission check reads
     OPSC_RBAC_POLICY, pointed at it for this module)."""
-    queue = unique_queue("opsc-signed")
-    settings = Settings(home=session_dir / "home-signed", task_queue=queue,
-                        temporal_address="unused", database_url="unused",
-                        rbac_policy=policy_file)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPSC_RBAC_POLICY", str(policy_file))
-        async with build_worker(temporal_client, queue, pool=db_pool, settings=settings):
-            yield ExecutionClient(temporal=temporal_client, pool=db_pool, settings=settings)
+    async with policy_worker(temporal_client, db_pool, policy_file,
+                             home=session_dir / "home-signed",
+                             queue_prefix="opsc-signed") as client:
+        yield client
 
 
 async def submit(client: ExecutionClient, environment: str, level: int = 1) -> Any:

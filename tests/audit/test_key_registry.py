@@ -18,13 +18,11 @@ from temporalio.client import Client
 
 from opsconductor.safety import rbac
 from opsconductor.safety.signatures import attest_key_change, signed_payload
-from opsconductor.schema.config import Settings
 from opsconductor.schema.messages import DecisionOutcome
 from opsconductor.starter.client import ExecutionClient
 from opsconductor.starter.health import check_signers
-from opsconductor.starter.worker import build_worker
 from tests.audit.helpers import make_key
-from tests.helpers import approval_rows, execution_row, pending, request, step, unique_queue, until
+from tests.helpers import approval_rows, execution_row, pending, policy_worker, request, step, until
 from tests.integration.helpers import opsc_env, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -133,14 +131,10 @@ async def test_key_changes_are_signed_decisions_of_keys_admins(
 @pytest.fixture(scope="module")
 async def worker(temporal_client: Client, db_pool: asyncpg.Pool, policy_file: Path,
                  session_dir: Path) -> AsyncIterator[ExecutionClient]:
-    queue = unique_queue("opsc-registry")
-    settings = Settings(home=session_dir / "home-registry", task_queue=queue,
-                        temporal_address="unused", database_url="unused",
-                        rbac_policy=policy_file)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPSC_RBAC_POLICY", str(policy_file))
-        async with build_worker(temporal_client, queue, pool=db_pool, settings=settings):
-            yield ExecutionClient(temporal=temporal_client, pool=db_pool, settings=settings)
+    async with policy_worker(temporal_client, db_pool, policy_file,
+                             home=session_dir / "home-registry",
+                             queue_prefix="opsc-registry") as client:
+        yield client
 
 
 async def test_a_key_planted_by_sql_is_not_trusted(worker: ExecutionClient,
