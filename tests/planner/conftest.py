@@ -11,6 +11,7 @@ import pytest
 
 from tests.executors.conftest import SshServer, keyed_sshd, secret_env_name
 from tests.executors.servers import serve
+from tests.planner.helpers import inventory_text
 from tests.planner.standins import ASSET_SERVICE, AUTOMATION, AssetService, AutomationService
 
 SSH_KEY_SECRET = "planner/ssh/key"
@@ -46,3 +47,13 @@ def asset_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         ASSET_SERVICE.assets.clear()
         monkeypatch.setenv("OPSC_ASSET_SERVICE_URL", url)
         yield url
+
+
+@pytest.fixture
+def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The planner corpus's inventory, in use (OPSC_INVENTORY) with no Asset service."""
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(inventory_text())
+    monkeypatch.setenv("OPSC_INVENTORY", str(inv))
+    monkeypatch.delenv("OPSC_ASSET_SERVICE_URL", raising=False)
+    return inv

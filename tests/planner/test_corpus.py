@@ -13,16 +13,7 @@ from opsconductor.schema.failure import interpret_failure_handling
 from opsconductor.schema.spec import build_spec
 from opsconductor.schema.validation import RequestValidationError, validate_request
 from opsconductor.starter.dry_run import dry_run, render_text
-from tests.planner.helpers import INDEX, inventory_text, load
-
-
-@pytest.fixture
-def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    inv = tmp_path / "inventory.yaml"
-    inv.write_text(inventory_text())
-    monkeypatch.setenv("OPSC_INVENTORY", str(inv))
-    monkeypatch.delenv("OPSC_ASSET_SERVICE_URL", raising=False)
-    return inv
+from tests.planner.helpers import INDEX, load
 
 
 @pytest.mark.parametrize("entry", INDEX, ids=[e["file"] for e in INDEX])

@@ -8,26 +8,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from opsconductor.activities.authorization import operation_of
 from opsconductor.schema.spec import build_spec
 from opsconductor.schema.validation import validate_request
 from opsconductor.starter.dry_run import dry_run, render_text
-from tests.planner.helpers import INDEX, inventory_text, load
+from tests.planner.helpers import INDEX, load
 
 # Reads that stay free text (they need `shell`): a listing of the working directory (a probe
 # names its path).
 FREE_TEXT_READS = {("stage_e_test_plan.json", "ssh_command_read:ls -la")}
-
-
-@pytest.fixture
-def inventory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    inv = tmp_path / "inventory.yaml"
-    inv.write_text(inventory_text())
-    monkeypatch.setenv("OPSC_INVENTORY", str(inv))
-    monkeypatch.delenv("OPSC_ASSET_SERVICE_URL", raising=False)
-    return inv
 
 
 def _steps(doc: dict[str, Any]) -> list[dict[str, Any]]:
