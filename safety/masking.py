@@ -50,7 +50,7 @@ import re
 import threading
 import tomllib
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -221,16 +221,30 @@ def _key_values(s: str, view: str | bytes) -> str:
     hints = _spans(_KV_HINT, s, view)
     if hints is None:
         return _KEYVALUE.sub(_builtin_sub, s)
+    return _around(s, hints, _lines_of,
+                   lambda window: _KEYVALUE.sub(_builtin_sub, window))
+
+
+def _lines_of(s: str, pos: int, start: int, end: int) -> tuple[int, int]:
+    """The lines of a key/value hint, with the next line (a value past a line break)."""
+    begin = max(pos, s.rfind("\n", 0, start) + 1)
+    stop = s.find("\n", end)
+    stop = len(s) if stop == -1 else s.find("\n", stop + 1)
+    return begin, len(s) if stop == -1 else stop
+
+
+def _around(s: str, hints: list[tuple[int, int]],
+            window: Callable[[str, int, int, int], tuple[int, int]],
+            sub: Callable[[str], str]) -> str:
+    """`sub` over the windows of `s` around the RE2 hints (`window(s, pos, start, end)`, never
+    before `pos`, the end of the last one), the text between them copied as it is."""
     out: list[str] = []
     pos = 0
     for start, end in hints:
         if end <= pos:
             continue
-        begin = max(pos, s.rfind("\n", 0, start) + 1)
-        stop = s.find("\n", end)
-        stop = len(s) if stop == -1 else s.find("\n", stop + 1)
-        stop = len(s) if stop == -1 else stop
-        out += [s[pos:begin], _KEYVALUE.sub(_builtin_sub, s[begin:stop])]
+        begin, stop = window(s, pos, start, end)
+        out += [s[pos:begin], sub(s[begin:stop])]
         pos = stop
     out.append(s[pos:])
     return "".join(out)
@@ -263,15 +277,12 @@ def _cards(s: str) -> str:
     hints = _spans(_CARD_HINT, s, view)
     if hints is None:
         return _CARD.sub(_card_sub, s)
-    out: list[str] = []
-    pos = 0
-    for start, end in hints:
-        begin = max(pos, start - 1)  # one character before: the pattern's own boundary test
-        stop = min(len(s), end + 1)
-        out += [s[pos:begin], _CARD.sub(_card_sub, s[begin:stop])]
-        pos = stop
-    out.append(s[pos:])
-    return "".join(out)
+    return _around(s, hints, _digit_run, lambda window: _CARD.sub(_card_sub, window))
+
+
+def _digit_run(s: str, pos: int, start: int, end: int) -> tuple[int, int]:
+    """A digit run with one character either side: the pattern's own boundary tests."""
+    return max(pos, start - 1), min(len(s), end + 1)
 
 
 def _luhn_ok(digits: str) -> bool:
