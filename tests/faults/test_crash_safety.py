@@ -33,13 +33,14 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.config import Settings
 from opsconductor.schema.migrate import migrate
 from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 from opsconductor.starter.temporal_server import TemporalDevServer
 from tests.executors.conftest import SshServer, openssh_server, secret_env_name
+from tests.faults.helpers import fault_counts
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import opsc_env, start_worker, stop_process, wait_group_gone
 from tests.processes import shell_leftover_check
@@ -57,21 +58,8 @@ SSH_KEY_SECRET = "faults/ssh/key"
 OPERATOR = "bob"
 
 
-def fault_counts() -> dict[str, int]:
-    """Rounds per scenario: the defaults, overridden by OPSC_FAULT_COUNTS (`name=N,...`)."""
-    counts = dict(DEFAULT_COUNTS)
-    raw = load_settings().fault_counts or ""
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        name, _, value = part.partition("=")
-        if name.startswith("restart"):  # test_restarts.py's rounds
-            continue
-        if name not in counts:
-            raise ValueError(f"OPSC_FAULT_COUNTS: unknown scenario {name!r}")
-        counts[name] = int(value)
-    return counts
-
-
-COUNTS = fault_counts()
+# Rounds per scenario; test_restarts.py's `restart*` entries are its own.
+COUNTS = fault_counts(DEFAULT_COUNTS, theirs=lambda name: name.startswith("restart"))
 
 
 @dataclass

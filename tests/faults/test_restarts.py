@@ -31,10 +31,11 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from opsconductor.schema.config import Settings, load_settings
+from opsconductor.schema.config import Settings
 from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.starter.client import ExecutionClient, ExecutionResponse
 from opsconductor.starter.temporal_server import TemporalDevServer
+from tests.faults.helpers import fault_counts
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import group_members, opsc_env, start_worker, stop_process
 
@@ -47,18 +48,9 @@ DEFAULT_COUNTS = {"restart5": 1, "restart25": 1}
 ASSETS = tuple(f"restart-host-{i}" for i in range(PER_ROUND + 1))
 
 
-def restart_counts() -> dict[str, int]:
-    """Rounds per outage length: the defaults, overridden by OPSC_FAULT_COUNTS entries
-    `restart5=N` / `restart25=N` (the other scenarios' entries are theirs)."""
-    counts = dict(DEFAULT_COUNTS)
-    for part in filter(None, (p.strip() for p in (load_settings().fault_counts or "").split(","))):
-        name, _, value = part.partition("=")
-        if name in counts:
-            counts[name] = int(value)
-    return counts
-
-
-COUNTS = restart_counts()
+# Rounds per outage length: OPSC_FAULT_COUNTS entries `restart5=N` / `restart25=N` (the
+# other scenarios' entries are theirs).
+COUNTS = fault_counts(DEFAULT_COUNTS, theirs=lambda name: name not in DEFAULT_COUNTS)
 
 
 @dataclass
