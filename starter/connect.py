@@ -197,9 +197,10 @@ def explain(err: BaseException, target: TemporalTarget) -> str:
                          f"{': ' + status[2] if status[2] else ''}); check TEMPORAL_API_KEY "
                          "or the client certificate")
     if target.tls and any(n in text for n in ("UnexpectedEof", "ConnectionReset",
-                                               "close_notify", "BrokenPipe")):
+                                               "close_notify", "BrokenPipe", "Cancelled")):
         # A server that refuses a client's certificate (or its absence) just closes the TLS
-        # connection after the handshake; only a fatal alert, when one is sent, says more.
+        # connection after the handshake (the pending call then ends reset, at EOF or
+        # cancelled); only a fatal alert, when one is sent, says more.
         why = ("the server closed the TLS connection: it may require a client certificate, "
                "and none is configured (TEMPORAL_TLS_CLIENT_CERT_PATH / "
                "TEMPORAL_TLS_CLIENT_KEY_PATH)") if not target.client_certificate else (
