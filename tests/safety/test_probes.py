@@ -35,6 +35,11 @@ SAMPLE: dict[str, dict[str, Any]] = {
     "ps_get_child_item": {"path": "C:\\Windows\\Logs"}, "ps_ping": {"host": "win-1"},
     "ps_dns_lookup": {"name": "example.org"}, "ps_tcp_connect": {"host": "db", "port": 5432},
     "disk_usage": {"paths": ["/var"]}, "processes": {"pids": [1]},
+    "file_find": {"path": "/var/log", "name": "*.log", "size": "+100M"},
+    "file_grep": {"pattern": "-e ERROR", "path": "/var/log/app.log"},
+    "ps_get_content": {"path": "C:\\Temp\\report.txt"},
+    "ps_get_item": {"path": "C:\\Temp\\report.txt"},
+    "ps_select_string": {"pattern": "ERROR", "path": "C:\\Windows\\Logs\\cbs.log"},
 }
 
 
