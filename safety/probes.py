@@ -520,7 +520,7 @@ def _csv(param: str) -> Callable[[Any], tuple[str, Any]]:
 
 
 _CATALOG_FIXED: dict[str, tuple[str, dict[str, Any]]] = {
-    "docker-ps": ("containers", {}), "podman-ps": ("podman_containers", {}),
+    "podman-ps": ("podman_containers", {}),
     # as upstream runs them (a bare program): the same output
     "pg_isready": ("pg_ready", {}), "free": ("memory", {"unit": "kibi"}),
     "hostname": ("hostname", {}), "id": ("identity", {}), "whoami": ("user_name", {}),
@@ -548,6 +548,9 @@ _CATALOG_FIXED: dict[str, tuple[str, dict[str, Any]]] = {
 # read tools that have none, and why.
 CATALOG_PROBES: dict[str, Mapper] = {
     **{tool: fixed(probe, **params) for tool, (probe, params) in _CATALOG_FIXED.items()},
+    # also as upstream's planner writes them, with `args` after `docker <verb>`
+    "docker-ps": TOOL_PROBES["docker-ps"], "docker-inspect": TOOL_PROBES["docker-inspect"],
+    "docker-logs": TOOL_PROBES["docker-logs"],
     "curl": fields("http_health", url="url", timeout_seconds="timeout_seconds",
                    insecure="insecure", follow_redirects="follow_redirects"),
     "df": fields("disk_usage", {"human": False}, human_readable="human",
@@ -609,6 +612,13 @@ CATALOG_NO_PROBE: dict[str, str] = {
 }
 
 
+def _declared(tool: str) -> frozenset[str]:
+    """The input names the catalog declares for a tool (`target` is ping's destination)."""
+    from opsconductor.schema.catalog import by_name
+
+    return frozenset(k for row in by_name().get(tool, ()) for k in row.inputs)
+
+
 def catalog_form(tool: str, inputs: Mapping[str, Any]) -> bool:
     """The step is a catalog tool in the catalog's form (schema.tools decides, by names)."""
     from opsconductor.schema.tools import lookup
@@ -621,19 +631,14 @@ def probe_for(tool: str, inputs: Mapping[str, Any] | None) -> Probe | None:
     """The probe this step means, or None: not a probe (free text), so it needs `shell`.
 
     A step in the catalog's form is read by `CATALOG_PROBES` (its connection inputs set
-    aside); our own tools' table `TOOL_PROBES` reads the rest (and a catalog-only name's
-    `args`, as written before the catalog's own inputs were known). Both tables yield typed
-    probes only. Raises `ProbeError` when the tool's inputs name a probe with a value it
+    aside) alone; our own tools' table `TOOL_PROBES` reads the rest. Both yield typed probes
+    only. Raises `ProbeError` when the tool's inputs name a probe with a value it
     refuses."""
-    tables = [(TOOL_PROBES, CONNECTION_KEYS)]
-    if catalog_form(tool, inputs or {}):
-        tables.insert(0, (CATALOG_PROBES, CATALOG_CONNECTION_KEYS))
-    for table, ignored in tables:
-        mapper = table.get(tool)
-        found = None if mapper is None else _mapped(mapper, inputs or {}, ignored)
-        if found is not None:
-            return found
-    return None
+    mapper, ignored = TOOL_PROBES.get(tool), CONNECTION_KEYS
+    if catalog_form(tool, inputs or {}) and tool in CATALOG_PROBES:
+        mapper = CATALOG_PROBES[tool]
+        ignored = CATALOG_CONNECTION_KEYS | (CONNECTION_KEYS - _declared(tool))
+    return None if mapper is None else _mapped(mapper, inputs or {}, ignored)
 
 
 def _mapped(mapper: Mapper, inputs: Mapping[str, Any], ignored: frozenset[str]
