@@ -23,8 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opsconductor.safety import rbac
-from opsconductor.safety.probes import Probe, ProbeError, probe_for
-from opsconductor.schema.enums import StepKind
+from opsconductor.safety.probes import (
+    CATALOG_NO_PROBE,
+    Probe,
+    ProbeError,
+    catalog_form,
+    probe_for,
+)
+from opsconductor.schema.enums import ActionClass, StepKind
 from opsconductor.schema.spec import ExecutionSpec, StepSpec
 
 CHECK_TOOL = "check"  # the tool name of a check command that only reads
@@ -62,6 +68,8 @@ def operation_of(tool: str, command: str | None, *, inputs: Mapping[str, Any] | 
         return Operation(probe, tuple(dict.fromkeys((tool, f"probe:{probe.name}"))))
     if command is None:
         return Operation(None, (tool,))  # not a command step (http, sql, noop, ...)
+    if inputs is not None and tool in CATALOG_NO_PROBE and catalog_form(tool, inputs):
+        why = f"not a probe: {CATALOG_NO_PROBE[tool]}"  # the documented reason, first
     if why is None:
         why = ("a check may only read: not a probe" if read_only_expected
                else "free text: not a probe")
@@ -86,9 +94,13 @@ class Verdict:
 
 def judged_command(step: StepSpec) -> str | None:
     """The command text RBAC must classify for a step, or None when there is none to judge:
-    not a command step, or one its tool built from typed inputs as an argument list (its
-    program is the tool itself, so the tool's own permission is the program's)."""
-    if step.kind is not StepKind.COMMAND or step.argv is not None:
+    not a command step, or a change its tool built from typed inputs as an argument list (its
+    program is the tool itself, so the tool's own permission is the program's). A *read* tool
+    built that way is judged by its line: a probe when its inputs map onto one, else free text
+    (`shell`): what a read permission grants is probes, never a program with any flags."""
+    if step.kind is not StepKind.COMMAND:
+        return None
+    if step.argv is not None and step.action_class is not ActionClass.READ:
         return None
     return step.command
 

@@ -13,20 +13,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from opsconductor.safety.probe_params import (
     AnyPath,
+    FsType,
     Host,
     JournalTime,
     ListPath,
     Name,
     Params,
+    Pattern,
     PsName,
+    PsPattern,
     PsProperty,
     ReadPath,
     Unit,
     WindowsListPath,
+    WindowsReadPath,
 )
 
 
@@ -94,6 +98,9 @@ class DiskParams(Params):
     paths: list[AnyPath] = Field(default_factory=list, max_length=16)
     human: bool = True
     inodes: bool = False
+    show_type: bool = False
+    types: list[FsType] = Field(default_factory=list, max_length=16)
+    exclude_types: list[FsType] = Field(default_factory=list, max_length=16)
 
 
 class MemoryParams(Params):
@@ -124,6 +131,44 @@ class PathParams(Params):
 
 class ListParams(Params):
     path: ListPath
+    sort: Literal["name", "time", "size"] = "name"
+    human: bool = False
+
+
+class FindParams(Params):
+    path: ListPath
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.*?\[\]\-]{1,128}$")
+    ignore_case: bool = False
+    type: Literal["f", "d", "l"] | None = None
+    size: str | None = Field(None, pattern=r"^[+-]?\d{1,9}[ckMG]?$")
+    owner: Name | None = None
+    group: Name | None = None
+    max_depth: int = Field(5, ge=1, le=10)
+
+
+def _find(p: FindParams) -> list[str]:
+    # -P: symlinks are never followed; -xdev: one filesystem; only tests and -print, so no
+    # action (-exec, -delete, -fprint) can be among them.
+    tests = [*([("-iname" if p.ignore_case else "-name"), p.name] if p.name else []),
+             *(["-type", p.type] if p.type else []), *(["-size", p.size] if p.size else []),
+             *(["-user", p.owner] if p.owner else []), *(["-group", p.group] if p.group else [])]
+    return ["-P", "--", p.path, "-xdev", "-maxdepth", str(p.max_depth), *tests, "-print"]
+
+
+LS_SORT = {"name": [], "time": ["-t"], "size": ["-S"]}
+
+
+class GrepParams(Params):
+    pattern: Pattern
+    path: ReadPath
+    ignore_case: bool = False
+    line_numbers: bool = False
+    context: int = Field(0, ge=0, le=10)
+    count_only: bool = False
+    fixed_string: bool = False
+    invert: bool = False
+    word: bool = False
+    max_matches: int = Field(1000, ge=1, le=10_000)
 
 
 class LinesParams(Params):
@@ -154,6 +199,7 @@ class HttpParams(Params):
     method: Literal["GET", "HEAD"] = "GET"
     timeout_seconds: int = Field(5, ge=1, le=60)
     insecure: bool = False
+    follow_redirects: bool = False  # at most 5, each again http(s) only
 
 
 class ContainerListParams(Params):
@@ -224,6 +270,36 @@ class PsEventParams(Params):
     max_events: int = Field(50, ge=1, le=1000)
 
 
+class PsEventLogParams(Params):
+    log: Literal["System", "Application", "Setup", "Security"] = "System"
+    newest: int = Field(50, ge=1, le=1000)
+
+
+class PsAdParams(Params):
+    limit: int = Field(200, ge=1, le=1000)
+
+
+class PsContentParams(Params):
+    path: WindowsReadPath
+    head: int | None = Field(None, ge=1, le=10_000)
+    tail: int | None = Field(None, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> PsContentParams:
+        if self.head is not None and self.tail is not None:
+            raise ValueError("Get-Content takes head or tail, not both")
+        return self
+
+
+class PsItemParams(Params):
+    path: WindowsListPath
+
+
+class PsSelectStringParams(Params):
+    pattern: PsPattern
+    path: WindowsReadPath
+
+
 class PsPingParams(Params):
     host: Host
     count: int = Field(4, ge=1, le=10)
@@ -263,7 +339,23 @@ def _journal(p: JournalParams) -> list[str]:
 
 def _df(p: DiskParams) -> list[str]:
     return ["--portability", *(["--human-readable"] if p.human else []),
-            *(["--inodes"] if p.inodes else []), "--", *p.paths]
+            *(["--inodes"] if p.inodes else []), *(["--print-type"] if p.show_type else []),
+            *(f"--type={t}" for t in p.types), *(f"--exclude-type={t}" for t in p.exclude_types),
+            "--", *p.paths]
+
+
+def _grep(p: GrepParams) -> list[str]:
+    flags = [("--ignore-case", p.ignore_case), ("--line-number", p.line_numbers),
+             ("--count", p.count_only), ("--fixed-strings", p.fixed_string),
+             ("--invert-match", p.invert), ("--word-regexp", p.word)]
+    return ["--no-messages", "--binary-files=without-match", "--directories=skip",
+            "--devices=skip", f"--max-count={p.max_matches}", *(f for f, on in flags if on),
+            *([f"--context={p.context}"] if p.context else []), "--", p.pattern, p.path]
+
+
+def _ps_content(p: PsContentParams) -> dict[str, Any]:
+    bound = {"Tail": p.tail} if p.tail is not None else {"TotalCount": p.head or 10_000}
+    return {"LiteralPath": p.path, **bound}
 
 
 def _ps(p: ProcessParams) -> list[str]:
@@ -285,7 +377,9 @@ def _curl(p: HttpParams) -> list[str]:
     return ["--disable", "--silent", "--show-error", "--fail", "--output", "/dev/null",
             "--write-out", "%{http_code} %{time_total}s %{remote_ip}\\n",
             "--max-time", str(p.timeout_seconds), "--connect-timeout", str(p.timeout_seconds),
-            "--proto", "=http,https", "--proto-redir", "=http,https", "--max-redirs", "0",
+            "--proto", "=http,https", "--proto-redir", "=http,https",
+            *(["--location"] if p.follow_redirects else []),
+            "--max-redirs", "5" if p.follow_redirects else "0",
             *(["--head"] if p.method == "HEAD" else []), *(["--insecure"] if p.insecure else []),
             "--", p.url]
 
@@ -338,6 +432,10 @@ CATALOG: tuple[ProbeSpec, ...] = (
     # system
     ProbeSpec("kernel", "kernel name, release, machine", NoParams, lambda p: ["--all"],
               "/usr/bin/uname"),
+    ProbeSpec("kernel_name", "kernel name (what a bare `uname` prints)", NoParams,
+              lambda p: ["--kernel-name"], "/usr/bin/uname"),
+    ProbeSpec("user_name", "the account's name (what `whoami` prints)", NoParams,
+              lambda p: ["--user", "--name"], "/usr/bin/id"),
     ProbeSpec("os_release", "OS release", NoParams, lambda p: ["--", "/etc/os-release"],
               "/usr/bin/cat"),
     ProbeSpec("hostname", "node name", NoParams, lambda p: ["--nodename"], "/usr/bin/uname"),
@@ -370,8 +468,13 @@ CATALOG: tuple[ProbeSpec, ...] = (
     ProbeSpec("file_tail", "last lines of an allowed file", LinesParams,
               lambda p: [f"--lines={p.lines}", "--", p.path], "/usr/bin/tail", reads_paths=True),
     ProbeSpec("list_directory", "listing of an allowed directory", ListParams,
-              lambda p: ["-l", "-a", "--time-style=long-iso", "--", p.path], "/usr/bin/ls",
-              reads_paths=True),
+              lambda p: ["-l", "-a", "--time-style=long-iso", *LS_SORT[p.sort],
+                         *(["--human-readable"] if p.human else []), "--", p.path],
+              "/usr/bin/ls", reads_paths=True),
+    ProbeSpec("file_find", "names below an allowed directory, depth-bounded", FindParams,
+              _find, "/usr/bin/find", reads_paths=True),
+    ProbeSpec("file_grep", "lines of an allowed file matching a pattern, bounded", GrepParams,
+              _grep, "/usr/bin/grep", reads_paths=True),
     ProbeSpec("file_checksum", "SHA-256 of an allowed file", PathParams,
               lambda p: ["--", p.path], "/usr/bin/sha256sum", reads_paths=True),
     ProbeSpec("file_line_count", "line count of an allowed file", PathParams,
@@ -386,6 +489,10 @@ CATALOG: tuple[ProbeSpec, ...] = (
               lambda p: ["container", "inspect", "--", p.container], "/usr/bin/docker"),
     ProbeSpec("container_logs", "a container's last log lines", ContainerLogsParams,
               lambda p: ["logs", f"--tail={p.lines}", "--", p.container], "/usr/bin/docker"),
+    ProbeSpec("podman_containers", "Podman container list", NoParams,
+              lambda p: ["ps", "--all", "--no-trunc", "--format=json"], "/usr/bin/podman"),
+    ProbeSpec("pg_ready", "does the local PostgreSQL accept connections", NoParams,
+              lambda p: ["--timeout=5"], "/usr/bin/pg_isready"),
     ProbeSpec("package_version", "installed version of a Debian package", PackageParams,
               lambda p: ["--show", "--showformat=${Package} ${Version}\\n", "--", p.package],
               "/usr/bin/dpkg-query"),
@@ -415,6 +522,39 @@ CATALOG: tuple[ProbeSpec, ...] = (
               lambda p: {"ComputerName": p.host, "Count": p.count}, cmdlet="Test-Connection"),
     ProbeSpec("ps_dns_lookup", "resolve a name", PsDnsParams, lambda p: {"Name": p.name},
               cmdlet="Resolve-DnsName"),
+    ProbeSpec("ps_get_eventlog", "classic Windows event log entries, bounded",
+              PsEventLogParams, lambda p: {"LogName": p.log, "Newest": p.newest},
+              cmdlet="Get-EventLog"),
+    ProbeSpec("ps_get_content", "lines of an allowed Windows file, bounded", PsContentParams,
+              _ps_content, cmdlet="Get-Content"),
+    ProbeSpec("ps_get_item", "one allowed Windows path's metadata", PsItemParams,
+              lambda p: {"LiteralPath": p.path}, cmdlet="Get-Item"),
+    ProbeSpec("ps_select_string", "lines of an allowed Windows file matching a pattern",
+              PsSelectStringParams, lambda p: {"Pattern": p.pattern, "LiteralPath": p.path},
+              cmdlet="Select-String"),
+    ProbeSpec("ps_get_counter", "one sample of the default performance counters", NoParams,
+              lambda p: {"MaxSamples": 1}, cmdlet="Get-Counter"),
+    *(ProbeSpec(f"ps_{name}", what, PsAdParams,
+                lambda p: {"Filter": "*", "ResultSetSize": p.limit}, cmdlet=cmd)
+      for name, what, cmd in (("ad_users", "Active Directory users, bounded", "Get-ADUser"),
+                              ("ad_computers", "Active Directory computers, bounded",
+                               "Get-ADComputer"),
+                              ("ad_groups", "Active Directory groups, bounded",
+                               "Get-ADGroup"))),
+    *(ProbeSpec(f"ps_{name}", what, NoParams, lambda p: {}, cmdlet=cmd) for name, what, cmd in (
+        ("get_disk", "Windows disks", "Get-Disk"),
+        ("net_adapters", "network adapters", "Get-NetAdapter"),
+        ("ip_addresses", "IP addresses", "Get-NetIPAddress"),
+        ("ip_configuration", "IP configuration", "Get-NetIPConfiguration"),
+        ("net_routes", "routing table", "Get-NetRoute"),
+        ("local_users", "local user accounts", "Get-LocalUser"),
+        ("local_groups", "local groups", "Get-LocalGroup"),
+        ("scheduled_tasks", "scheduled tasks (their definitions, not run)",
+         "Get-ScheduledTask"),
+        ("systeminfo", "system information (systeminfo.exe)", "systeminfo.exe"),
+        ("tasklist", "process list (tasklist.exe)", "tasklist.exe"),
+        ("ipconfig", "IP configuration (ipconfig.exe)", "ipconfig.exe"),
+    )),
     ProbeSpec("ps_tcp_connect", "can a TCP port be reached", PsTcpParams,
               lambda p: {"ComputerName": p.host, "Port": p.port}, cmdlet="Test-NetConnection"),
 )

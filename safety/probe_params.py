@@ -34,8 +34,13 @@ DENIED_NAMES = re.compile(r"(^|/)(\.ssh|\.gnupg|id_[a-z0-9]+|.*\.key|.*\.pem|.*\
                           r"environ)(/|$)", re.IGNORECASE)
 # Windows directories Get-ChildItem may list (a drive root itself, or below these).
 WINDOWS_LIST_ROOTS: tuple[str, ...] = (
-    "C:\\Windows\\Logs\\", "C:\\Windows\\Temp\\", "C:\\ProgramData\\", "C:\\inetpub\\logs\\",
+    "C:\\Windows\\", "C:\\Windows\\Temp\\", "C:\\ProgramData\\", "C:\\inetpub\\logs\\",
     "C:\\Temp\\", "C:\\Program Files\\", "C:\\Program Files (x86)\\",
+)
+# Windows files Get-Content / Select-String may read: logs and scratch space, never a profile,
+# ProgramData (services keep keys there) or a system hive; secret-named files never.
+WINDOWS_READ_ROOTS: tuple[str, ...] = (
+    "C:\\Windows\\Logs\\", "C:\\Windows\\Temp\\", "C:\\inetpub\\logs\\", "C:\\Temp\\",
 )
 
 _UNIT = re.compile(r"^[A-Za-z0-9@:_.\\][A-Za-z0-9@:_.\\\-]{0,254}$")
@@ -44,6 +49,10 @@ _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,62})"
 _IPV6 = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.:@+\-]{0,127}$")
 _PS_NAME = re.compile(r"^[A-Za-z0-9_.*][A-Za-z0-9_.* \-]{0,127}$")
+_FS_TYPE = re.compile(r"^[a-z0-9][a-z0-9_.]{0,31}$")
+# A search pattern is data (grep's `--regexp=`, after which nothing is an option), one line.
+_PATTERN = re.compile(r"^[^\x00\n\r]{1,256}$")
+_PS_PATTERN = re.compile(r"^[A-Za-z0-9_.: \-]{1,128}$")
 _PS_PROPERTY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _SINCE = re.compile(
     r"^(?:\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}(?::\d{2})?)?|today|yesterday|now|"
@@ -137,6 +146,34 @@ def windows_list_path(v: str) -> str:
     return v
 
 
+def windows_read_path(v: str) -> str:
+    """A Windows file a probe may read: a normalized path below `WINDOWS_READ_ROOTS`."""
+    v = windows_list_path(v)
+    low = v.lower()
+    if DENIED_NAMES.search(low.replace("\\", "/")) or not any(
+            low.startswith(r.lower()) and low != r.lower() for r in WINDOWS_READ_ROOTS):
+        raise ValueError(f"{v!r} is outside the Windows paths probes may read")
+    return v
+
+
+def fs_type(v: str) -> str:
+    if not _FS_TYPE.match(v):
+        raise ValueError(f"{v!r} is not a filesystem type (lower-case letters, digits, _ .)")
+    return v
+
+
+def search_pattern(v: str) -> str:
+    if not _PATTERN.match(v):
+        raise ValueError("a search pattern is one line of 1-256 characters")
+    return v
+
+
+def ps_pattern(v: str) -> str:
+    if not _PS_PATTERN.match(v):
+        raise ValueError(f"{v!r} is not a plain search pattern (letters, digits, _ . : - space)")
+    return v
+
+
 def ps_name(v: str) -> str:
     if not _PS_NAME.match(v):
         raise ValueError(f"{v!r} is not a plain name (letters, digits, _ . * - space)")
@@ -157,6 +194,10 @@ AnyPath = Annotated[str, AfterValidator(any_path)]
 ReadPath = Annotated[str, AfterValidator(read_path)]
 ListPath = Annotated[str, AfterValidator(list_path)]
 WindowsListPath = Annotated[str, AfterValidator(windows_list_path)]
+WindowsReadPath = Annotated[str, AfterValidator(windows_read_path)]
+FsType = Annotated[str, AfterValidator(fs_type)]
+Pattern = Annotated[str, AfterValidator(search_pattern)]
+PsPattern = Annotated[str, AfterValidator(ps_pattern)]
 PsName = Annotated[str, AfterValidator(ps_name)]
 PsProperty = Annotated[str, AfterValidator(ps_property)]
 

@@ -43,8 +43,8 @@ from opsconductor.safety.command_env import probe_env_problems
 from opsconductor.safety.probe_catalog import JSON_OUTPUT, PROBES, ProbeSpec
 from opsconductor.safety.probe_params import ps_name
 
-__all__ = ["CONNECTION_KEYS", "PROBES", "TOOL_PROBES", "Probe", "ProbeError", "ProbeSpec",
-           "make_probe", "probe_for"]
+__all__ = ["CATALOG_NO_PROBE", "CATALOG_PROBES", "CONNECTION_KEYS", "PROBES", "TOOL_PROBES",
+           "Probe", "ProbeError", "ProbeSpec", "catalog_form", "make_probe", "probe_for"]
 
 
 class ProbeError(ValueError):
@@ -141,7 +141,8 @@ def make_probe(name: str, params: Mapping[str, Any] | None = None) -> Probe:
 # ---------------------------------------------------------------- tool -> probe mapping
 
 # Inputs that say where a step runs or how long it may take, not what it does.
-CONNECTION_KEYS = frozenset({"target", "target_host", "target_hosts", "username", "port",
+CONNECTION_KEYS = frozenset({"target", "target_host", "target_hosts", "host", "computer_name",
+                             "server", "username", "port",
                              "connection_type", "use_asset_credentials", "asset_id",
                              "timeout_seconds", "timeout", "idempotent", "use_ssl", "domain",
                              "wait", "interactive"})
@@ -150,11 +151,12 @@ Mapped = tuple[str, dict[str, Any]] | None
 Mapper = Callable[[dict[str, Any]], Mapped]
 
 
-def _meaningful(inputs: Mapping[str, Any]) -> dict[str, Any]:
+def _meaningful(inputs: Mapping[str, Any],
+                ignored: frozenset[str] = CONNECTION_KEYS) -> dict[str, Any]:
     """The inputs that say what the step does (defaults of no effect dropped)."""
     out = {}
     for k, v in inputs.items():
-        if k in CONNECTION_KEYS or v is None or v is False or v == [] or v == {}:
+        if k in ignored or v is None or v is False or v == [] or v == {}:
             continue
         out[k] = v
     return out
@@ -489,14 +491,159 @@ TOOL_PROBES: dict[str, Mapper] = {
 }
 
 
+# ------------------------------------------------- upstream's catalog, in the catalog's form
+
+# Upstream's connection inputs (schema.catalog.CONNECTION_INPUTS) say where a catalog tool runs;
+# in the catalog's form `target` is what the tool acts on (ping's destination, grep's file),
+# and `domain` is dig's name to resolve. A key a mapper does not name: not a probe.
+CATALOG_CONNECTION_KEYS = frozenset({"host", "target_host", "computer_name", "server",
+                                     "use_asset_credentials", "asset_id", "connection_type",
+                                     "timeout", "username"})
+
+
+def _only(value: Any, *accepted: Any) -> Callable[[Any], None]:
+    """An input whose accepted values change nothing the probe does (dropped); any other
+    value: not this probe (free text, so it needs `shell`)."""
+    def check(v: Any) -> None:
+        if v not in accepted:
+            raise ValueError(f"{value}={v!r} is not what the probe does")
+    return check
+
+
+def _sort(v: Any) -> tuple[str, Any]:
+    return "sort", {"mem": "memory", "memory_usage": "memory", "cpu_usage": "cpu",
+                    "%cpu": "cpu", "%mem": "memory"}.get(v, v)
+
+
+def _csv(param: str) -> Callable[[Any], tuple[str, Any]]:
+    return lambda v: (param, [x.strip() for x in str(v).split(",") if x.strip()])
+
+
+_CATALOG_FIXED: dict[str, tuple[str, dict[str, Any]]] = {
+    "podman-ps": ("podman_containers", {}),
+    # as upstream runs them (a bare program): the same output
+    "pg_isready": ("pg_ready", {}), "free": ("memory", {"unit": "kibi"}),
+    "hostname": ("hostname", {}), "id": ("identity", {}), "whoami": ("user_name", {}),
+    "ifconfig": ("addresses", {}),
+    "ip": ("addresses", {}), "lsb_release": ("os_release", {}),
+    "netstat": ("listening_sockets", {}), "ss": ("listening_sockets", {}),
+    "systemd-timer": ("unit_list", {"type": "timer", "state": "all"}),
+    "uname": ("kernel_name", {}), "uptime": ("uptime", {}),
+    "Get-ComputerInfo": ("ps_get_computer_info", {}), "Get-HotFix": ("ps_get_hotfix", {}),
+    "Get-NetTCPConnection": ("ps_listening_ports", {}), "Get-Process": ("ps_get_process", {}),
+    "Get-Service": ("ps_get_service", {}), "Get-Volume": ("ps_get_volume", {}),
+    "Get-WinEvent": ("ps_get_winevent", {}), "Get-EventLog": ("ps_get_eventlog", {}),
+    "Get-Counter": ("ps_get_counter", {}), "Get-Disk": ("ps_get_disk", {}),
+    "Get-NetAdapter": ("ps_net_adapters", {}), "Get-NetIPAddress": ("ps_ip_addresses", {}),
+    "Get-NetIPConfiguration": ("ps_ip_configuration", {}),
+    "Get-NetRoute": ("ps_net_routes", {}), "Get-LocalUser": ("ps_local_users", {}),
+    "Get-LocalGroup": ("ps_local_groups", {}), "Get-ScheduledTask": ("ps_scheduled_tasks", {}),
+    "Get-ADUser": ("ps_ad_users", {}), "Get-ADComputer": ("ps_ad_computers", {}),
+    "Get-ADGroup": ("ps_ad_groups", {}), "systeminfo": ("ps_systeminfo", {}),
+    "tasklist": ("ps_tasklist", {}), "ipconfig": ("ps_ipconfig", {}),
+}
+
+# A catalog tool in the catalog's form (its inputs as the catalog names them, built by
+# upstream's convention as an argv) -> its probe. One line per tool; docs/probes.md lists the
+# read tools that have none, and why.
+CATALOG_PROBES: dict[str, Mapper] = {
+    **{tool: fixed(probe, **params) for tool, (probe, params) in _CATALOG_FIXED.items()},
+    # also as upstream's planner writes them, with `args` after `docker <verb>`
+    "docker-ps": TOOL_PROBES["docker-ps"], "docker-inspect": TOOL_PROBES["docker-inspect"],
+    "docker-logs": TOOL_PROBES["docker-logs"],
+    "curl": fields("http_health", url="url", timeout_seconds="timeout_seconds",
+                   insecure="insecure", follow_redirects="follow_redirects"),
+    "df": fields("disk_usage", {"human": False}, human_readable="human",
+                 show_inodes="inodes", check_inodes="inodes", show_type="show_type",
+                 exclude_type=_csv("exclude_types"), exclude_types=_csv("exclude_types"),
+                 filesystem_type=_csv("types"), filesystem=lambda v: ("paths", [v])),
+    "dig": fields("dns_lookup", domain="name", short_output=_drop),
+    "find": fields("file_find", path="path", name_pattern="name",
+                   case_insensitive="ignore_case", max_depth="max_depth",
+                   file_type=lambda v: ("type", {"file": "f", "directory": "d",
+                                                 "link": "l"}.get(v, v)),
+                   size_criteria="size", owner="owner", group="group"),
+    "grep": fields("file_grep", pattern="pattern", target="path", log_path="path",
+                   case_insensitive="ignore_case", line_numbers="line_numbers",
+                   context_lines="context", count_only="count_only",
+                   fixed_string="fixed_string", invert_match="invert", word_match="word",
+                   max_matches="max_matches"),
+    "journalctl": fields("journal", service_name="unit", lines="lines", priority=_priority,
+                         since="since", until="until", kernel_only="kernel"),
+    "ls": fields("list_directory", path="path", show_hidden=_drop, long_format=_drop,
+                 human_readable="human", sort_by="sort"),
+    "ping": fields("ping", target="host", count="count", timeout_seconds="timeout_seconds"),
+    "ps": fields("processes", format=_only("format", "aux", "full", "detailed"),
+                 sort_by=_sort, pid=lambda v: ("pids", [v])),
+    "top": fields("processes", iterations=_only("iterations", 1), sort_by=_sort),
+    "Get-ChildItem": fields("ps_get_child_item", path="path"),
+    "Get-Content": fields("ps_get_content", path="path", head="head", tail="tail"),
+    "Get-Item": fields("ps_get_item", path="path"),
+    "Select-String": fields("ps_select_string", pattern="pattern", path="path"),
+    "Test-Connection": fields("ps_ping", ComputerName="host", Count="count"),
+}
+
+
+_NO_OPERAND = "the catalog declares no input naming {what} (only `host`): only a free-text " \
+              "`command` could"
+# Catalog read tools we run ourselves that no probe can be: why, each. They need `shell`
+# (docs/probes.md and docs/catalog.md list them).
+CATALOG_NO_PROBE: dict[str, str] = {
+    **{t: _NO_OPERAND.format(what="the container") for t in ("docker-inspect", "docker-logs")},
+    **{t: _NO_OPERAND.format(what="the file") for t in ("cat", "head", "tail", "Get-FileHash",
+                                                       "Test-Path", "Get-Acl")},
+    **{t: _NO_OPERAND.format(what="the name to resolve") for t in ("host", "nslookup",
+                                                                  "Resolve-DnsName")},
+    **{t: _NO_OPERAND.format(what="the destination") for t in ("traceroute", "tracert",
+                                                              "Test-NetConnection")},
+    "ping": "on Windows the catalog declares only `host` (the linux form names `target`)",
+    "pgrep": _NO_OPERAND.format(what="the process"),
+    "du": _NO_OPERAND.format(what="the directory") + "; du of the working directory reads "
+          "any tree",
+    "Get-ADGroupMember": _NO_OPERAND.format(what="the group"),
+    **{t: "kubectl: no resource input, and its kubeconfig can run any program (exec "
+          "credential plugins)" for t in ("kubectl-get", "kubectl-describe", "kubectl-logs")},
+    **{t: "a text filter of its input (stdin or files named by free text); `sort -o` and "
+          "`uniq IN OUT` write files" for t in ("cut", "sort", "uniq")},
+    **{t: "a pipeline stage: does something only inside a free-text PowerShell pipeline"
+       for t in ("Select-Object", "Sort-Object")},
+    **{t: "queries any WMI/CIM class by free-text name or WQL, including credential stores"
+       for t in ("Get-CimInstance", "Get-WmiObject")},
+}
+
+
+def _declared(tool: str) -> frozenset[str]:
+    """The input names the catalog declares for a tool (`target` is ping's destination)."""
+    from opsconductor.schema.catalog import by_name
+
+    return frozenset(k for row in by_name().get(tool, ()) for k in row.inputs)
+
+
+def catalog_form(tool: str, inputs: Mapping[str, Any]) -> bool:
+    """The step is a catalog tool in the catalog's form (schema.tools decides, by names)."""
+    from opsconductor.schema.tools import lookup
+
+    spec = lookup(tool, dict(inputs))
+    return spec is not None and spec.catalog is not None
+
+
 def probe_for(tool: str, inputs: Mapping[str, Any] | None) -> Probe | None:
     """The probe this step means, or None: not a probe (free text), so it needs `shell`.
 
-    Raises `ProbeError` when the tool's inputs name a probe with a value it refuses."""
-    mapper = TOOL_PROBES.get(tool)
-    if mapper is None:
-        return None
-    meaningful = _meaningful(inputs or {})
+    A step in the catalog's form is read by `CATALOG_PROBES` (its connection inputs set
+    aside) alone; our own tools' table `TOOL_PROBES` reads the rest. Both yield typed probes
+    only. Raises `ProbeError` when the tool's inputs name a probe with a value it
+    refuses."""
+    mapper, ignored = TOOL_PROBES.get(tool), CONNECTION_KEYS
+    if catalog_form(tool, inputs or {}) and tool in CATALOG_PROBES:
+        mapper = CATALOG_PROBES[tool]
+        ignored = CATALOG_CONNECTION_KEYS | (CONNECTION_KEYS - _declared(tool))
+    return None if mapper is None else _mapped(mapper, inputs or {}, ignored)
+
+
+def _mapped(mapper: Mapper, inputs: Mapping[str, Any], ignored: frozenset[str]
+            ) -> Probe | None:
+    meaningful = _meaningful(inputs, ignored)
     env = meaningful.pop("env", None) or {}
     if meaningful.get("working_directory") or not isinstance(env, dict) \
             or probe_env_problems(env):

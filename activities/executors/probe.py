@@ -27,7 +27,7 @@ def _refused(message: str) -> StepOutcome:
 
 
 def _roots(probe: Probe) -> tuple[str, ...]:
-    return LIST_ROOTS if probe.name == "list_directory" else READ_ROOTS
+    return LIST_ROOTS if probe.name in ("list_directory", "file_find") else READ_ROOTS
 
 
 def local_path_problem(probe: Probe) -> str | None:

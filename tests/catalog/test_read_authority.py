@@ -4,6 +4,8 @@ refused before anything starts."""
 
 from __future__ import annotations
 
+import getpass
+import os
 import uuid
 from typing import Any
 
@@ -20,12 +22,20 @@ def plan(*steps: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_read_tools_run_for_a_principal_without_shell(engine: Any) -> None:
-    resp = await engine.execute(plan(stage_c_step("uname", {"host": "localhost"}),
-                                     stage_c_step("df", {"host": "localhost",
-                                                         "human_readable": True}, 1)),
-                                wait=True)
+    here = {"host": "localhost"}
+    resp = await engine.execute(plan(
+        stage_c_step("uname", here), stage_c_step("df", {**here, "human_readable": True}, 1),
+        stage_c_step("whoami", here, 2), stage_c_step("free", here, 3),
+        stage_c_step("ps", {**here, "format": "aux", "sort_by": "cpu"}, 4),
+        stage_c_step("ls", {**here, "path": "/tmp", "long_format": True, "sort_by": "time"}, 5),
+        stage_c_step("find", {**here, "path": "/var/log", "max_depth": 1,
+                              "file_type": "d"}, 6)), wait=True)
     assert resp.result is not None and resp.result.status.value == "completed", resp.result
     assert all(s.status.value == "completed" for s in resp.result.steps)
+    by_id = {s.step_id: s for s in resp.result.steps}
+    assert by_id["step_00000000"].stdout.strip() == os.uname().sysname  # as a bare `uname`
+    assert by_id["step_00000002"].stdout.strip() == getpass.getuser()
+    assert "/var/log" in by_id["step_00000006"].stdout.split()
     print(f"\nrita (catalog reads only, prod): {len(resp.result.steps)} read steps completed")
 
 

@@ -35,6 +35,11 @@ SAMPLE: dict[str, dict[str, Any]] = {
     "ps_get_child_item": {"path": "C:\\Windows\\Logs"}, "ps_ping": {"host": "win-1"},
     "ps_dns_lookup": {"name": "example.org"}, "ps_tcp_connect": {"host": "db", "port": 5432},
     "disk_usage": {"paths": ["/var"]}, "processes": {"pids": [1]},
+    "file_find": {"path": "/var/log", "name": "*.log", "size": "+100M"},
+    "file_grep": {"pattern": "-e ERROR", "path": "/var/log/app.log"},
+    "ps_get_content": {"path": "C:\\Temp\\report.txt"},
+    "ps_get_item": {"path": "C:\\Temp\\report.txt"},
+    "ps_select_string": {"pattern": "ERROR", "path": "C:\\Windows\\Logs\\cbs.log"},
 }
 
 
@@ -222,3 +227,37 @@ def test_the_workers_masker_hides_what_the_worker_holds(monkeypatch: pytest.Monk
     masker = Masker.from_settings(settings).with_secrets(worker_held_secrets(settings))
     out = masker.mask_text("pw db-pass-98765 token hvs.worker-vault-token-1234")
     assert "db-pass-98765" not in out and "worker-vault-token" not in out
+
+
+CATALOG_FORM_ATTACKS = [
+    ("grep", {"pattern": "x", "target": "/proc/self/environ"}),
+    ("grep", {"pattern": "x", "target": f"/var/log/{UP}/{UP}/etc/shadow"}),
+    ("grep", {"pattern": "x", "target": "/var/log", "recursive": True}),
+    ("grep", {"pattern": "x\n--file=/etc/shadow", "target": "/var/log/syslog"}),
+    ("find", {"path": "/"}), ("find", {"path": "/root/.ssh"}),
+    ("find", {"path": "/var/log", "name_pattern": "x' -exec touch y ;"}),
+    ("find", {"path": "/var/log", "owner": "-exec"}),
+    ("ls", {"path": "/var/log", "sort_by": "--dired"}),
+    ("curl", {"url": "gopher://127.0.0.1:6379/_FLUSHALL"}),
+    ("curl", {"url": "http://127.0.0.1/", "output_file": "/tmp/x"}),
+    ("journalctl", {"service_name": "nginx", "action": "vacuum"}),
+    ("journalctl", {"service_name": "--vacuum-time=1s"}),
+    ("ps", {"format": "-o pid= -e", "sort_by": "cpu"}),
+    ("top", {"iterations": 0}),
+    ("df", {"exclude_type": "tmpfs --output=/tmp/x"}),
+    ("Get-Content", {"path": "C:\\Temp\\x.txt:stream"}),
+    ("Get-Content", {"path": "C:\\Users\\admin\\Desktop\\passwords.txt"}),
+    ("Get-Content", {"path": "C:\\ProgramData\\app\\config.xml"}),
+    ("Select-String", {"pattern": "x'; Stop-Computer; '", "path": "C:\\Temp\\r.txt"}),
+    ("Get-ChildItem", {"path": "C:\\Windows\\..\\Users"}),
+]
+
+
+@pytest.mark.parametrize(("tool", "inputs"), CATALOG_FORM_ATTACKS,
+                         ids=[f"{t}-{i}" for i, (t, _) in enumerate(CATALOG_FORM_ATTACKS)])
+def test_catalog_form_values_outside_a_probe_are_not_probes(tool: str,
+                                                          inputs: dict[str, Any]) -> None:
+    """A catalog tool's input that a probe cannot take bounded — a secret or outside path, an
+    option as a value, a write or an action — never becomes a probe: it needs `shell`."""
+    op = operation_of(tool, "text", inputs={"host": "web-1", **inputs})
+    assert op.probe is None and "shell" in op.tools, (tool, inputs, op)
