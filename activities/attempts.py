@@ -232,8 +232,10 @@ async def attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID,
 # ------------------------------------------------------------------------ liveness
 
 # What a lost session looks like from asyncpg (killed backend, PostgreSQL restart).
+# A session the server ended while it sat idle can instead leave asyncpg's protocol in a state
+# that refuses the next statement ("cannot switch to state …"): that session is lost as well.
 SESSION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                asyncpg.OperatorInterventionError)
+                asyncpg.InternalClientError, asyncpg.OperatorInterventionError)
 
 
 def attempt_key(execution_id: str | uuid.UUID, step_id: str, attempt: int) -> int:
@@ -241,6 +243,15 @@ def attempt_key(execution_id: str | uuid.UUID, step_id: str, attempt: int) -> in
     digest = hashlib.blake2b(f"opsc-attempt:{execution_id}:{step_id}:{attempt}".encode(),
                              digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _lost(conn: Any) -> bool:
+    """Whether a pooled session is gone: closed, or already taken back by the pool (asyncpg
+    detaches a checked-out connection whose server end closed)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 class AttemptLiveness:
@@ -265,18 +276,22 @@ class AttemptLiveness:
         self._lock = asyncio.Lock()
 
     async def _connection(self) -> Any:
-        if self._conn is not None and self._conn.is_closed():
-            await self._drop()
+        if self._conn is not None and _lost(self._conn):
+            await self._drop(broken=True)
         if self._conn is None:
             self._conn = await self.pool.acquire()
             for key in self._keys:  # a new session after the old one died: hold them again
                 await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
         return self._conn
 
-    async def _drop(self) -> None:
+    async def _drop(self, *, broken: bool = False) -> None:
+        """Give the session back; a broken one is closed first, so the pool replaces it
+        instead of trying to reset it (which a dead protocol never answers)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
+                if broken and not _lost(conn):
+                    conn.terminate()
                 await self.pool.release(conn)
 
     async def _call(self, sql: str, key: int) -> Any:
@@ -285,7 +300,7 @@ class AttemptLiveness:
             try:
                 return await (await self._connection()).fetchval(sql, key)
             except SESSION_LOST:
-                await self._drop()
+                await self._drop(broken=True)
                 if last:
                     raise
         return None
