@@ -22,6 +22,11 @@ according to the syntax around them. Pure and deterministic (no I/O), like the t
 * **Headers**: names are never templated (refused at submission); a value whose substituted
   text holds CR, LF or NUL fails the step, and a header written with CR or LF is refused at
   submission.
+* **File paths** (`file_transfer`: `source`, `destination`). A placeholder's value stays
+  inside one path component: a value holding `/`, `\\`, NUL or another control character, or
+  one that makes its component `.` or `..`, or an empty one, fails the step. A templated path
+  must begin with literal text that fixes where it is (`/`, `~/`): a path that is one
+  placeholder, or that begins with one, is refused at submission.
 * **JSON bodies** (`json`, a dict/list `body`): substituted as structure: a string that is
   exactly one placeholder takes the value itself (number, list, object), a placeholder inside
   a longer string adds text to that JSON string, which the encoder escapes. A text `body`
@@ -387,6 +392,47 @@ def body_problems(body: str) -> list[Problem]:
     return []
 
 
+# ---------------------------------------------------------------- file paths
+
+PATH_KEYS = ("source", "destination")
+_PATH_BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def path_problems(key: str, path: str) -> list[Problem]:
+    """Placeholders of a file path whose directory would come from data."""
+    matches = list(PLACEHOLDER.finditer(path))
+    if not matches or path.startswith(("/", "~/")):
+        return []
+    return [Problem(key, m.group(0), "makes the path (or where it starts) come from data; "
+                    "write its directory literally, e.g. /var/tmp/{{x}}.log") for m in matches]
+
+
+def render_path(key: str, path: str, value: Callable[[str], Any]) -> str:
+    """The path with each placeholder's value kept inside one component (ContextError when
+    a value would leave it or the path starts with data)."""
+    problems = path_problems(key, path)
+    if problems:
+        raise ContextError(f"{problems[0].text} {problems[0].message}")
+
+    def sub(m: re.Match[str]) -> str:
+        text = _text(value(m.group(0)))
+        if not text or _PATH_BAD.search(text):
+            raise ContextError(f"{m.group(0)} in {key}: the value {text[:80]!r} is empty or "
+                               "holds '/', '\\' or a control character; a value must stay "
+                               "one path component")
+        return text
+
+    matches = list(PLACEHOLDER.finditer(path))
+    parts = []
+    for component in _mark(path, matches).split("/"):
+        held = _SENTINEL_RX.sub(lambda m: sub(matches[int(m.group(1))]), component)
+        if held in (".", "..") and held != component:
+            raise ContextError(f"a template value makes a {held!r} component in {key}; a "
+                               "value must stay inside its component")
+        parts.append(held)
+    return "/".join(parts)
+
+
 # ---------------------------------------------------------------- per step kind
 
 def input_problems(kind: str, inputs: Mapping[str, Any]) -> list[Problem]:
@@ -402,6 +448,9 @@ def input_problems(kind: str, inputs: Mapping[str, Any]) -> list[Problem]:
             problems += header_problems(inputs["headers"])
         if isinstance(inputs.get("body"), str):
             problems += body_problems(inputs["body"])
+    if kind == "file_transfer":
+        problems += [p for key in PATH_KEYS if isinstance(inputs.get(key), str)
+                     for p in path_problems(key, inputs[key])]
     return problems
 
 

@@ -33,11 +33,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from opsconductor.schema.template_contexts import (
+    PATH_KEYS,
     PLACEHOLDER,
     ContextError,
     header_value,
     input_problems,
     json_template,
+    render_path,
     render_sql,
     render_url,
 )
@@ -302,6 +304,11 @@ def _render_in_context(kind: str, inputs: Mapping[str, Any], out: dict[str, Any]
                 out["body"] = render_value(json_template(body), None, placeholders, results,
                                            item)
                 done.add("body")
+        if kind == "file_transfer":
+            for key in PATH_KEYS:
+                if isinstance(inputs.get(key), str):
+                    out[key] = render_path(key, inputs[key], value)
+                    done.add(key)
     except ContextError as err:
         raise TemplateError(str(err)) from err
     return done

@@ -151,3 +151,26 @@ async def test_submission_names_each_unsafe_template_position(engine: Any,
         ]))
     paths = sorted(p.path for p in err.value.problems)
     assert paths == ["plan.plan.steps[1].inputs.query", "plan.plan.steps[2].inputs.url"], paths
+
+
+async def test_file_destination_from_hostile_stdout_never_leaves_its_directory(
+        engine: Any, tmp_path: Path) -> None:
+    drop, outside = tmp_path / "drop", tmp_path / "outside"
+    drop.mkdir()
+    outside.mkdir()
+    source = tmp_path / "bundle.txt"
+    source.write_text("payload")
+    hostile = ".." + "/outside/owned"
+    result = await run_plan(engine, [printing(hostile), step(
+        "copy", "file_transfer", ["out"], direction="upload", source=str(source),
+        destination=f"{drop}/{V}")])
+    assert result.status.value == "failed", result
+    error = result.steps[1].error or ""
+    print(f"file path injection: step {result.steps[1].status.value}: {error[:120]!r}; "
+          f"files outside {sorted(p.name for p in outside.iterdir())}")
+    assert "component" in error and not any(outside.iterdir()) and not any(drop.iterdir())
+    ok = await run_plan(engine, [printing("web-01"), step(
+        "copy", "file_transfer", ["out"], direction="upload", source=str(source),
+        destination=f"{drop}/{V}.txt")])
+    assert ok.status.value == "completed", ok
+    assert (drop / "web-01.txt").read_text() == "payload"

@@ -139,3 +139,34 @@ def test_command_quoting_is_unchanged() -> None:
     (variant,) = expand(spec.id, spec.inputs, spec.command, spec.target, spec.placeholders,
                         {"s1": {"stdout": "a; rm -rf /"}}, kind=spec.kind.value)
     assert variant.command == "echo 'a; rm -rf /'"
+
+
+FT = {"direction": "upload", "source": "/srv/bundles/app.tar"}
+
+
+def test_file_path_values_stay_one_component() -> None:
+    out = rendered("file_transfer", {**FT, "destination": f"/var/tmp/{V}.log"}, "web-01")
+    assert out["destination"] == "/var/tmp/web-01.log" and out["source"] == FT["source"]
+    hostile = ["..", ".", "", ".." + "/etc/cron.d/x", "a/b", "a\\b", "x\x00y", "x\ny",
+               "/etc/shadow"]
+    refused = 0
+    for value in hostile:
+        with pytest.raises(TemplateError, match="component"):
+            rendered("file_transfer", {**FT, "destination": f"/var/tmp/{V}"}, value)
+        refused += 1
+    # A value may be part of a component ("..x" is a name), never the whole '.' or '..'.
+    assert rendered("file_transfer", {**FT, "destination": f"/var/tmp/{V}x"},
+                    "..")["destination"] == "/var/tmp/..x"
+    print(f"file paths: {refused} of {len(hostile)} hostile values refused")
+    assert refused == len(hostile)
+
+
+def test_file_paths_starting_with_data_are_refused_at_submission() -> None:
+    base = [shell("s1", "echo")]
+    for path in (V, f"{V}/x", f"~{V}/x", f"tmp/{V}"):
+        found = problems([*base, step("s2", "file_transfer", ["s1"],
+                                      **{**FT, "destination": path})])
+        assert found and "come from data" in found[0][1], (path, found)
+        assert found[0][0].endswith("destination"), found
+    validate_request(request([*base, step("s2", "file_transfer", ["s1"],
+                                          **{**FT, "destination": f"~/drop/{V}"})]))
