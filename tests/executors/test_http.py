@@ -78,12 +78,14 @@ async def test_text_body_cap_head_and_redirect(api: str) -> None:
 
 
 async def test_retryable_only_for_idempotent_methods(api: str) -> None:
-    out = await run({"url": f"{api}/slow", "timeout_seconds": 0.3})
+    # 1 s against a 3 s route: long enough that a loaded machine still connects in time (a
+    # connect that times out never sent the request, and would be retryable even for POST).
+    out = await run({"url": f"{api}/slow", "timeout_seconds": 1.0})
     assert not out.ok and out.error_type == "StepTimeout" and out.retryable
-    out = await run({"method": "POST", "url": f"{api}/slow", "timeout_seconds": 0.3})
+    out = await run({"method": "POST", "url": f"{api}/slow", "timeout_seconds": 1.0})
     assert not out.ok and out.retryable is False
     assert "not idempotent" in (out.error or "")
-    out = await run({"method": "POST", "url": f"{api}/slow", "timeout_seconds": 0.3,
+    out = await run({"method": "POST", "url": f"{api}/slow", "timeout_seconds": 1.0,
                      "idempotent": True})
     assert out.retryable is True
     # Connection refused: the request never left, so even a POST may be repeated.
