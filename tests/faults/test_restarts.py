@@ -185,6 +185,20 @@ async def _retry_waiting(rig: Rig, resp: ExecutionResponse) -> bool:
     return bool(pending) and pending[0].attempt >= 2 and open_rows == 1
 
 
+async def _stuck(rig: Rig, resp: ExecutionResponse) -> str:
+    """What a run that did not end still waits for: its pending activities, open attempts
+    and the worker log's last lines (the evidence the intermittent hang needs)."""
+    desc = await rig.client.temporal.get_workflow_handle(resp.workflow_id).describe()
+    pending = [(p.activity_type.name, p.attempt, p.state, p.last_failure.message)
+               for p in desc.raw_description.pending_activities]
+    attempts = await rig.client.pool.fetch(
+        "SELECT attempt, finished_at, stopped_at, resolved_by FROM execution.step_attempts "
+        "WHERE execution_id = $1", uuid.UUID(resp.execution_id))
+    tail = rig.log.read_text(errors="replace").splitlines()[-40:]
+    return (f"status {desc.status}, pending {pending}, attempts {[dict(a) for a in attempts]}"
+            "\n" + "\n".join(tail))
+
+
 async def _cancel_while_waiting(rig: Rig, resp: ExecutionResponse, d: Path) -> str:
     """The workflow's cancel reaches the waiting retry: the command it waits for stops too,
     and the execution ends cancelled, without the command's effect."""
@@ -192,7 +206,11 @@ async def _cancel_while_waiting(rig: Rig, resp: ExecutionResponse, d: Path) -> s
                    what="the retry to wait for the live attempt")
     outcome = await rig.client.cancel(resp.workflow_id, "bob", "window closed")
     assert outcome.accepted, outcome.reason
-    result = await asyncio.wait_for(rig.client.result(resp.execution_id), 60)
+    try:
+        result = await asyncio.wait_for(rig.client.result(resp.execution_id), 60)
+    except TimeoutError:
+        raise AssertionError(f"the cancelled run did not end in 60 s: "
+                             f"{await _stuck(rig, resp)}") from None
     pgid = int(_lines(d / "pids")[0])
     await wait_for(lambda: not group_members(pgid), timeout=10,
                    what="the awaited command's process group to stop")
