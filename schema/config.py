@@ -280,6 +280,11 @@ class Settings(BaseSettings):
     rbac_strict: str | None = Field(None, description=(
         "Overrides the policy's strict environments: true/1/yes = all, false/0/no = none, "
         "or a comma list of environments."))
+    window_policy: Path | None = Field(None, description=(
+        "Change windows and blackouts (YAML/JSON, format in opsconductor.schema.windows and "
+        "docs/schedules.md), re-read by the worker before a run starts and while it waits. "
+        "Unset: no window governs any run (a plan whose safety checks ask for a maintenance "
+        "window is then refused)."))
     # -- audit chain and retention (docs/audit.md)
     audit_signing_key: Path | None = Field(None, description=(
         "SSH private key (or a `.pub` whose key is in the ssh-agent) that signs audit "

@@ -212,6 +212,7 @@ class WaitKind(StrEnum):
     APPROVAL = "approval"
     LOCKS = "locks"
     RESOLUTION = "resolution"  # an unknown outcome waits for an operator's resolve
+    WINDOW = "window"  # outside its change window: waits until it opens (schema/windows.py)
 
 
 class StepProgress(BaseModel):

@@ -329,3 +329,23 @@ def is_window_check(text: str) -> bool:
     """A plan's safety check that asks for the change window (matched as a phrase)."""
     lowered = " ".join(text.lower().split())
     return any(phrase in lowered for phrase in MAINTENANCE_WINDOW_PHRASES)
+
+
+# ------------------------------------------------------------------ across the activity
+
+
+class WindowPoliciesInput(_Strict):
+    """What the worker needs to say which policies govern a run."""
+
+    tenant: str
+    environment: Environment
+    assets: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)  # the envelope's own tags
+
+
+class WindowPoliciesResult(_Strict):
+    """The policies (as the worker read them now) and the run's scope."""
+
+    policies: WindowPolicySet = Field(default_factory=WindowPolicySet)
+    scope: RunScope
+    source: str | None = None  # the file read; None: no window policy configured

@@ -35,6 +35,7 @@ from opsconductor.activities.sla import SlaMonitor
 from opsconductor.activities.steps import StepActivities
 from opsconductor.activities.submissions import SubmissionActivities
 from opsconductor.activities.telemetry import SCOPE, MirrorGauges
+from opsconductor.activities.windows import WindowActivities
 from opsconductor.safety.command_env import worker_held_secrets
 from opsconductor.safety.masking import LiveSecrets, Masker, install_log_masking
 from opsconductor.safety.rbac import RbacEngine
@@ -111,7 +112,7 @@ def build_activities(settings: Settings, pool: asyncpg.Pool, *,
     return [steps.run_step, mirror.mirror_write, rbac.authorize, cleanup.run_cleanup,
             checks.run_plan_safety_checks, locks.acquire_locks, locks.renew_locks,
             locks.release_locks, RunControlActivities().cancel_own_run,
-            submissions.verify_submission]
+            submissions.verify_submission, WindowActivities(settings=settings).window_policies]
 
 
 def build_worker(client: Client, task_queue: str, *, pool: asyncpg.Pool,

@@ -50,6 +50,7 @@ from opsconductor.workflows.scheduling import outcome, policy_max
 from opsconductor.workflows.state import FAILED_STEP, RunState
 from opsconductor.workflows.steps import StepRunner
 from opsconductor.workflows.submission import submission_accepted
+from opsconductor.workflows.windows import WINDOW_GATE, WindowGate
 
 
 async def stop_task(task: asyncio.Task[None]) -> str | None:
@@ -77,6 +78,7 @@ class ExecutionWorkflow:
         self.policies: dict[str, TimeoutPolicy] = {}  # filled by the first mirror write
         self.steps = StepRunner(spec, self.state, self.recorder, self.leases, self.gates,
                                 self.policies)
+        self.window = WindowGate(spec, self.state, self.recorder)
         self.cancel: CancelRequest | None = None
         self.native_cancel = False
         self.waits = Waits()
@@ -157,6 +159,9 @@ class ExecutionWorkflow:
         state = self.state
         if self.continued is None and not await self._prepare():
             return
+        if self.continued is not None and workflow.patched(WINDOW_GATE):
+            await self.window._load()  # a later run checks each step against the window too
+            self.steps.window = self.window
         wait = self.execution_seconds if self.continued is None else state.seconds_left()
         steps = asyncio.create_task(self.steps.run_all())
         try:
@@ -183,7 +188,8 @@ class ExecutionWorkflow:
             state.end(ExecutionStatus.FAILED, self.steps.abort_error)
             return
         elif not self.steps.stop_launching and (
-                error := await run_safety_checks(self.spec, state, self.recorder, "after")):
+                error := await run_safety_checks(self.spec, state, self.recorder, "after",
+                                                 windows_gated=self.steps.window is not None)):
             state.end(ExecutionStatus.FAILED, error)
             return
         state.end(*outcome(state.steps))
@@ -202,6 +208,13 @@ class ExecutionWorkflow:
             self.waits.approval_seconds = seconds_between(asked, workflow.now())
             if not approved:
                 return False
+        if workflow.patched(WINDOW_GATE):
+            self.steps.window = self.window
+            error = await self.window.before_start()
+            if error is not None:
+                state.end(ExecutionStatus.FAILED, error)
+                state.mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)
+                return False
         if spec.assets:
             asked = workflow.now()
             error = await self.leases.acquire(
@@ -215,7 +228,8 @@ class ExecutionWorkflow:
         if state.status is not ExecutionStatus.RUNNING:
             state.set_status(ExecutionStatus.RUNNING)
             await self.recorder.flush(deadline_at=state.deadline)
-        error = await run_safety_checks(spec, state, self.recorder, "before")
+        error = await run_safety_checks(spec, state, self.recorder, "before",
+                                        windows_gated=self.steps.window is not None)
         if error is not None:
             state.end(ExecutionStatus.FAILED, error)
             state.mark_unfinished(StepStatus.SKIPPED, StepStatus.SKIPPED)

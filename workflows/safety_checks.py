@@ -12,6 +12,7 @@ from temporalio import workflow
 
 from opsconductor.schema.messages import SafetyChecksInput, SafetyChecksResult
 from opsconductor.schema.spec import ExecutionSpec
+from opsconductor.schema.windows import is_window_check
 from opsconductor.workflows.options import SAFETY_CHECKS_RETRY, SAFETY_CHECKS_TIMEOUT
 from opsconductor.workflows.recording import Recorder
 from opsconductor.workflows.state import RunState
@@ -20,9 +21,11 @@ Stage = Literal["before", "during", "after"]
 
 
 async def run_safety_checks(spec: ExecutionSpec, state: RunState, recorder: Recorder,
-                            stage: Stage) -> str | None:
-    """Run `stage`'s checks; the error when one failed with `abort`, else None."""
-    checks = [c for c in spec.safety_checks if c.stage == stage]
+                            stage: Stage, windows_gated: bool = False) -> str | None:
+    """Run `stage`'s checks; the error when one failed with `abort`, else None. With the
+    change-window gate on, a maintenance-window check is the gate's (workflows/windows.py)."""
+    checks = [c for c in spec.safety_checks if c.stage == stage
+              and not (windows_gated and is_window_check(c.check))]
     if not checks:
         return None
     res = await workflow.execute_activity(

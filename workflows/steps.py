@@ -45,6 +45,7 @@ from opsconductor.workflows.scheduling import (
     stops_launching,
 )
 from opsconductor.workflows.state import FAILED_STEP, RunState, StepState, Wait
+from opsconductor.workflows.windows import WindowGate
 
 # Histories started before an operator's retry was recorded by the workflow replay as before.
 RETRY_RECORDED_PATCH = "retry-resolution-recorded-first"
@@ -84,6 +85,7 @@ class StepRunner:
         self.rollback_requested = False
         self.abort_error: str | None = None  # a `during` safety check said abort
         self.handing_off = False  # draining: the next run of this execution goes on
+        self.window: WindowGate | None = None  # the change-window gate, once patched in
 
     async def run_all(self) -> None:
         """Launch ready steps up to `max_parallel`, until none is left to launch."""
@@ -107,7 +109,8 @@ class StepRunner:
                         finished = True
                 if finished and not self.stop_launching:
                     error = await run_safety_checks(self.spec, self.state, self.recorder,
-                                                    "during")
+                                                    "during",
+                                                    windows_gated=self.window is not None)
                     if error is not None:
                         self.abort_error = error
                         self.stop_launching = True
@@ -148,6 +151,11 @@ class StepRunner:
                 self.stop_launching = True
                 self.state.set_step_status(state, StepStatus.SKIPPED, "approval not granted")
                 return
+        if self.window is not None and (closed := self.window.step_may_start(step.id)):
+            self.stop_launching = True
+            self.abort_error = self.abort_error or closed
+            self.state.set_step_status(state, StepStatus.SKIPPED, "change window closed")
+            return
         override = False
         while await self.execute(step, override) is StepEnd.UNKNOWN:
             action = await self.await_resolution(step)
