@@ -81,7 +81,7 @@ async def test_activity_names_are_the_ones_the_workflow_calls(db_pool: asyncpg.P
     assert called and called <= names
     assert names == {"run_step", "mirror_write", "authorize", "run_cleanup",
                      "run_safety_checks", "acquire_locks", "renew_locks", "release_locks",
-                     "cancel_own_run", "verify_submission"}
+                     "cancel_own_run", "verify_submission", "window_policies"}
 
 
 async def test_two_activity_sets_follow_their_own_settings(tmp_path: Path,
