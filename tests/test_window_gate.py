@@ -26,6 +26,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from opsconductor.schema.config import Settings
 from opsconductor.schema.messages import ExecutionResult, Progress, WaitKind
@@ -33,7 +34,8 @@ from opsconductor.schema.payloads import DATA_CONVERTER
 from opsconductor.schema.search_attributes import SEARCH_ATTRIBUTES
 from opsconductor.starter.binaries import temporal_test_server
 from opsconductor.starter.client import ExecutionClient
-from opsconductor.starter.worker import build_worker
+from opsconductor.starter.worker import build_worker, workflow_runner
+from opsconductor.workflows.execution import ExecutionWorkflow
 from tests.helpers import events, execution_row, request, shell, step, unique_queue, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -77,6 +79,12 @@ class Gated:
                 return await handle.result()
         except WorkflowFailureError:  # a failed run closes Failed; its result stays queryable
             return await handle.query("result", result_type=ExecutionResult)
+
+    async def replays(self, workflow_id: str) -> None:
+        """The gated run's history replays in the strict sandbox (determinism of the gate)."""
+        history = await self.env.client.get_workflow_handle(workflow_id).fetch_history()
+        await Replayer(workflows=[ExecutionWorkflow], data_converter=DATA_CONVERTER,
+                       workflow_runner=workflow_runner(strict=True)).replay_workflow(history)
 
     async def workflow_started(self, workflow_id: str) -> datetime:
         history = await self.env.client.get_workflow_handle(workflow_id).fetch_history()
@@ -169,6 +177,7 @@ async def test_outside_the_window_a_run_waits_visibly_then_starts_when_it_opens(
           f"time in {time.monotonic() - wall0:.1f}s wall; events {order.count('window.waiting')}"
           f" waiting, {order.count('window.open')} open")
     assert "staging-window" in opened["message"]
+    await gated.replays(resp.workflow_id)
 
 
 async def test_a_refuse_policy_ends_the_run_at_once_and_a_blackout_date_blocks(
@@ -231,6 +240,7 @@ async def test_a_run_crossing_the_window_end_stops_launching_and_says_so(
     assert by_id == {"first": "completed", "gated": "skipped", "after": "skipped"}
     order = kinds(await events(gated.client.pool, resp.execution_id))
     assert order.count("window.closed") == 1
+    await gated.replays(resp.workflow_id)
     print(f"window end: steps {by_id}, window.closed events {order.count('window.closed')}")
 
 
