@@ -17,10 +17,13 @@ class BenchStack:
     temporal_address: str
     database_url: str
     pool: Any  # asyncpg.Pool
+    temporal: Any = None  # TemporalDevServer (its process: .proc)
+    postgres: Any = None  # EmbeddedPostgres (its data directory: .data)
 
 
 @contextlib.asynccontextmanager
-async def bench_stack(prefix: str = "opsc-bench-") -> AsyncIterator[BenchStack]:
+async def bench_stack(prefix: str = "opsc-bench-", *,
+                      durable: bool = False) -> AsyncIterator[BenchStack]:
     from opsconductor.activities import db
     from opsconductor.schema.migrate import migrate
     from opsconductor.starter.embedded_postgres import EmbeddedPostgres
@@ -28,14 +31,14 @@ async def bench_stack(prefix: str = "opsc-bench-") -> AsyncIterator[BenchStack]:
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         temporal = TemporalDevServer(headless=True)
-        postgres = EmbeddedPostgres(Path(tmp) / "pg")
+        postgres = EmbeddedPostgres(Path(tmp) / "pg", durable=durable)
         temporal.start()
         try:
             url = postgres.start()
             await migrate(url)
             pool = await db.create_pool(url, min_size=4, max_size=20)
             try:
-                yield BenchStack(Path(tmp), temporal.address, url, pool)
+                yield BenchStack(Path(tmp), temporal.address, url, pool, temporal, postgres)
             finally:
                 await pool.close()
         finally:
