@@ -143,12 +143,68 @@ async def prior_attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID, 
 
 async def record_process(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
                          attempt: int, *, process_host: str, pgid: int,
-                         proc_start: int | None) -> None:
-    """Where the attempt's command runs: its process group and the leader's start time."""
+                         proc_start: int | None, target: str | None = None) -> None:
+    """Where the attempt's command runs: its process group and the leader's start time.
+
+    With `target` (one of several commands of the attempt: a fleet's target, a fan-out's
+    asset) the group gets a row of its own (`execution.attempt_processes`, migration 019), so
+    every target's group is known, not only the last one to report."""
+    if target is None:
+        await conn_or_pool.execute(
+            """UPDATE execution.step_attempts SET process_host = $4, pgid = $5, proc_start = $6
+               WHERE execution_id = $1 AND step_id = $2 AND attempt = $3""",
+            _uuid(execution_id), step_id, attempt, process_host, pgid, proc_start)
+        return
     await conn_or_pool.execute(
-        """UPDATE execution.step_attempts SET process_host = $4, pgid = $5, proc_start = $6
-           WHERE execution_id = $1 AND step_id = $2 AND attempt = $3""",
-        _uuid(execution_id), step_id, attempt, process_host, pgid, proc_start)
+        """INSERT INTO execution.attempt_processes
+             (execution_id, step_id, attempt, target, process_host, pgid, proc_start)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (execution_id, step_id, attempt, target) DO UPDATE SET
+             process_host = excluded.process_host, pgid = excluded.pgid,
+             proc_start = excluded.proc_start, recorded_at = now(), stopped_at = NULL""",
+        _uuid(execution_id), step_id, attempt, target, process_host, pgid, proc_start)
+
+
+@dataclass(frozen=True)
+class TargetProcess:
+    """One target's process group of an earlier attempt, not yet known to be stopped."""
+
+    execution_id: str
+    step_id: str
+    attempt: int
+    target: str
+    pgid: int
+    proc_start: int | None
+    process_host: str
+
+
+async def leftover_target_processes(conn_or_pool: Executor, execution_id: str | uuid.UUID,
+                                    step_id: str, *, exclude_attempt: int
+                                    ) -> list[TargetProcess]:
+    """Per-target groups of the step's other attempts (across linked runs) not yet stopped."""
+    rows: list[Any] = await conn_or_pool.fetch(
+        CHAIN_SQL + """
+           SELECT p.* FROM execution.attempt_processes p JOIN chain c ON p.execution_id = c.id
+           WHERE p.step_id = $2 AND p.stopped_at IS NULL
+             AND NOT (p.execution_id = $1 AND p.attempt = $3)
+           ORDER BY p.attempt, p.target""",
+        _uuid(execution_id), step_id, exclude_attempt)
+    return [TargetProcess(execution_id=str(r["execution_id"]), step_id=r["step_id"],
+                          attempt=r["attempt"], target=r["target"], pgid=r["pgid"],
+                          proc_start=r["proc_start"], process_host=r["process_host"])
+            for r in rows]
+
+
+async def mark_target_stopped(conn_or_pool: Executor, old: TargetProcess, detail: str) -> None:
+    """A later attempt made sure this target's process group is gone (noted on the attempt)."""
+    await conn_or_pool.execute(
+        """WITH p AS (UPDATE execution.attempt_processes SET stopped_at = now()
+                      WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
+                        AND target = $4 RETURNING 1)
+           UPDATE execution.step_attempts SET detail = coalesce(detail || '; ', '') || $5
+           WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
+             AND EXISTS (SELECT 1 FROM p)""",
+        _uuid(old.execution_id), old.step_id, old.attempt, old.target, detail)
 
 
 async def mark_stopped(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
@@ -167,16 +223,24 @@ async def record_attempt_finished(conn_or_pool: Executor, execution_id: str | uu
                                   result: dict[str, Any] | None = None) -> bool:
     """Close an attempt (with its masked result on success); False when it was not open.
 
-    The process group is gone once the attempt closes (the runner kills it at the end).
+    The process group is gone once the attempt closes (the runner kills it at the end), and
+    so are its targets' groups (the fleet runner stops each with the step): one statement.
     """
-    tag = await conn_or_pool.execute(
-        """UPDATE execution.step_attempts SET finished_at = now(), outcome = $4, detail = $5,
-             result = $6::jsonb, stopped_at = CASE WHEN pgid IS NULL THEN NULL ELSE now() END
-           WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
-             AND finished_at IS NULL""",
+    closed = await conn_or_pool.fetchval(
+        """WITH a AS (
+             UPDATE execution.step_attempts SET finished_at = now(), outcome = $4,
+               detail = $5, result = $6::jsonb,
+               stopped_at = CASE WHEN pgid IS NULL THEN NULL ELSE now() END
+             WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
+               AND finished_at IS NULL RETURNING 1),
+           p AS (
+             UPDATE execution.attempt_processes SET stopped_at = now()
+             WHERE execution_id = $1 AND step_id = $2 AND attempt = $3
+               AND stopped_at IS NULL AND EXISTS (SELECT 1 FROM a) RETURNING 1)
+           SELECT count(*) FROM a""",
         _uuid(execution_id), step_id, attempt, outcome, detail,
         json.dumps(result, default=str) if result is not None else None)
-    return tag.endswith(" 1")
+    return bool(closed)
 
 
 async def unfinished_attempt(conn_or_pool: Executor, execution_id: str | uuid.UUID,

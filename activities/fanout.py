@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opsconductor.activities.executors.base import StepContext, StepOutcome, cap_text
+from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome, cap_text
 from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.spec import StepSpec
 from opsconductor.schema.templates import TemplateError, expand, powershell_quote, shell_quote
@@ -144,12 +144,14 @@ Authorize = Callable[[StepSpec, Any], Awaitable[str | None]]
 Guard = Callable[[StepSpec, Any], contextlib.AbstractAsyncContextManager[None]]
 Precheck = Callable[[StepSpec, Any], Awaitable[StepOutcome | None]]
 Postcheck = Callable[[StepSpec, Any, StepOutcome], Awaitable[StepOutcome]]
+ProcessHook = Callable[[StepSpec], Callable[[ProcessRef], Awaitable[None]]]
 
 
 def executor_variant_runner(base: StepContext, *, authorize: Authorize,
                             guard: Guard | None = None,
                             precheck: Precheck | None = None,
-                            postcheck: Postcheck | None = None) -> RunVariant:
+                            postcheck: Postcheck | None = None,
+                            process_hook: ProcessHook | None = None) -> RunVariant:
     """A `run_variant` that resolves the variant's asset and secrets and runs its executor,
     with the rest of the context (execution, timeout, heartbeat) from `base`.
 
@@ -160,7 +162,9 @@ def executor_variant_runner(base: StepContext, *, authorize: Authorize,
     `precheck` (variant, asset) returns an outcome when the variant must not act (a fleet
     step's preconditions, checked on each target). `postcheck` (variant, asset, outcome)
     judges what the variant did (the step's success criteria, on each host's own result)
-    while its lease is still held."""
+    while its lease is still held. `process_hook` (variant) gives the variant's own
+    `on_process`, so each variant's process group is recorded as its own (the step's attempt
+    record knows every target's group, not only the last one to start)."""
     from opsconductor.activities.assets import UnknownAsset, resolve_asset
     from opsconductor.activities.executors.registry import executor_for
     from opsconductor.safety.secrets import resolver_from_env
@@ -179,6 +183,8 @@ def executor_variant_runner(base: StepContext, *, authorize: Authorize,
             return stopped
         inputs, _values = await (base.secrets or resolver_from_env()).resolve(variant.inputs)
         ctx = dataclasses.replace(base, step=variant, inputs=inputs, asset=asset)
+        if process_hook is not None:
+            ctx = dataclasses.replace(ctx, on_process=process_hook(variant))
         async with (guard(variant, asset) if guard is not None
                     else contextlib.nullcontext()):
             outcome = await executor_for(variant.kind).run(ctx)

@@ -25,7 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from opsconductor.activities.assets import UnknownAsset, resolve_asset, secret_failure
-from opsconductor.activities.attempts import StepAttempt, attempt_key
+from opsconductor.activities.attempts import StepAttempt, TargetProcess, attempt_key
 from opsconductor.activities.authorization import ActionGate, judged_command
 from opsconductor.activities.checks import result_context, run_checks
 from opsconductor.activities.executors.base import ProcessRef, StepContext, StepOutcome
@@ -56,6 +56,7 @@ DB_OUTAGE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.Int
              asyncpg.OperatorInterventionError)
 OUTAGE_MAX_BACKOFF = 2.0
 T = TypeVar("T")
+Leftover = StepAttempt | TargetProcess  # a group an earlier attempt may have left alive
 
 
 class DatabaseOutage(Exception):
@@ -217,8 +218,27 @@ def _variant_runner(inp: StepRunInput, ctx: StepContext, gate: ActionGate, pool:
             outcome.output = {"result": outcome.output, "checks": checks}
         return outcome
 
+    def process_hook(variant: StepSpec) -> Callable[[ProcessRef], Awaitable[None]]:
+        """Each variant's process group recorded as its own row of the attempt."""
+        async def on_process(ref: ProcessRef) -> None:
+            from opsconductor.activities.attempts import record_process
+
+            where = f"asset:{ref.host}" if ref.host else f"local:{HOST}"
+            try:
+                await through_outage(
+                    f"step {variant.id} process record",
+                    lambda: record_process(pool, inp.execution_id, inp.step.id, ctx.attempt,
+                                           process_host=where, pgid=ref.pgid,
+                                           proc_start=ref.start_ticks,
+                                           target=variant.target or variant.id),
+                    time.monotonic() + 5.0)
+            except DatabaseOutage as err:
+                log.warning("%s", err)
+
+        return on_process
+
     return executor_variant_runner(ctx, authorize=authorize, guard=leased, precheck=precheck,
-                                   postcheck=postcheck)
+                                   postcheck=postcheck, process_hook=process_hook)
 
 
 async def judge_success(step: StepSpec, outcome: StepOutcome, prior: Any, asset: Any,
@@ -276,7 +296,7 @@ def _recorded_result(inp: StepRunInput, attempt: int,
 
 
 async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool: Any,
-                        audit: Any) -> tuple[StepResult | None, list[StepAttempt]]:
+                        audit: Any) -> tuple[StepResult | None, list[Leftover]]:
     """Fencing check, the attempt guard, RBAC audit and the 'running' row: one transaction,
     so a step never acts without all of them recorded.
 
@@ -284,6 +304,7 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
     attempts whose process group may still be alive (stopped before this one acts).
     """
     from opsconductor.activities.attempts import (
+        leftover_target_processes,
         prior_attempts,
         record_attempt_started,
         resolve_unfinished,
@@ -347,24 +368,34 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                         step_id=step.id, from_status="pending" if attempt == 1 else "running",
                         to_status="running", message=f"attempt {attempt} started on {WORKER_ID}",
                         at=started, data={"attempt": attempt, "worker": WORKER_ID}))
-    return None, [a for a in prior if a.pgid and a.stopped_at is None]
+        targets: list[Leftover] = list(await leftover_target_processes(
+            conn, inp.execution_id, step.id, exclude_attempt=attempt))
+    return None, [a for a in prior if a.pgid and a.stopped_at is None] + targets
 
 
-async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepAttempt],
-                          asset: Any, pool: Any) -> None:
+async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[Leftover],
+                          asset: Any, pool: Any, settings: Settings | None = None) -> None:
     """Before this attempt acts, stop any process group an earlier attempt left alive.
 
     Local groups on this host are checked by their leader's start time (a reused pid is
     never signalled); remote ones are stopped over SSH the same way, and a remote host that
     cannot be asked makes the attempt fail retryably, without acting. A local group on another
     worker's machine died with that worker (its supervisor's death signal); it is noted.
+    A fleet's (or fan-out's) targets each left their own group (`TargetProcess`): every one
+    is stopped, a remote one on its own asset.
     """
-    from opsconductor.activities.attempts import mark_stopped
+    from opsconductor.activities.attempts import TargetProcess, mark_stopped, mark_target_stopped
     from opsconductor.activities.executors.local_command import stop_leftover_group
 
     for old in leftovers:
         assert old.pgid is not None and old.process_host is not None
         kind, _, where = old.process_host.partition(":")
+        if (kind == "asset" and isinstance(old, TargetProcess) and settings is not None
+                and getattr(asset, "id", None) != where):
+            try:
+                asset = await resolve_asset(old.target, settings)
+            except UnknownAsset:
+                asset = None
         if kind == "local" and where == HOST:
             killed = await stop_leftover_group(old.pgid, old.proc_start)
         elif kind == "asset" and asset is not None and getattr(asset, "id", None) == where:
@@ -390,10 +421,12 @@ async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[StepA
         if killed:
             log.warning("step %s: stopped process group %d left by attempt %d on %s",
                         inp.step.id, old.pgid, old.attempt, old.process_host)
-        await mark_stopped(pool, old.execution_id, old.step_id, old.attempt,
-                           f"process group {old.pgid} "
-                           + ("stopped" if killed else "already gone")
-                           + f" before attempt {attempt}")
+        detail = (f"process group {old.pgid} " + ("stopped" if killed else "already gone")
+                  + f" before attempt {attempt}")
+        if isinstance(old, TargetProcess):
+            await mark_target_stopped(pool, old, f"{old.target}: {detail}")
+        else:
+            await mark_stopped(pool, old.execution_id, old.step_id, old.attempt, detail)
 
 
 async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final: bool,
@@ -527,7 +560,7 @@ class StepActivities:
                             asset: Any) -> None:
         """Stop the attempts a cancelled retry was waiting for: here by their task, on
         another worker by their recorded process group (as leftovers are stopped)."""
-        from opsconductor.activities.attempts import prior_attempts
+        from opsconductor.activities.attempts import leftover_target_processes, prior_attempts
 
         for n in awaited:
             task = self.running.get((inp.execution_id, inp.step.id, n))
@@ -536,12 +569,17 @@ class StepActivities:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(task), 30)
         with contextlib.suppress(Exception):
-            rest = [a for a in await prior_attempts(self.pool, inp.execution_id, inp.step.id,
-                                                    exclude_attempt=attempt)
-                    if a.attempt in awaited and a.finished_at is None and a.pgid
-                    and a.stopped_at is None]
+            rest: list[Leftover] = [
+                a for a in await prior_attempts(self.pool, inp.execution_id, inp.step.id,
+                                                exclude_attempt=attempt)
+                if a.attempt in awaited and a.finished_at is None and a.pgid
+                and a.stopped_at is None]
+            rest += [p for p in await leftover_target_processes(
+                self.pool, inp.execution_id, inp.step.id, exclude_attempt=attempt)
+                if p.attempt in awaited]
             if rest:
-                await asyncio.shield(_stop_leftovers(inp, attempt, rest, asset, self.pool))
+                await asyncio.shield(_stop_leftovers(inp, attempt, rest, asset, self.pool,
+                                                     self.settings))
 
     @activity.defn(name="run_step")
     async def run_step(self, inp: StepRunInput) -> StepResult:
@@ -633,7 +671,7 @@ class StepActivities:
 
     async def _act(self, inp: StepRunInput, attempt: int, asset: Any, masker: Masker,
                    inputs: Any, secret_values: Any, checks: list[dict[str, Any]], gate: ActionGate,
-                   recorded: StepResult | None, leftovers: list[StepAttempt],
+                   recorded: StepResult | None, leftovers: list[Leftover],
                    started: datetime, t0: float, total: float, timeout: float,
                    local_attempt: int, alive: bool) -> StepResult:
         """From the start record to the end record: the command itself."""
@@ -648,7 +686,7 @@ class StepActivities:
             return recorded
         if leftovers:
             try:
-                await _stop_leftovers(inp, attempt, leftovers, asset, pool)
+                await _stop_leftovers(inp, attempt, leftovers, asset, pool, self.settings)
             except BaseException as err:
                 self.live.forget(secret_values)
                 await _close_unacted(inp, attempt, pool, err)

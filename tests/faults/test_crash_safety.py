@@ -43,7 +43,7 @@ from tests.executors.conftest import SshServer, openssh_server, secret_env_name
 from tests.faults.helpers import fault_counts
 from tests.helpers import request, shell, wait_for
 from tests.integration.helpers import opsc_env, start_worker, stop_process, wait_group_gone
-from tests.processes import shell_leftover_check
+from tests.processes import group_members, shell_leftover_check
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session")]
 
@@ -490,3 +490,81 @@ async def test_worker_kill_9_mid_fleet(rig: Rig, capsys: pytest.CaptureFixture[s
     assert sorted(r["target"] for r in rows) == sorted(FLEET)
     assert {r["status"] for r in rows} == {"completed"}
     assert sum(r["attempt"] == 1 for r in rows) == done_before
+
+
+def _supervisors_of(pid: int) -> list[int]:
+    """The worker's per-command supervisor processes (`supervise.py`, its children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            if ppid == pid and b"supervise.py" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+async def test_kill_9_worker_and_supervisors_mid_fleet(
+        rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kill -9` of the worker and of every command supervisor while four fleet targets run:
+    their process groups survive (nothing is left to stop them), so only the attempt record
+    can. Each target's group is recorded as its own row, and the next attempt that acts stops
+    every one of them before its first command starts: no command of the new attempt sees a
+    group of the dead one alive (each checks /proc first)."""
+    worker = await one_worker(rig)
+    run = new_run(rig, "k9-fleet-sup")
+    targets = list(FLEET[:4])
+    fast = run.dir / "fast"
+    pids, effects, leftovers = (run.dir / "roll.pids", run.dir / "roll.effects",
+                                run.dir / "roll.leftovers")
+    dead = run.dir / "dead.groups"  # the dead attempt's groups, written once it is dead
+    command = (f"{shell_leftover_check(dead, leftovers)}; echo $$ >> {pids}; "
+               f"if [ ! -e {fast} ]; then sleep 120; fi; echo done >> {effects}")
+    fleet = {**shell("roll", command), "targets": targets, "max_concurrency": len(targets)}
+    run.resp = await rig.client.execute(request([fleet], timeouts=TIMEOUTS), wait=False)
+    ident = uuid.UUID(run.resp.execution_id)
+
+    async def recorded() -> int:
+        return int(await rig.db(lambda pool: pool.fetchval(
+            "SELECT count(DISTINCT pgid) FROM execution.attempt_processes"
+            " WHERE execution_id = $1 AND step_id = 'roll'", ident)))
+
+    async def all_running() -> bool:
+        return run.started("roll", len(targets)) and await recorded() == len(targets)
+
+    await wait_for(all_running, timeout=60, what="every target's command and its record")
+    first = [int(p) for p in run.lines("roll", "pids")]
+    supervisors = _supervisors_of(worker.pid)
+    for pid in supervisors:
+        os.kill(pid, signal.SIGKILL)
+    os.kill(worker.pid, signal.SIGKILL)
+    await asyncio.to_thread(worker.wait, 10)
+    alive_after_kill = sum(1 for p in first if group_members(p))
+    dead.write_text("".join(f"{p}\n" for p in first))
+    fast.touch()  # the next attempt's commands end at once
+    replacement = rig.worker()
+    await rig.ready(replacement)
+    tally = Tally("kill -9 of the worker and its supervisors mid-fleet")
+    tally.faults = 1
+    await finish(rig, run, tally)
+    rows = await rig.db(lambda pool: pool.fetch(
+        "SELECT attempt, target, pgid, stopped_at FROM execution.attempt_processes"
+        " WHERE execution_id = $1 AND step_id = 'roll' ORDER BY attempt, target", ident))
+    dead_attempt = [r for r in rows if r["pgid"] in first]
+    with capsys.disabled():
+        print(f"\n[faults] kill -9 worker + {len(supervisors)} supervisors mid-fleet: "
+              f"{len(targets)} targets, {len(set(first))} groups recorded by the dead attempt, "
+              f"{alive_after_kill} alive after the kill, {len(run.lines('roll', 'leftovers'))} "
+              f"alive when the next attempt's commands started, "
+              f"{sum(r['stopped_at'] is not None for r in dead_attempt)} marked stopped, "
+              f"{tally.alive_after_run} alive after the run")
+    assert tally.completed == tally.executions == 1, tally.line()
+    assert tally.alive_after_run == tally.locks_after_run == 0, tally.line()
+    assert len(supervisors) == len(targets)
+    assert alive_after_kill == len(targets)  # the fault really left them to the record
+    assert sorted(r["target"] for r in dead_attempt) == sorted(targets)
+    assert all(r["stopped_at"] is not None for r in dead_attempt)
+    assert run.lines("roll", "leftovers") == []
+    assert len(run.lines("roll", "effects")) == len(targets)
