@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,19 @@ CHAIN_SQL = """WITH RECURSIVE chain(id, depth) AS (
 
 
 @dataclass(frozen=True)
+class TargetProcess:
+    """One target's process group of an earlier attempt, not yet known to be stopped."""
+
+    execution_id: str
+    step_id: str
+    attempt: int
+    target: str
+    pgid: int
+    proc_start: int | None
+    process_host: str
+
+
+@dataclass(frozen=True)
 class StepAttempt:
     execution_id: str
     step_id: str
@@ -68,6 +82,8 @@ class StepAttempt:
     stopped_at: datetime | None = None
     result: dict[str, Any] | None = None
     resolved_by: str | None = None
+    # Its targets' process groups not yet known stopped (`prior_attempts` reads them along).
+    targets: tuple[TargetProcess, ...] = ()
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> StepAttempt:
@@ -77,6 +93,13 @@ class StepAttempt:
         if "result" in keys and r["result"] is not None:
             raw = r["result"]
             extra["result"] = json.loads(raw) if isinstance(raw, str) else raw
+        if "target_processes" in keys and r["target_processes"] is not None:
+            raw = r["target_processes"]
+            extra["targets"] = tuple(TargetProcess(
+                execution_id=str(r["execution_id"]), step_id=r["step_id"], attempt=r["attempt"],
+                target=p["target"], pgid=p["pgid"], proc_start=p["proc_start"],
+                process_host=p["process_host"])
+                for p in (json.loads(raw) if isinstance(raw, str) else raw))
         return cls(execution_id=str(r["execution_id"]), step_id=r["step_id"],
                    attempt=r["attempt"], worker=r["worker"], started_at=r["started_at"],
                    finished_at=r["finished_at"], outcome=r["outcome"], detail=r["detail"],
@@ -128,13 +151,53 @@ async def record_attempt_started(conn: asyncpg.Connection, execution_id: str | u
         _uuid(execution_id), step_id, attempt, worker or worker_identity(), target)
 
 
+_START_CTE = """
+a AS (
+  INSERT INTO execution.step_attempts (execution_id, step_id, attempt, worker, target)
+  VALUES ($1, $19, $20, $21, $22)
+  ON CONFLICT (execution_id, step_id, attempt) DO UPDATE
+    SET worker = EXCLUDED.worker, target = EXCLUDED.target, started_at = now(),
+        finished_at = NULL, outcome = NULL, detail = NULL, pgid = NULL,
+        proc_start = NULL, process_host = NULL, stopped_at = NULL, result = NULL,
+        resolved_by = NULL, resolved_at = NULL
+  RETURNING 1)"""
+
+
+@functools.cache
+def _start_with_step_sql() -> str:
+    from opsconductor.activities.mirror import STEP_COLUMNS, _event_insert, _step_update
+
+    return (f"WITH {_START_CTE.strip()},\nstep AS ({_step_update(2)})"
+            f"{_event_insert(2 + len(STEP_COLUMNS))}")
+
+
+async def start_with_step(conn: asyncpg.Connection, execution_id: str | uuid.UUID,
+                          step_id: str, attempt: int, worker: str | None = None, *,
+                          target: str | None, step: Any, event: Any) -> None:
+    """`record_attempt_started` and the mirror's `write_step_and_event` (the "running" row
+    and its event) as one statement: one round trip instead of two, atomic in itself."""
+    from opsconductor.activities.mirror import _event_arrays, _step_arrays
+
+    await conn.execute(
+        _start_with_step_sql(), _uuid(execution_id), *_step_arrays([step]),
+        *_event_arrays([event]), step_id, attempt, worker or worker_identity(), target)
+
+
 async def prior_attempts(conn_or_pool: Executor, execution_id: str | uuid.UUID, step_id: str,
                          *, exclude_attempt: int | None = None) -> list[StepAttempt]:
     """Every attempt of the step in this execution and the runs it is linked to, newest
-    first (the caller's own attempt, `exclude_attempt` of this execution, left out)."""
+    first (the caller's own attempt, `exclude_attempt` of this execution, left out), each with
+    its targets' process groups not yet stopped: one round trip."""
     rows: list[Any] = await conn_or_pool.fetch(
         CHAIN_SQL + """
-           SELECT a.* FROM execution.step_attempts a JOIN chain c ON a.execution_id = c.id
+           SELECT a.*, (SELECT json_agg(json_build_object(
+                            'target', p.target, 'pgid', p.pgid, 'proc_start', p.proc_start,
+                            'process_host', p.process_host) ORDER BY p.target)
+                        FROM execution.attempt_processes p
+                        WHERE p.execution_id = a.execution_id AND p.step_id = a.step_id
+                          AND p.attempt = a.attempt AND p.stopped_at IS NULL
+                       ) AS target_processes
+           FROM execution.step_attempts a JOIN chain c ON a.execution_id = c.id
            WHERE a.step_id = $2 AND NOT (a.execution_id = $1 AND a.attempt = $3)
            ORDER BY a.started_at DESC, a.attempt DESC""",
         _uuid(execution_id), step_id, exclude_attempt or 0)
@@ -163,36 +226,6 @@ async def record_process(conn_or_pool: Executor, execution_id: str | uuid.UUID, 
              process_host = excluded.process_host, pgid = excluded.pgid,
              proc_start = excluded.proc_start, recorded_at = now(), stopped_at = NULL""",
         _uuid(execution_id), step_id, attempt, target, process_host, pgid, proc_start)
-
-
-@dataclass(frozen=True)
-class TargetProcess:
-    """One target's process group of an earlier attempt, not yet known to be stopped."""
-
-    execution_id: str
-    step_id: str
-    attempt: int
-    target: str
-    pgid: int
-    proc_start: int | None
-    process_host: str
-
-
-async def leftover_target_processes(conn_or_pool: Executor, execution_id: str | uuid.UUID,
-                                    step_id: str, *, exclude_attempt: int
-                                    ) -> list[TargetProcess]:
-    """Per-target groups of the step's other attempts (across linked runs) not yet stopped."""
-    rows: list[Any] = await conn_or_pool.fetch(
-        CHAIN_SQL + """
-           SELECT p.* FROM execution.attempt_processes p JOIN chain c ON p.execution_id = c.id
-           WHERE p.step_id = $2 AND p.stopped_at IS NULL
-             AND NOT (p.execution_id = $1 AND p.attempt = $3)
-           ORDER BY p.attempt, p.target""",
-        _uuid(execution_id), step_id, exclude_attempt)
-    return [TargetProcess(execution_id=str(r["execution_id"]), step_id=r["step_id"],
-                          attempt=r["attempt"], target=r["target"], pgid=r["pgid"],
-                          proc_start=r["proc_start"], process_host=r["process_host"])
-            for r in rows]
 
 
 async def mark_target_stopped(conn_or_pool: Executor, old: TargetProcess, detail: str) -> None:
@@ -241,6 +274,42 @@ async def record_attempt_finished(conn_or_pool: Executor, execution_id: str | uu
         _uuid(execution_id), step_id, attempt, outcome, detail,
         json.dumps(result, default=str) if result is not None else None)
     return bool(closed)
+
+
+# The attempt's close, its step row and its event, in one statement (`finish_with_step`):
+# $1 execution, $2-$9 the step arrays, $10-$18 the event arrays, then the attempt's own.
+_FINISH_CTES = """
+a AS (
+  UPDATE execution.step_attempts SET finished_at = now(), outcome = $21, detail = $22,
+    result = $23::jsonb, stopped_at = CASE WHEN pgid IS NULL THEN NULL ELSE now() END
+  WHERE execution_id = $1 AND step_id = $19 AND attempt = $20 AND finished_at IS NULL
+  RETURNING 1),
+p AS (
+  UPDATE execution.attempt_processes SET stopped_at = now()
+  WHERE execution_id = $1 AND step_id = $19 AND attempt = $20 AND stopped_at IS NULL
+    AND EXISTS (SELECT 1 FROM a) RETURNING 1)"""
+
+
+@functools.cache
+def _finish_with_step_sql() -> str:
+    from opsconductor.activities.mirror import STEP_COLUMNS, _event_insert, _step_update
+
+    return (f"WITH {_FINISH_CTES.strip()},\nstep AS ({_step_update(2)})"
+            f"{_event_insert(2 + len(STEP_COLUMNS))}")
+
+
+async def finish_with_step(conn_or_pool: Executor, execution_id: str | uuid.UUID,
+                           step_id: str, attempt: int, outcome: str, *, step: Any, event: Any,
+                           detail: str | None = None,
+                           result: dict[str, Any] | None = None) -> None:
+    """`record_attempt_finished` and the mirror's `write_step_and_event` as one statement:
+    atomic without a transaction block, one round trip instead of four."""
+    from opsconductor.activities.mirror import _event_arrays, _step_arrays
+
+    await conn_or_pool.execute(
+        _finish_with_step_sql(), _uuid(execution_id), *_step_arrays([step]),
+        *_event_arrays([event]), step_id, attempt, outcome, detail,
+        json.dumps(result, default=str) if result is not None else None)
 
 
 async def unfinished_attempt(conn_or_pool: Executor, execution_id: str | uuid.UUID,

@@ -304,10 +304,9 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
     attempts whose process group may still be alive (stopped before this one acts).
     """
     from opsconductor.activities.attempts import (
-        leftover_target_processes,
         prior_attempts,
-        record_attempt_started,
         resolve_unfinished,
+        start_with_step,
     )
     from opsconductor.safety.mutex import LockLost as LockLostError
     from opsconductor.safety.mutex import check_fencing, renew
@@ -356,21 +355,21 @@ async def _record_start(inp: StepRunInput, attempt: int, started: datetime, pool
                       ErrorType.UNKNOWN_OUTCOME, stale_attempt=stale.attempt, attempt=attempt,
                       stale_execution_id=stale.execution_id, stale_worker=stale.worker,
                       stale_started_at=stale.started_at.isoformat())
-        await record_attempt_started(conn, inp.execution_id, step.id, attempt, WORKER_ID,
-                                     target=step.target or "localhost")
         if audit:
             await audit_many(conn, audit)
-        await write_step_and_event(
-            conn, inp.execution_id,
-            StepRecord(step_id=step.id, status=StepStatus.RUNNING, attempts=attempt,
-                       started_at=started),
-            EventRecord(key=f"step:{step.id}:running:{attempt}", type="step.status",
-                        step_id=step.id, from_status="pending" if attempt == 1 else "running",
-                        to_status="running", message=f"attempt {attempt} started on {WORKER_ID}",
-                        at=started, data={"attempt": attempt, "worker": WORKER_ID}))
-        targets: list[Leftover] = list(await leftover_target_processes(
-            conn, inp.execution_id, step.id, exclude_attempt=attempt))
-    return None, [a for a in prior if a.pgid and a.stopped_at is None] + targets
+        await start_with_step(
+            conn, inp.execution_id, step.id, attempt, WORKER_ID,
+            target=step.target or "localhost",
+            step=StepRecord(step_id=step.id, status=StepStatus.RUNNING, attempts=attempt,
+                            started_at=started),
+            event=EventRecord(key=f"step:{step.id}:running:{attempt}", type="step.status",
+                              step_id=step.id,
+                              from_status="pending" if attempt == 1 else "running",
+                              to_status="running",
+                              message=f"attempt {attempt} started on {WORKER_ID}",
+                              at=started, data={"attempt": attempt, "worker": WORKER_ID}))
+    return None, [*(a for a in prior if a.pgid and a.stopped_at is None),
+                  *(t for a in prior for t in a.targets)]
 
 
 async def _stop_leftovers(inp: StepRunInput, attempt: int, leftovers: list[Leftover],
@@ -435,7 +434,7 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
     """The step row, its event, the attempt's outcome (with its result, and for a failure
     whether it is retryable: a retry that waited for this attempt answers the same) and the
     full output streams, in one transaction."""
-    from opsconductor.activities.attempts import record_attempt_finished
+    from opsconductor.activities.attempts import finish_with_step, record_attempt_finished
 
     step = inp.step
     status = result.status if final or result.status is StepStatus.COMPLETED \
@@ -453,13 +452,17 @@ async def _record_end(inp: StepRunInput, attempt: int, result: StepResult, final
                                       "duration_ms": result.duration_ms})
     outcome = {StepStatus.COMPLETED: "succeeded", StepStatus.TIMEOUT: "timeout"}.get(
         result.status, "failed")
+    recorded = (result.model_dump(mode="json") if outcome == "succeeded"
+                else {**result.model_dump(mode="json"), RETRYABLE_KEY: retryable})
+    if not streams:  # the common case: one statement, no transaction block
+        await finish_with_step(pool, inp.execution_id, step.id, attempt, outcome,
+                               step=record, event=event, result=recorded)
+        return
     async with pool.acquire() as conn, conn.transaction():
-        await record_attempt_finished(
-            conn, inp.execution_id, step.id, attempt, outcome,
-            result=result.model_dump(mode="json") if outcome == "succeeded"
-            else {**result.model_dump(mode="json"), RETRYABLE_KEY: retryable})
+        await record_attempt_finished(conn, inp.execution_id, step.id, attempt, outcome,
+                                      result=recorded)
         await write_step_and_event(conn, inp.execution_id, record, event)
-        await store_streams(conn, streams or [])
+        await store_streams(conn, streams)
 
 
 def _mirror_output(result: StepResult) -> dict[str, Any]:
@@ -560,7 +563,7 @@ class StepActivities:
                             asset: Any) -> None:
         """Stop the attempts a cancelled retry was waiting for: here by their task, on
         another worker by their recorded process group (as leftovers are stopped)."""
-        from opsconductor.activities.attempts import leftover_target_processes, prior_attempts
+        from opsconductor.activities.attempts import prior_attempts
 
         for n in awaited:
             task = self.running.get((inp.execution_id, inp.step.id, n))
@@ -569,14 +572,11 @@ class StepActivities:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(task), 30)
         with contextlib.suppress(Exception):
-            rest: list[Leftover] = [
-                a for a in await prior_attempts(self.pool, inp.execution_id, inp.step.id,
-                                                exclude_attempt=attempt)
-                if a.attempt in awaited and a.finished_at is None and a.pgid
-                and a.stopped_at is None]
-            rest += [p for p in await leftover_target_processes(
+            awaited_open = [a for a in await prior_attempts(
                 self.pool, inp.execution_id, inp.step.id, exclude_attempt=attempt)
-                if p.attempt in awaited]
+                if a.attempt in awaited and a.finished_at is None]
+            rest: list[Leftover] = [a for a in awaited_open if a.pgid and a.stopped_at is None]
+            rest += [t for a in awaited_open for t in a.targets]
             if rest:
                 await asyncio.shield(_stop_leftovers(inp, attempt, rest, asset, self.pool,
                                                      self.settings))
