@@ -191,9 +191,10 @@ class LocalCommandRunner:
                                          f"{proc.returncode}",
                                    error_type=ErrorType.COMMAND_START_ERROR, retryable=False)
             assert sup.pgid is not None
-            ctx.heartbeat({"pid": sup.pgid, "pgid": sup.pgid})
-            if ctx.on_process is not None:
+            if ctx.on_process is not None:  # the durable record: no heartbeat RPC at spawn
                 await ctx.on_process(ProcessRef(None, sup.pgid, sup.start_ticks))
+            else:  # nothing records the group: Temporal's pending activity shows it
+                ctx.heartbeat({"pid": sup.pgid, "pgid": sup.pgid})
             code = await asyncio.wait_for(sup.finished(), timeout)
         except TimeoutError:
             await sup.terminate()
