@@ -34,11 +34,11 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 
-Executor = asyncpg.Connection | asyncpg.Pool
+Executor: TypeAlias = asyncpg.Connection | asyncpg.Pool
 Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "unknown", "resolved_retry",
                   "resolved_skip", "resolved_fail"]
 # Closed, yet the command may have acted: killed midway, or its end never recorded.

@@ -171,7 +171,7 @@ def planned_actions(spec: ExecutionSpec, fleets: Mapping[str, Sequence[str]] | N
     """Everything the plan can run on a host: each step, each `command:` check wherever it
     stands, each rollback action. Submission judges them all before anything starts.
     `fleets`: a fleet step's resources (its targets' asset ids): judged on each of them."""
-    from opsconductor.activities.checks import command_of
+    from opsconductor.activities.check_commands import command_of
 
     by_id = {s.id: s for s in spec.steps}
     out: list[PlannedAction] = []

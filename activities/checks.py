@@ -55,13 +55,14 @@ import asyncio
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import re2
 
+from opsconductor.activities.check_commands import COMMAND_CHECK, command_of
 from opsconductor.schema.assets import Asset
 from opsconductor.schema.config import Settings
 from opsconductor.schema.enums import ActionClass, FailureHandling, StepKind
@@ -70,6 +71,8 @@ from opsconductor.schema.spec import StepSpec
 
 if TYPE_CHECKING:
     from opsconductor.activities.authorization import ActionGate
+
+__all__ = ["command_of"]  # re-exported: callers read it here with the other check helpers
 
 FIELDS = frozenset({"exit_code", "stdout", "stderr", "output", "status", "http_status", "rows",
                     "row_count", "body", "elapsed_ms", "bytes", "sha256", "truncated", "error",
@@ -173,7 +176,7 @@ async def evaluate_bounded(expr: str | Mapping[str, Any], context: Mapping[str, 
         return _timed_out(expr, timeout)
 
 
-async def assert_json_bounded(doc: Any, assertions: list[Mapping[str, Any]], *,
+async def assert_json_bounded(doc: Any, assertions: Sequence[Mapping[str, Any]], *,
                               timeout: float = CHECK_TIMEOUT_SECONDS) -> list[CheckResult]:
     """HTTP assertions (`assert_json`) off the event loop, bounded in time together."""
     def run() -> list[CheckResult]:
@@ -305,7 +308,7 @@ _ALIASES = [
     (re.compile(r"^\s*(?:http\s+)?status(?:[ _]code)?\s*(?:is|=|==|:)?\s*(\d{3})\s*$", re.I),
      "status"),
 ]
-_COMMAND = re.compile(r"^\s*command\s*:\s*(?P<cmd>.+)$", re.IGNORECASE | re.DOTALL)
+_COMMAND = COMMAND_CHECK
 
 
 def parse_value(text: str) -> Any:
@@ -666,15 +669,6 @@ def _evaluate_dict(check: Mapping[str, Any], context: Mapping[str, Any]) -> Chec
 
 
 # ---------------------------------------------------------------- running checks
-
-def command_of(check: str | Mapping[str, Any]) -> str | None:
-    """The command of a `command:` check, or None for an expression."""
-    if isinstance(check, Mapping):
-        cmd = check.get("command")
-        return str(cmd) if cmd else None
-    m = _COMMAND.match(check)
-    return m.group("cmd").strip() if m else None
-
 
 async def run_command_check(command: str, *, asset: Asset | None, gate: ActionGate | None,
                             timeout: float = 30.0,

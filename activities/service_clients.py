@@ -19,7 +19,7 @@ may have reached the service; only a failure to connect (nothing was sent) is re
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
@@ -92,7 +92,7 @@ class _RetryingClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def __aenter__(self) -> _RetryingClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -107,7 +107,7 @@ class _RetryingClient:
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                extra = {"timeout": timeout} if timeout is not None else {}
+                extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
                 resp = await self._client.request(method, path, **kw, **extra)
             except httpx.ConnectError as err:
                 last = f"cannot connect to {self.base_url}: {err}"

@@ -835,7 +835,8 @@ async def _ride_out(work: asyncio.Future[StepOutcome], step_id: str, attempt: in
                         attempt, why)
             watch = asyncio.ensure_future(_watch_workflow(activity.info()))
             try:
-                done, _ = await asyncio.wait({work, watch},
+                racing: set[asyncio.Future[Any]] = {work, watch}
+                done, _ = await asyncio.wait(racing,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if work in done:
                     return work.result()
@@ -860,7 +861,7 @@ async def _watch_workflow(info: activity.Info) -> str:
     from temporalio.api.enums.v1 import PendingActivityState
     from temporalio.client import WorkflowExecutionStatus
 
-    handle = activity.client().get_workflow_handle(info.workflow_id,
+    handle = activity.client().get_workflow_handle(info.workflow_id or "",
                                                    run_id=info.workflow_run_id)
     while True:
         await asyncio.sleep(WATCH_SECONDS)

@@ -69,7 +69,8 @@ class _StepTelemetry(ActivityInboundInterceptor):
         inst.in_flight.add(1, labels)
         if info.attempt > 1:
             inst.retries.add(1, labels)
-        common = {"opsc.execution_id": req.execution_id, "opsc.workflow_id": req.workflow_id,
+        common: dict[str, Any] = {
+                  "opsc.execution_id": req.execution_id, "opsc.workflow_id": req.workflow_id,
                   "opsc.tenant": req.tenant, "opsc.environment": req.environment.value,
                   "opsc.step_id": step.id, "opsc.tool": step.tool}
         asset = step.target or "localhost"

@@ -70,12 +70,17 @@ class UnitStatusParams(Params):
     lines: int = Field(10, ge=0, le=200)
 
 
+UnitProperty = Literal["ActiveState", "SubState", "LoadState", "UnitFileState", "MainPID",
+                       "ExecMainStatus", "ActiveEnterTimestamp", "NRestarts", "Result",
+                       "MemoryCurrent", "Description"]
+_DEFAULT_UNIT_PROPERTIES: tuple[UnitProperty, ...] = (
+    "ActiveState", "SubState", "LoadState", "MainPID")
+
+
 class UnitShowParams(Params):
     unit: Unit
-    properties: list[Literal["ActiveState", "SubState", "LoadState", "UnitFileState",
-                             "MainPID", "ExecMainStatus", "ActiveEnterTimestamp",
-                             "NRestarts", "Result", "MemoryCurrent", "Description"]] = Field(
-        default_factory=lambda: ["ActiveState", "SubState", "LoadState", "MainPID"],
+    properties: list[UnitProperty] = Field(
+        default_factory=lambda: list(_DEFAULT_UNIT_PROPERTIES),
         min_length=1)
 
 
@@ -244,7 +249,8 @@ def _summary(p: SummaryParams) -> list[tuple[str, dict[str, Any]]]:
     if p.format == "summary":
         parts = parts[:1]
     if p.include_metrics:
-        parts += [x for x in (("load_average", {}), ("memory", {})) if x not in parts]
+        extra: list[tuple[str, dict[str, Any]]] = [("load_average", {}), ("memory", {})]
+        parts += [x for x in extra if x not in parts]
     return parts
 
 

@@ -326,7 +326,7 @@ def _text(inputs: dict[str, Any], tool: str) -> Mapped:
         return None
     if command is not None:
         return match_form(str(command), TEXT_FORMS)
-    words = shlex.split(args) if isinstance(args, str) else [str(a) for a in args]
+    words = shlex.split(args) if isinstance(args, str) else [str(a) for a in args or ()]
     return match_form([*tool.split(), *words], TEXT_FORMS)
 
 

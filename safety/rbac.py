@@ -287,7 +287,7 @@ def parse_strict(value: Any) -> frozenset[str] | None:
 
 
 def _bindings_from(doc_roles: Any, source: str) -> list[RoleBinding]:
-    out = []
+    out: list[RoleBinding] = []
     if doc_roles is None:
         return out
     if isinstance(doc_roles, Mapping):  # short form: {actor: [roles]}

@@ -356,7 +356,7 @@ def items_of(source: str, results: Mapping[str, Any]) -> list[dict[str, Any]]:
     assets = _dig(doc, ["output", "assets"]) if doc is not None else _MISSING
     if assets is _MISSING or not isinstance(assets, list):
         raise TemplateError(f"step {source!r} returned no asset list (output.assets)")
-    return [a for a in assets if isinstance(a, Mapping)]
+    return [dict(a) for a in assets if isinstance(a, Mapping)]
 
 
 def expand(step_id: str, inputs: Mapping[str, Any], command: str | None, target: str | None,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opsconductor.schema.enums import ActionClass, StepKind
-from opsconductor.schema.tools import (
+from opsconductor.schema.own_tools import (
     CommandMismatch,
     ConnectionInputs,
     SecretInput,
@@ -83,7 +83,7 @@ class PowerShellInputs(ConnectionInputs):
     idempotent: bool | None = None
 
     @model_validator(mode="after")
-    def _one_target(self) -> PowerShellInputs:  # type: ignore[override]
+    def _one_target(self) -> PowerShellInputs:
         given = [v for v in (self.target, self.target_host) if v]
         if len(set(given)) > 1:
             raise ValueError("`target` and `target_host` name different hosts")
@@ -491,7 +491,7 @@ def config_checker(path: str) -> str | None:
 def _config_command(inputs: BaseModel) -> str:
     assert isinstance(inputs, ConfigManagerInputs)
     q = shlex.quote(inputs.config_file)
-    parts = []
+    parts: list[str | None] = []
     if inputs.backup_before_change:
         parts.append(f"cp -p -- {q} {shlex.quote(inputs.config_file + '.bak')}")
     parts.append(config_checker(inputs.config_file) if inputs.operation == "validate"

@@ -181,7 +181,8 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
     base, steps, problems = normalized_steps(raw)
     seen: dict[str, int] = {}
     graph: dict[str, list[str]] = {}
-    ids = [s.get("id") for s in steps if isinstance(s, dict) and isinstance(s.get("id"), str)]
+    ids: list[str] = [s["id"] for s in steps
+                      if isinstance(s, dict) and isinstance(s.get("id"), str)]
     expanded: dict[int, list[str]] = {}
     for i, step in enumerate(steps):
         if not isinstance(step, dict):
@@ -213,7 +214,7 @@ def step_problems(raw: dict[str, Any]) -> list[Problem]:
                             "and PowerShell cmdlets (Verb-Noun)"))
             elif isinstance(inputs, dict):
                 problems += _tool_problems(spec, inputs, path)
-                earlier = [(s.get("id"), s.get("tool")) for s in steps[:i]
+                earlier = [(str(s["id"]), str(s.get("tool") or "")) for s in steps[:i]
                            if isinstance(s, dict) and isinstance(s.get("id"), str)]
                 held, found = find_placeholders({"inputs": inputs}, step_id=str(sid),
                                                 earlier=earlier, known=set(ids), base=path)
@@ -252,8 +253,8 @@ def reference_problems(req: ExecutionRequest) -> list[Problem]:
     ids = {s.id for s in req.steps}
     problems = []
     meta = req.plan.execution_metadata
-    for i, point in enumerate(meta.approval_points):
-        sid = point if isinstance(point, str) else point.get("step_id")
+    for i, meta_point in enumerate(meta.approval_points):
+        sid = meta_point if isinstance(meta_point, str) else meta_point.get("step_id")
         if sid not in ids:
             problems.append(Problem(path=f"plan.execution_metadata.approval_points[{i}]",
                                     message=f"no step {sid!r} in the plan"))

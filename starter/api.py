@@ -117,7 +117,7 @@ def sse(event: dict[str, Any]) -> str:
 
 async def tenant_of(pool: Any, execution_id: str) -> str | None:
     """The execution's tenant, from the mirror or (before its first row) its claim."""
-    return await pool.fetchval(  # type: ignore[no-any-return]
+    return await pool.fetchval(
         "SELECT tenant FROM execution.executions WHERE execution_id = $1 UNION ALL "
         "SELECT tenant FROM execution.idempotency_records WHERE execution_id = $1 LIMIT 1",
         uuid.UUID(execution_id))
@@ -198,7 +198,7 @@ def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry 
         expires_at = principal_of(request).expires_at
 
         async def stream() -> AsyncIterator[str]:
-            source = hub.follow(execution_id, after).__aiter__()
+            source = hub.follow(execution_id, after)
             pending: asyncio.Future[dict[str, Any]] | None = None
             try:
                 while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -28,7 +28,7 @@ class BackgroundServer:
 
 
 async def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0, *,
-                              lifespan: str = "off", timeout: float = 20.0
+                              lifespan: Literal["auto", "on", "off"] = "off", timeout: float = 20.0
                               ) -> BackgroundServer:
     """Start serving `app` and return once it listens (port 0: a free one); OSError when it
     cannot (the port taken meanwhile), with the reason."""

@@ -21,19 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import stat
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from opsconductor.schema.config import Settings
+from opsconductor.starter.auth_types import (
+    AuthConfigError,
+    Authenticator,
+    AuthError,
+    AuthUnavailable,
+    Principal,
+    is_loopback,
+)
+
+__all__ = ["AuthConfigError", "AuthError", "AuthMiddleware", "AuthUnavailable", "Authenticator",
+           "LocalTokenAuth", "Principal", "authenticator_from_settings", "is_loopback",
+           "load_or_create_token", "principal_of", "token_path"]
 
 TOKEN_FILE = "api-token"
 TOKEN_BYTES = 32
@@ -45,52 +55,6 @@ REALM = "opsconductor"
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class AuthError(Exception):
-    """The request carries no acceptable credential (401), or one that may not do this
-    (`status` 403). The message names what is wrong and never echoes the token."""
-
-    def __init__(self, message: str, *, status: int = 401, error: str | None = "invalid_token"):
-        super().__init__(message)
-        self.status = status
-        self.error = error
-
-
-class AuthConfigError(ValueError):
-    """A setting of authentication is missing or unsafe, or the token file unusable; the
-    message names it. Nothing is served."""
-
-
-class AuthUnavailable(Exception):
-    """The issuer's keys could not be had: nobody can be authenticated right now (503)."""
-
-
-class Principal(BaseModel):
-    """An authenticated caller as RBAC sees one: `actor:<actor>` and `role:<role>`, within
-    `tenant` (None: every tenant, only for the local token or the configured operator role)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    actor: str
-    tenant: str | None
-    roles: frozenset[str] = frozenset()
-    issuer: str | None = None
-    expires_at: float | None = None  # the token's `exp` (+ leeway): long streams end there
-
-    @property
-    def subjects(self) -> frozenset[str]:
-        """The RBAC subjects this principal matches (`actor:X`, `role:Y`)."""
-        return frozenset({f"actor:{self.actor}", *(f"role:{r}" for r in self.roles)})
-
-    def sees(self, tenant: str | None) -> bool:
-        return self.tenant is None or tenant == self.tenant
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str) -> Principal: ...
-
-    def codec_key_valid(self, key: str) -> bool: ...
 
 
 # ---------------------------------------------------------------------------- local token
@@ -161,15 +125,6 @@ def authenticator_from_settings(settings: Settings) -> tuple[Authenticator, str 
 
         return OidcAuth.from_settings(settings), None
     return LocalTokenAuth.from_settings(settings)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------- HTTP

@@ -29,7 +29,7 @@ import jwt
 from jwt.exceptions import PyJWKError, PyJWTError
 
 from opsconductor.schema.config import Settings
-from opsconductor.starter.auth import (
+from opsconductor.starter.auth_types import (
     AuthConfigError,
     AuthError,
     AuthUnavailable,

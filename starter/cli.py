@@ -17,30 +17,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from opsconductor.schema.enums import ExecutionStatus
+from opsconductor.starter.cli_output import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    _err,
+    _iso_time,
+    _out,
+)
 from opsconductor.starter.terminal import lines, sanitize
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 SUCCESS_STATUSES = {"completed"}
-
-
-def _out(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> None:
-    if getattr(args, "json", False):
-        if isinstance(data, BaseModel):
-            data = data.model_dump(mode="json")
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print(text() if callable(text) else text)
-
-
-def _err(args: argparse.Namespace, message: str, code: int) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"error": message, "exit_code": code}))
-    else:
-        print(f"error: {sanitize(message)}", file=sys.stderr)
-    return code
 
 
 async def _with_client(args: argparse.Namespace,
@@ -215,16 +205,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return await _with_client(args, go)
-
-
-def _iso_time(text: str) -> Any:
-    from datetime import UTC, datetime
-
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 async def cmd_list(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from opsconductor.starter.cli import (
+from opsconductor.starter.cli_output import (
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_OK,
@@ -113,7 +113,8 @@ async def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
         if key is None:
             raise AuditError("no checkpoint key: set OPSC_AUDIT_SIGNING_KEY or pass --key")
         cps = await checkpoint_all(pool, key, "manual", args.tenant)
-        rows = [{"id": c.id, "tenant": c.tenant, "stream": c.stream, "seq": c.seq,
+        rows: list[dict[str, Any]] = [
+                {"id": c.id, "tenant": c.tenant, "stream": c.stream, "seq": c.seq,
                  "hash": c.hash, "key_fingerprint": c.key_fingerprint} for c in cps]
         _out(args, rows, lambda: lines(
             f"checkpoint {r['id']}: {r['stream']}:{r['tenant']} at seq {r['seq']} "

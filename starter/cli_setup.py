@@ -36,7 +36,7 @@ def apply_connection_flags(args: argparse.Namespace) -> None:
 
 async def cmd_setup(args: argparse.Namespace) -> int:
     from opsconductor.schema.config import load_settings
-    from opsconductor.starter.cli import _err, _out
+    from opsconductor.starter.cli_output import _err, _out
     from opsconductor.starter.connect import TemporalConnectError, connect, plan_connection
     from opsconductor.starter.namespace_setup import NamespaceProblem, setup_namespace
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,7 +263,7 @@ class ExecutionClient:
         if request.signature is not None and isinstance(raw, Mapping):
             # the worker verifies the actor's signature over exactly this envelope
             spec = spec.model_copy(update={"submission": SubmissionProof(
-                **request.signature.model_dump(), signed_request=canonical_request(raw))})
+                **request.signature.model_dump(), signed_request=canonical_request(dict(raw)))})
         span.set_attributes({"opsc.execution_id": spec.execution_id,
                              "opsc.workflow_id": spec.workflow_id, "opsc.tenant": spec.tenant,
                              "opsc.environment": spec.environment.value,
@@ -297,7 +298,7 @@ class ExecutionClient:
 
     async def _wait_result(self, handle: WorkflowHandle[Any, Any]) -> ExecutionResult:
         try:
-            return await handle.result()  # type: ignore[no-any-return]
+            return await handle.result()
         except WorkflowFailureError as err:
             # Failed runs carry the result in the failure; cancelled ones: the mirror has it.
             return result_from_failure(err) or await self.result(handle.id)
@@ -407,7 +408,7 @@ class ExecutionClient:
         execution_id, workflow_id = await self.resolve_ids(ident)
         handle = self.temporal.get_workflow_handle(workflow_id, result_type=ExecutionResult)
         try:
-            return await handle.result()  # type: ignore[no-any-return]
+            return await handle.result()
         except WorkflowFailureError as err:
             carried = result_from_failure(err)
             if carried is not None:
@@ -426,7 +427,7 @@ class ExecutionClient:
         return ExecutionResult.model_validate(data)
 
     async def list(self, *, status: str | None = None, tenant: str | None = None,
-                   limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+                   limit: int = 50, **filters: Any) -> builtins.list[dict[str, Any]]:
         """The newest executions matching the filters (see `page`)."""
         rows, _ = await self.page(status=status, tenant=tenant, limit=limit, **filters)
         return rows
@@ -435,7 +436,7 @@ class ExecutionClient:
                    actor: str | None = None, asset: str | None = None,
                    since: datetime | None = None, until: datetime | None = None,
                    limit: int = 50, cursor: str | None = None,
-                   ) -> tuple[list[dict[str, Any]], str | None]:
+                   ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         """One page of executions, newest first, and the cursor of the next page (None at
         the end). `status` must be an execution status (ValueError otherwise); `asset`
         matches an asset id; `since`/`until` bound the submission time."""
@@ -476,7 +477,7 @@ class ExecutionClient:
         wait = self.update_wait_seconds
 
         async def send() -> DecisionOutcome:
-            return await asyncio.wait_for(  # type: ignore[no-any-return]
+            return await asyncio.wait_for(
                 handle.execute_update(update, payload, result_type=DecisionOutcome,
                                       rpc_timeout=timedelta(seconds=wait)), wait)
 
@@ -641,7 +642,7 @@ class ExecutionClient:
             key=key or self.settings.signing_key, registered=(await self.policy()).signers)
 
     async def pending(self, approver: str | None = None,
-                      tenant: str | None = None) -> list[dict[str, Any]]:
+                      tenant: str | None = None) -> builtins.list[dict[str, Any]]:
         """Executions (of `tenant`) waiting for a decision that `approver` may make."""
         rows = await self.pool.fetch(
             """

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -366,7 +367,7 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
-async def run_dev(print_fn=print) -> int:  # type: ignore[no-untyped-def]
+async def run_dev(print_fn: Callable[..., None] = print) -> int:
     """`opsconductor dev`: run the stack in the foreground until Ctrl-C or SIGTERM (exit 0),
     or until one of its children dies (exit 1, saying which)."""
     _configure_logging()

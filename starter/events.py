@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
@@ -117,7 +117,7 @@ class EventHub:
         return status in ENDED
 
     async def follow(self, execution_id: str, after: int = 0, *,
-                     until_ended: bool = True) -> AsyncIterator[dict[str, Any]]:
+                     until_ended: bool = True) -> AsyncGenerator[dict[str, Any], None]:
         """Every event after `after`, then each new one as it is committed; returns once the
         execution has ended and its last event was yielded (`until_ended`)."""
         with self.subscription(execution_id) as wake:

@@ -49,8 +49,8 @@ class SetupReport(BaseModel):
 
 
 def _kind_name(value: int) -> str:
-    return IndexedValueType.Name(value).removeprefix("INDEXED_VALUE_TYPE_").title() \
-        .replace("_", "")
+    name = IndexedValueType.Name(IndexedValueType.ValueType(value))
+    return name.removeprefix("INDEXED_VALUE_TYPE_").title().replace("_", "")
 
 
 async def registered_attributes(client: Client, namespace: str) -> dict[str, int]:

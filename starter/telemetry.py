@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -45,6 +46,12 @@ from opsconductor.activities.telemetry import SCOPE, SECONDS_BUCKETS, StepTeleme
 log = logging.getLogger("opsconductor.telemetry")
 
 SERVICE = "opsconductor-worker"
+
+
+def _observe(values: dict[frozenset[tuple[str, Any]], tuple[dict[str, Any], float]],
+             _options: Any) -> list[Observation]:
+    """A gauge's last value per attribute set, read when the exporter collects."""
+    return [Observation(value, attributes=attrs) for attrs, value in list(values.values())]
 
 
 def otlp_configured(signal: str) -> bool:
@@ -113,8 +120,7 @@ class MetricBufferDrain:
                 values = self.gauges.setdefault(metric.name, {})
                 found = self.meter.create_observable_gauge(
                     metric.name, unit=unit, description=text, callbacks=[
-                        lambda _options, v=values: [Observation(value, attributes=attrs)
-                                                    for attrs, value in list(v.values())]])
+                        functools.partial(_observe, values)])
             self.instruments[key] = found
         return found
 

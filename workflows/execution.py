@@ -188,9 +188,10 @@ class ExecutionWorkflow:
             state.end(ExecutionStatus.FAILED, self.steps.abort_error)
             return
         elif not self.steps.stop_launching and (
-                error := await run_safety_checks(self.spec, state, self.recorder, "after",
-                                                 windows_gated=self.steps.window is not None)):
-            state.end(ExecutionStatus.FAILED, error)
+                after_error := await run_safety_checks(
+                    self.spec, state, self.recorder, "after",
+                    windows_gated=self.steps.window is not None)):
+            state.end(ExecutionStatus.FAILED, after_error)
             return
         state.end(*outcome(state.steps))
 

@@ -18,7 +18,7 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from opsconductor.schema import search_attributes as sa
 from opsconductor.schema.enums import ApprovalState, ExecutionStatus, StepStatus
 from opsconductor.schema.errors import ErrorType
-from opsconductor.schema.messages import EventRecord, MirrorWrite, MirrorWriteResult
+from opsconductor.schema.messages import MirrorWrite, MirrorWriteResult
 from opsconductor.schema.spec import ExecutionSpec
 from opsconductor.workflows.options import MIRROR_LOCAL_RETRY, MIRROR_RETRY, MIRROR_TIMEOUT
 
@@ -27,27 +27,6 @@ NEVER_RETRIED = (ErrorType.ILLEGAL_TRANSITION.value, ErrorType.MIRROR_WRITE_REFU
 
 if TYPE_CHECKING:
     from opsconductor.workflows.state import RunState
-
-
-class Journal:
-    """The run's events since the last mirror batch; `key` makes each write idempotent."""
-
-    def __init__(self) -> None:
-        self.events: list[EventRecord] = []
-        self.seq = 0
-
-    def emit(self, type_: str, *, step_id: str | None = None, from_status: str | None = None,
-             to_status: str | None = None, actor: str | None = None,
-             message: str | None = None, data: dict[str, Any] | None = None) -> None:
-        self.seq += 1
-        self.events.append(EventRecord(
-            key=f"wf:{self.seq}", type=type_, step_id=step_id, from_status=from_status,
-            to_status=to_status, actor=actor, message=message, data=data or {},
-            at=workflow.now()))
-
-    def take(self) -> list[EventRecord]:
-        events, self.events = self.events, []
-        return events
 
 
 def search_attribute_updates(spec: ExecutionSpec, status: ExecutionStatus,

@@ -25,7 +25,7 @@ from opsconductor.schema.messages import (
 )
 from opsconductor.schema.outputs import bound_results
 from opsconductor.schema.spec import ExecutionSpec, StepSpec
-from opsconductor.workflows.recording import Journal
+from opsconductor.workflows.journal import Journal
 
 FAILED_STEP = (StepStatus.FAILED, StepStatus.TIMEOUT)
 UNFINISHED_STEP = (StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING)

@@ -79,7 +79,9 @@ class CommandExecutor:
         if probe is not None:
             from opsconductor.activities.executors.probe import run_probe
 
-            return await run_probe(ctx, probe, connector, self.local)
+            # A probe execs an argv locally: only the local runner has that form.
+            local = self.local if isinstance(self.local, LocalCommandRunner) else None
+            return await run_probe(ctx, probe, connector, local)
         assert command is not None
         if ctx.step.connector == "automation-service":
             from opsconductor.activities.executors.powershell import PowerShellRunner

@@ -96,9 +96,14 @@ def _local_dest(destination: str, source_name: str) -> Path:
     return dest
 
 
+def _as_bytes(chunk: str | bytes) -> bytes:
+    """A chunk read in binary mode: asyncssh types it either way, it is always bytes."""
+    return chunk if isinstance(chunk, bytes) else chunk.encode()
+
+
 def _open_source(path: Path) -> BinaryIO:
     try:
-        return path.open("rb", buffering=0)  # type: ignore[return-value]
+        return path.open("rb", buffering=0)
     except FileNotFoundError:
         raise TransferError(f"source {path} does not exist", ErrorType.SOURCE_NOT_FOUND) from None
     except IsADirectoryError:
@@ -140,7 +145,7 @@ async def _remote_sha256(conn: asyncssh.SSHClientConnection, sftp: asyncssh.SFTP
     h = hashlib.sha256()
     async with sftp.open(path, "rb") as fh:
         while chunk := await fh.read(CHUNK):
-            h.update(chunk)
+            h.update(_as_bytes(chunk))
     return h.hexdigest()
 
 
@@ -197,7 +202,7 @@ class FileTransferExecutor:
         try:
             with src, tmp.open("wb", buffering=0) as out:
                 while chunk := await asyncio.to_thread(src.read, CHUNK):
-                    await asyncio.to_thread(_write_all, out, chunk)  # type: ignore[arg-type]
+                    await asyncio.to_thread(_write_all, out, chunk)
                     h.update(chunk)
                     progress.add(len(chunk))
                 await asyncio.to_thread(os.fsync, out.fileno())
@@ -261,8 +266,9 @@ class FileTransferExecutor:
             async with sftp.open(source, "rb") as src:
                 with tmp.open("wb", buffering=0) as out:
                     while chunk := await src.read(CHUNK):
-                        await asyncio.to_thread(_write_all, out, chunk)  # type: ignore[arg-type]
-                        h.update(chunk)
+                        data = _as_bytes(chunk)
+                        await asyncio.to_thread(_write_all, out, data)
+                        h.update(data)
                         progress.add(len(chunk))
                     await asyncio.to_thread(os.fsync, out.fileno())
             digest = h.hexdigest()

@@ -77,4 +77,4 @@ def command_runner_for(connector: str) -> CommandRunner:
     ref = _RUNNERS.get(connector)
     if ref is None:
         raise UnsupportedStep(f"no command runner for connector {connector!r}")
-    return _load(ref)  # type: ignore[no-any-return]
+    return _load(ref)

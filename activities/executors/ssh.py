@@ -470,7 +470,7 @@ class SshCommandRunner:
     async def _wait(self, ctx: StepContext, asset: Asset, session: _Session,
                     deadline: float) -> bool:
         loop = asyncio.get_running_loop()
-        beat = {"host": asset.host, "asset": asset.id, "pgid": None}
+        beat: dict[str, Any] = {"host": asset.host, "asset": asset.id, "pgid": None}
         while not session.exited.is_set():
             remaining = deadline - loop.time()
             if remaining <= 0:

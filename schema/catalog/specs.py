@@ -75,7 +75,7 @@ class CatalogInputs(BaseModel):
 
 
 def _connection_fields() -> dict[str, Any]:
-    from opsconductor.schema.tools import SecretInput
+    from opsconductor.schema.own_tools import SecretInput
 
     fields: dict[str, Any] = {k: (str | None, None) for k in TARGET_ALIASES}
     fields.update({
@@ -203,7 +203,7 @@ def _primary(rows: tuple[CatalogTool, ...]) -> CatalogTool:
 
 def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
     """The ToolSpec of one catalog tool name."""
-    from opsconductor.schema.tools import ToolSpec
+    from opsconductor.schema.own_tools import ToolSpec
 
     row = _primary(rows)
     merged: dict[str, str] = {}
@@ -222,15 +222,17 @@ def catalog_spec(name: str, rows: tuple[CatalogTool, ...]) -> Any:
 
     def command(inputs: BaseModel) -> str:
         assert isinstance(inputs, CatalogInputs)
-        if inputs.command:
-            return inputs.command
+        given = getattr(inputs, "command", None)
+        if given:
+            return str(given)
         if windows:
             return powershell_line(name, _flags(inputs.written(), cmdlet_flag))
         return sh_line(argv(inputs))
 
     def action_class(inputs: BaseModel) -> ActionClass:
         assert isinstance(inputs, CatalogInputs)
-        return ActionClass.MODIFY if inputs.command and action is ActionClass.READ else action
+        written = getattr(inputs, "command", None)
+        return ActionClass.MODIFY if written and action is ActionClass.READ else action
 
     targets = TARGET_ALIASES if row.target else ()
 
