@@ -31,6 +31,13 @@ from opsconductor.starter.cli_output import (
 from opsconductor.starter.terminal import lines, sanitize
 
 SUCCESS_STATUSES = {"completed"}
+RUN_EXAMPLES = """examples:
+  opsconductor run plan.json                     submit and wait (immediate mode)
+  opsconductor run plan.yaml --dry-run           how each step would run; nothing starts
+  cat plan.json | opsconductor run - --no-wait   from stdin; print the execution id
+  opsconductor run plan.json --follow            submit, then watch its progress
+  opsconductor run plan.json --new -o json       a new run of a plan submitted before
+"""
 
 
 async def _with_client(args: argparse.Namespace,
@@ -76,28 +83,16 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _load_request(args: argparse.Namespace) -> dict[str, Any]:
     from opsconductor.schema.limits import MAX_REQUEST_CHARS
+    from opsconductor.starter.cli_conventions import PlanInputError, fresh_key, read_plan
 
-    path = Path(args.file)
     try:
-        size = path.stat().st_size
-        if size > 4 * MAX_REQUEST_CHARS:  # refused unread: even all-ASCII it is too big
-            raise SystemExit(_err(args, f"{path} holds {size:,} bytes; a request may hold at "
-                                        f"most {MAX_REQUEST_CHARS:,} characters", EXIT_INPUT))
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError as err:
-        raise SystemExit(_err(args, f"no such file: {path}", EXIT_INPUT)) from err
-    except (IsADirectoryError, PermissionError) as err:
-        raise SystemExit(_err(args, f"cannot read {path}: {err.strerror}", EXIT_INPUT)) from err
-    except UnicodeDecodeError as err:
-        raise SystemExit(_err(args, f"{path} is not UTF-8 text (byte {err.start}: "
-                                    f"{err.reason})", EXIT_INPUT)) from err
-    except json.JSONDecodeError as err:
-        raise SystemExit(_err(args, f"{path} is not valid JSON: {err}", EXIT_INPUT)) from err
-    except RecursionError as err:
-        raise SystemExit(_err(args, f"{path} is nested too deeply to be a request",
-                              EXIT_INPUT)) from err
+        doc = read_plan(args.file, MAX_REQUEST_CHARS)
+    except PlanInputError as err:
+        raise SystemExit(_err(args, str(err), EXIT_INPUT)) from None
     if not isinstance(doc, dict):
-        raise SystemExit(_err(args, f"{path} must hold a JSON object", EXIT_INPUT))
+        where = "stdin" if args.file == "-" else args.file
+        raise SystemExit(_err(args, f"{where} must hold a JSON object (a YAML mapping)",
+                              EXIT_INPUT))
     if "tenant" not in doc and "actor" not in doc:  # a bare PlanV1 or its plan object
         doc = {"plan": doc}
     overrides = {"tenant": args.tenant, "actor": args.actor, "environment": args.environment,
@@ -106,6 +101,8 @@ def _load_request(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in overrides.items():
         if value is not None:
             doc[key] = value
+    if getattr(args, "new", False):  # a new run, not the one this plan's key already names
+        doc["idempotency_key"] = fresh_key()
     return doc
 
 
@@ -137,7 +134,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         signed = (await client.sign_submission(doc, key=args.key) if args.key
                   and isinstance(doc, dict) else doc)
-        resp = await client.execute(signed, wait=args.wait)
+        follow = getattr(args, "follow", False)
+        resp = await client.execute(signed, wait=False if follow else args.wait)
+        if follow:
+            from opsconductor.starter.progress_view import watch
+
+            if not args.json:
+                print(f"execution {resp.execution_id} ({resp.status.value})", flush=True)
+            view = await watch(client, resp.execution_id, json_lines=args.json)
+            return EXIT_OK if view["status"] in SUCCESS_STATUSES else EXIT_FAILED
         if resp.result is None:
             _out(args, resp, f"execution {resp.execution_id} ({resp.status.value})"
                  + (" — duplicate of an existing execution" if resp.duplicate else "")
@@ -704,13 +709,29 @@ def build_parser() -> argparse.ArgumentParser:
     dst.set_defaults(fn=cmd_db_status)
 
     run = add("run", cmd_run, "submit a plan (an envelope, a PlanV1 or its plan object)")
-    run.add_argument("file")
-    run.add_argument("--tenant")
-    run.add_argument("--actor")
-    run.add_argument("--environment", choices=["dev", "staging", "prod"])
-    run.add_argument("--approval-level", type=int, choices=[0, 1, 2, 3])
-    run.add_argument("--sla-class", choices=["fast", "medium", "long"])
-    run.add_argument("--mode", choices=["immediate", "background"])
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
+    run.epilog = RUN_EXAMPLES
+    run.add_argument("file", metavar="PLAN",
+                     help="the plan: a JSON or YAML (.yaml/.yml) file, or - for stdin; an "
+                          "envelope (tenant, actor, environment, plan), a PlanV1, or its "
+                          "plan object")
+    run.add_argument("--tenant", help="the tenant the plan runs for (overrides the file's); "
+                                      "RBAC and locks are per tenant")
+    run.add_argument("--actor", help="who submits (overrides the file's): the principal RBAC "
+                                     "judges and the audit names")
+    run.add_argument("--environment", choices=["dev", "staging", "prod"],
+                     help="where it runs (overrides the file's); prod may need signatures")
+    run.add_argument("--approval-level", type=int, choices=[0, 1, 2, 3],
+                     help="approvals required before it starts (0: none)")
+    run.add_argument("--sla-class", choices=["fast", "medium", "long"],
+                     help="the time budget class the SLA alerts measure against")
+    run.add_argument("--mode", choices=["immediate", "background"],
+                     help="immediate waits for the result by default; background does not")
+    run.add_argument("--new", action="store_true",
+                     help="run again even if this plan was submitted before (a fresh "
+                          "idempotency key instead of the plan's)")
+    run.add_argument("--follow", "-f", action="store_true",
+                     help="submit, then show its progress until it ends (as `watch`)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate, resolve, authorize and show how each step would run")
     run.add_argument("--wait", action="store_const", const=True, default=None,
@@ -838,6 +859,9 @@ def build_parser() -> argparse.ArgumentParser:
     from opsconductor.starter.cli_audit import register as register_audit
 
     register_audit(sub, add)
+    from opsconductor.starter.cli_conventions import add_global_flags
+
+    add_global_flags(p)
     return p
 
 
@@ -863,7 +887,10 @@ def _default_actor() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from opsconductor.starter.cli_conventions import normalize_output
+
     args = build_parser().parse_args(argv)
+    normalize_output(args)
     try:
         return asyncio.run(args.fn(args))
     except KeyboardInterrupt:
