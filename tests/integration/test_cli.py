@@ -463,3 +463,24 @@ async def test_dlq_requeue_from_failed_resumes_at_the_failed_step(
     carried = [e for e in await events(engine.pool, requeued.json["execution_id"])
                if e["step_id"] == "first" and "not run again" in (e["message"] or "")]
     assert carried and old in carried[0]["message"]
+
+
+async def test_run_new_and_follow(env: dict[str, str], tenant: str, tmp_path: Path) -> None:
+    """`--new` runs a plan submitted before again (without it: the same execution);
+    `--follow` submits, then shows the run until it ends, with its exit code."""
+    path = write(tmp_path, "req.json", request([shell("hi", "echo follow-me")], tenant=tenant))
+    first = await run_cli(env, "run", path, "--json", "--wait")
+    again = await run_cli(env, "--json", "run", path, "--wait")
+    fresh = await run_cli(env, "run", path, "--new", "-o", "json", "--wait")
+    assert first.code == again.code == fresh.code == 0, (first, again, fresh)
+    assert again.json["duplicate"] is True
+    assert again.json["execution_id"] == first.json["execution_id"]
+    assert fresh.json["duplicate"] is False
+    assert fresh.json["execution_id"] != first.json["execution_id"]
+    followed = await run_cli(env, "run", path, "--new", "--follow", "--json")
+    assert followed.code == 0, followed
+    views = [json.loads(line) for line in followed.stdout.splitlines() if line.strip()]
+    print(f"--follow printed {len(views)} JSON lines")
+    assert views and views[-1]["status"] == "completed"
+    assert views[-1]["execution_id"] not in (first.json["execution_id"],
+                                             fresh.json["execution_id"])
