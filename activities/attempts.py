@@ -165,7 +165,7 @@ a AS (
 
 @functools.cache
 def _start_with_step_sql() -> str:
-    from opsconductor.activities.mirror import STEP_COLUMNS, _event_insert, _step_update
+    from opsconductor.activities.mirror_rows import STEP_COLUMNS, _event_insert, _step_update
 
     return (f"WITH {_START_CTE.strip()},\nstep AS ({_step_update(2)})"
             f"{_event_insert(2 + len(STEP_COLUMNS))}")
@@ -176,7 +176,7 @@ async def start_with_step(conn: asyncpg.Connection, execution_id: str | uuid.UUI
                           target: str | None, step: Any, event: Any) -> None:
     """`record_attempt_started` and the mirror's `write_step_and_event` (the "running" row
     and its event) as one statement: one round trip instead of two, atomic in itself."""
-    from opsconductor.activities.mirror import _event_arrays, _step_arrays
+    from opsconductor.activities.mirror_rows import _event_arrays, _step_arrays
 
     await conn.execute(
         _start_with_step_sql(), _uuid(execution_id), *_step_arrays([step]),
@@ -292,7 +292,7 @@ p AS (
 
 @functools.cache
 def _finish_with_step_sql() -> str:
-    from opsconductor.activities.mirror import STEP_COLUMNS, _event_insert, _step_update
+    from opsconductor.activities.mirror_rows import STEP_COLUMNS, _event_insert, _step_update
 
     return (f"WITH {_FINISH_CTES.strip()},\nstep AS ({_step_update(2)})"
             f"{_event_insert(2 + len(STEP_COLUMNS))}")
@@ -304,7 +304,7 @@ async def finish_with_step(conn_or_pool: Executor, execution_id: str | uuid.UUID
                            result: dict[str, Any] | None = None) -> None:
     """`record_attempt_finished` and the mirror's `write_step_and_event` as one statement:
     atomic without a transaction block, one round trip instead of four."""
-    from opsconductor.activities.mirror import _event_arrays, _step_arrays
+    from opsconductor.activities.mirror_rows import _event_arrays, _step_arrays
 
     await conn_or_pool.execute(
         _finish_with_step_sql(), _uuid(execution_id), *_step_arrays([step]),

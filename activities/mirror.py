@@ -8,12 +8,19 @@ checked against the status machine here too, so the mirror can never record an i
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from opsconductor.activities.mirror_rows import (
+    EVENT_INSERT,
+    STEP_AND_EVENT,
+    STEP_UPSERT,
+    _event_arrays,
+    _json,
+    _step_arrays,
+)
 from opsconductor.schema.enums import ApprovalState, ExecutionStatus
 from opsconductor.schema.errors import ErrorType
 from opsconductor.schema.fsm import IllegalTransition, check_transition
@@ -24,74 +31,8 @@ from opsconductor.schema.messages import (
     MirrorWriteResult,
     StepRecord,
 )
-from opsconductor.schema.outputs import escape_text, safe_json_text
+from opsconductor.schema.outputs import escape_text
 from opsconductor.schema.spec import ExecutionSpec
-
-EVENT_COLUMNS = ("key text", "type text", "step_id text", "from_status text", "to_status text",
-                 "actor text", "message text", "data text", "at timestamptz")
-STEP_COLUMNS = ("step_id text", "status text", "attempts int", "started_at timestamptz",
-                "completed_at timestamptz", "exit_code int", "output text", "error text")
-
-
-def _unnest(columns: tuple[str, ...], first: int) -> str:
-    """`unnest($first::t1[], ...) AS u(c1, ...)`: array parameters, one per column."""
-    params = ", ".join(f"${first + i}::{c.split()[1]}[]" for i, c in enumerate(columns))
-    return f"unnest({params}) AS u({', '.join(c.split()[0] for c in columns)})"
-
-
-def _event_insert(first: int) -> str:
-    return f"""
-INSERT INTO execution.execution_events
-  (execution_id, event_key, event_type, step_id, from_status, to_status, actor, message, data,
-   created_at)
-SELECT $1::uuid, u.key, u.type, u.step_id, u.from_status, u.to_status, u.actor, u.message,
-       u.data::jsonb, coalesce(u.at, now())
-FROM {_unnest(EVENT_COLUMNS, first)}
-ON CONFLICT (execution_id, event_key) DO NOTHING"""
-
-
-def _step_update(first: int) -> str:
-    return f"""
-UPDATE execution.execution_steps AS s SET
-  status = u.status, attempts = greatest(s.attempts, u.attempts),
-  started_at = coalesce(u.started_at, s.started_at),
-  completed_at = coalesce(u.completed_at, s.completed_at),
-  duration_ms = extract(epoch FROM coalesce(u.completed_at, s.completed_at)
-                        - coalesce(u.started_at, s.started_at)) * 1000,
-  exit_code = coalesce(u.exit_code, s.exit_code),
-  output = coalesce(u.output::jsonb, s.output),
-  error = CASE WHEN u.status = 'completed' THEN u.error ELSE coalesce(u.error, s.error) END,
-  updated_at = now()
-FROM {_unnest(STEP_COLUMNS, first)}
-WHERE s.execution_id = $1::uuid AND s.step_id = u.step_id"""
-
-
-EVENT_INSERT = _event_insert(2)
-STEP_UPSERT = _step_update(2)
-STEP_AND_EVENT = f"WITH step AS ({_step_update(2)})\n{_event_insert(2 + len(STEP_COLUMNS))}"
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else safe_json_text(value)
-
-
-def _text(value: str | None) -> str | None:
-    """Text a PostgreSQL text column takes: NUL and lone surrogates escaped, never refused."""
-    return None if value is None else escape_text(value)
-
-
-def _event_arrays(events: list[EventRecord]) -> list[list[Any]]:
-    return [[e.key for e in events], [e.type for e in events], [e.step_id for e in events],
-            [e.from_status for e in events], [e.to_status for e in events],
-            [_text(e.actor) for e in events], [_text(e.message) for e in events],
-            [safe_json_text(e.data) for e in events], [e.at for e in events]]
-
-
-def _step_arrays(steps: list[StepRecord]) -> list[list[Any]]:
-    return [[s.step_id for s in steps], [s.status.value for s in steps],
-            [s.attempts for s in steps], [s.started_at for s in steps],
-            [s.completed_at for s in steps], [s.exit_code for s in steps],
-            [_json(s.output) for s in steps], [_text(s.error) for s in steps]]
 
 
 async def write_events(conn: asyncpg.Connection | asyncpg.Pool, execution_id: str,

@@ -17,9 +17,10 @@ Wall-clock times across daylight-saving changes (docs/schedules.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -325,8 +326,11 @@ def evaluate(policies: WindowPolicySet, run: RunScope, at: datetime,
 MAINTENANCE_WINDOW_PHRASES = ("maintenance window", "change window")
 
 
-def is_window_check(text: str) -> bool:
-    """A plan's safety check that asks for the change window (matched as a phrase)."""
+def is_window_check(text: str | Mapping[str, Any]) -> bool:
+    """A plan's safety check that asks for the change window (matched as a phrase); a
+    `{"command": ...}` check runs a command, never a window check."""
+    if not isinstance(text, str):
+        return False
     lowered = " ".join(text.lower().split())
     return any(phrase in lowered for phrase in MAINTENANCE_WINDOW_PHRASES)
 

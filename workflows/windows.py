@@ -52,7 +52,8 @@ class WindowGate:
 
     @property
     def window_checks(self) -> list[str]:
-        return [c.check for c in self.spec.safety_checks if is_window_check(c.check)]
+        return [c.check for c in self.spec.safety_checks
+                if isinstance(c.check, str) and is_window_check(c.check)]
 
     async def _load(self) -> WindowPoliciesResult:
         self.read = await workflow.execute_local_activity(
@@ -74,8 +75,8 @@ class WindowGate:
             try:
                 await self._load()
             except (ActivityError, ApplicationError) as err:  # unreadable: opens nothing
-                cause = (err.cause.message if isinstance(err, ActivityError) and err.cause
-                         else err.message)
+                cause = (getattr(err.cause, "message", str(err.cause))
+                         if isinstance(err, ActivityError) and err.cause else err.message)
                 error = f"change window policy unusable: {cause}"
                 self.state.journal.emit("window.refused", message=error)
                 return error
