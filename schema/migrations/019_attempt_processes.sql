@@ -20,3 +20,7 @@ CREATE TABLE IF NOT EXISTS execution.attempt_processes (
 );
 CREATE INDEX IF NOT EXISTS attempt_processes_live_idx
   ON execution.attempt_processes (step_id, execution_id) WHERE stopped_at IS NULL;
+
+-- The worker records and stops its targets' groups (016's rule: a later table is writable by
+-- none until its migration grants it).
+GRANT INSERT, UPDATE ON execution.attempt_processes TO opsc_worker;
