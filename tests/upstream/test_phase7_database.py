@@ -164,6 +164,12 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
                           "timeout_policies")}
         assert kept == {"executions": 1, "execution_steps": 1, "execution_events": 1,
                         "approvals": 1, "timeout_policies": 9}
+        # its step UUID is Python's uuid3 of the step key in the execution's namespace
+        keys = ["step_001", "step_ac827268_systemctl_status", "étape-ü", "", "x" * 300]
+        for key in keys:
+            exec_id = uuid.uuid4()
+            assert await conn.fetchval("SELECT execution.step_uuid($1, $2)::text",
+                                       exec_id, key) == str(uuid.uuid3(exec_id, key)), key
         mapped = await conn.fetchval(
             "SELECT actor FROM execution.actor_principals WHERE actor_id = 42")
         assert mapped == "principal:42"
@@ -195,6 +201,9 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
             await client.approve(ours, "bob", comment="go")
             view = await wait_status(client, ours, "completed", timeout=90)
             assert view["steps"][0]["status"] == "completed"  # our reader
+            # a second run of its planner's: a step fails, its dependent is skipped
+            held = await client.execute({**load("rule_check_nginx_and_processes.json"),
+                                         "actor": actor}, wait=True)
             theirs_by_us = await client.status(str(THEIR_EXECUTION))
             assert theirs_by_us["status"] == "completed" and theirs_by_us["tenant"] == "default"
     finally:
@@ -260,10 +269,25 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
         await conn.close()
     assert ("pending", "running") in [tuple(r) for r in exact]
     assert [tuple(r) for r in runs] == [(plan_step, "completed")]
-    n = {"execution": (len(seen["execution"]), 1), "approval": (len(seen["approval"]), 1),
-         "status route": (len(seen["status"]), 1),
-         "steps": (len(steps_read), len(seen["steps"])),
-         "events": (len(events_read), len(seen["events"]))}
+    # The failed run: its models read a failed step and a skipped one (as `cancelled`).
+    failed = await _upstream_view(phase7_url, held.execution_id)
+    (fexec,) = failed["execution"]
+    assert fexec.status == UpstreamStatus.FAILED and fexec.error_message
+    fsteps = [UpstreamStep.model_validate(r) for r in failed["steps"]]
+    fevents = [UpstreamEvent.model_validate(e) for e in failed["events"]]
+    assert [(r["step_key"], r["status"], r["exact_status"]) for r in failed["steps"]] == [
+        ("step_ac827268_systemctl_status", "failed", "failed"),
+        ("step_1fbf459c_ps_list", "cancelled", "skipped")]
+    assert len({s.step_id for s in fsteps + steps_read}) == 3  # one UUID per step
+    assert ("cancelled", "skipped") in [(e["to_status"], e["exact_to_status"])
+                                        for e in failed["events"]]
+    assert failed["approval"] == [] and failed["status"][0]["status"] == "failed"
+    n = {"executions": (len(seen["execution"]) + len(failed["execution"]), 2),
+         "approvals": (len(seen["approval"]), 1),
+         "status route": (len(seen["status"]) + len(failed["status"]), 2),
+         "steps": (len(steps_read) + len(fsteps), len(seen["steps"]) + len(failed["steps"])),
+         "events": (len(events_read) + len(fevents),
+                    len(seen["events"]) + len(failed["events"]))}
     assert all(got == want > 0 for got, want in n.values()), n
     print(f"phase7: {sum(kept.values())} original rows kept, {len(applied)} migrations; "
           "ours read by its SQL into its models: "
