@@ -5,8 +5,8 @@
 -- step id, text; OpsConductor's: a UUID) and the step statuses `pending`, `waiting`,
 -- `skipped` (absent from its execution_status). So the tables our code writes take new names,
 -- and the names OpsConductor's repository reads become views shaped as its models read them:
---   execution.step_runs  -> table execution.step_runs,  view execution.step_runs
---   execution.event_log -> table execution.event_log,  view execution.event_log
+--   execution.execution_steps  -> table execution.step_runs,  view execution.execution_steps
+--   execution.execution_events -> table execution.event_log,  view execution.execution_events
 -- Rows, constraints, indexes, sequences, triggers and grants follow the tables (a rename keeps
 -- them). The views give a UUID step id derived deterministically (RFC 4122 version 3 of the
 -- step key in the execution id's namespace; a copied Phase 7 step keeps its own) and statuses
@@ -16,10 +16,10 @@
 DO $$
 BEGIN
   IF to_regclass('execution.step_runs') IS NULL THEN
-    ALTER TABLE execution.step_runs RENAME TO step_runs;
+    ALTER TABLE execution.execution_steps RENAME TO step_runs;
   END IF;
   IF to_regclass('execution.event_log') IS NULL THEN
-    ALTER TABLE execution.event_log RENAME TO event_log;
+    ALTER TABLE execution.execution_events RENAME TO event_log;
   END IF;
 END $$;
 
@@ -117,7 +117,7 @@ END $$;
 -- ------------------------------------------------------------------ the views
 -- Columns in OpsConductor's model order first (its ExecutionStepModel / ExecutionEventModel),
 -- then ours under names it does not read.
-CREATE OR REPLACE VIEW execution.step_runs AS
+CREATE OR REPLACE VIEW execution.execution_steps AS
 SELECT s.id,
        coalesce(s.upstream_step_id, execution.step_uuid(s.execution_id, s.step_id)) AS step_id,
        s.execution_id, s.step_index, s.step_name, s.step_type, s.target_asset_id,
@@ -130,10 +130,10 @@ SELECT s.id,
        s.action_class, s.description, s.target, s.attempts, s.exit_code, s.output, s.error,
        s.trace_id AS trace_text
   FROM execution.step_runs s;
-COMMENT ON VIEW execution.step_runs IS
+COMMENT ON VIEW execution.execution_steps IS
   'OpsConductor''s step rows (upstream-compat 2): step_id a UUID, status its enum; ours are execution.step_runs';
 
-CREATE OR REPLACE VIEW execution.event_log AS
+CREATE OR REPLACE VIEW execution.execution_events AS
 SELECT v.id, v.event_id, v.execution_id, v.event_type,
        execution.upstream_status(v.from_status) AS from_status,
        execution.upstream_status(v.to_status) AS to_status, v.actor_id, v.actor_type,
@@ -141,11 +141,11 @@ SELECT v.id, v.event_id, v.execution_id, v.event_type,
        v.from_status AS exact_from_status, v.to_status AS exact_to_status, v.event_key,
        v.step_id AS step_key, v.actor, v.message, v.data, v.seq, v.prev_hash, v.row_hash
   FROM execution.event_log v;
-COMMENT ON VIEW execution.event_log IS
+COMMENT ON VIEW execution.execution_events IS
   'OpsConductor''s event rows (upstream-compat 2): statuses its enum; ours are execution.event_log';
 
 -- Reads are open to every role (016); the views are read-only to all of them.
-GRANT SELECT ON execution.step_runs, execution.event_log
+GRANT SELECT ON execution.execution_steps, execution.execution_events
   TO opsc_worker, opsc_api_reader, opsc_operator, opsc_keys_admin, opsc_pruner;
 
 COMMENT ON SCHEMA execution IS
