@@ -72,7 +72,7 @@ async def _record_waiting(pool: Any, execution_id: str, attempt: mutex.AcquireAt
     holder = attempt.holder_execution_id or "queue"
     with contextlib.suppress(Exception):
         await pool.execute(
-            "INSERT INTO execution.execution_events (execution_id, event_key, event_type, message,"
+            "INSERT INTO execution.event_log (execution_id, event_key, event_type, message,"
             " data) VALUES ($1, $2, 'locks.waiting', $3, $4::jsonb)"
             " ON CONFLICT (execution_id, event_key) DO NOTHING",
             uuid.UUID(execution_id), f"locks:waiting:{attempt.blocked_asset}:{holder}",

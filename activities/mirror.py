@@ -73,7 +73,7 @@ async def _create(conn: asyncpg.Connection, spec: ExecutionSpec, run_id: str | N
     steps = spec.steps
     await conn.execute(
         """
-        INSERT INTO execution.execution_steps
+        INSERT INTO execution.step_runs
           (execution_id, step_id, position, tool, kind, action_class, description, target)
         SELECT $1, u.* FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
                                    $7::text[], $8::text[]) AS u
@@ -131,9 +131,9 @@ async def _update_execution(conn: asyncpg.Connection, w: MirrorWrite) -> None:
           completed_at = coalesce($9, completed_at),
           deadline_at = coalesce($10, deadline_at),
           run_id = coalesce($11, run_id),  -- the newest run (continue-as-new)
-          steps_completed = (SELECT count(*) FROM execution.execution_steps
+          steps_completed = (SELECT count(*) FROM execution.step_runs
                              WHERE execution_id = $1 AND status = 'completed'),
-          steps_failed = (SELECT count(*) FROM execution.execution_steps
+          steps_failed = (SELECT count(*) FROM execution.step_runs
                           WHERE execution_id = $1 AND status IN ('failed', 'timeout')),
           updated_at = now()
         WHERE execution_id = $1

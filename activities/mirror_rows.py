@@ -24,7 +24,7 @@ def _unnest(columns: tuple[str, ...], first: int) -> str:
 
 def _event_insert(first: int) -> str:
     return f"""
-INSERT INTO execution.execution_events
+INSERT INTO execution.event_log
   (execution_id, event_key, event_type, step_id, from_status, to_status, actor, message, data,
    created_at)
 SELECT $1::uuid, u.key, u.type, u.step_id, u.from_status, u.to_status, u.actor, u.message,
@@ -35,7 +35,7 @@ ON CONFLICT (execution_id, event_key) DO NOTHING"""
 
 def _step_update(first: int) -> str:
     return f"""
-UPDATE execution.execution_steps AS s SET
+UPDATE execution.step_runs AS s SET
   status = u.status, attempts = greatest(s.attempts, u.attempts),
   started_at = coalesce(u.started_at, s.started_at),
   completed_at = coalesce(u.completed_at, s.completed_at),

@@ -148,7 +148,7 @@ async def read_streams(conn: asyncpg.Connection | asyncpg.Pool, execution_id: st
         SELECT DISTINCT ON (o.step_id, o.stream) o.step_id, o.attempt, o.stream, o.encoding,
                o.data, o.truncated, s.position
         FROM execution.step_outputs o
-        LEFT JOIN execution.execution_steps s USING (execution_id, step_id)
+        LEFT JOIN execution.step_runs s USING (execution_id, step_id)
         WHERE o.execution_id = $1 AND ($2::text IS NULL OR o.step_id = $2)
         ORDER BY o.step_id, o.stream, o.attempt DESC
         """, execution_id, step_id)
@@ -157,7 +157,7 @@ async def read_streams(conn: asyncpg.Connection | asyncpg.Pool, execution_id: st
         SELECT c.step_id, c.attempt, c.stream, string_agg(c.data, ''::bytea ORDER BY c.seq)
                AS data, s.position
         FROM execution.step_output_chunks c
-        LEFT JOIN execution.execution_steps s USING (execution_id, step_id)
+        LEFT JOIN execution.step_runs s USING (execution_id, step_id)
         WHERE c.execution_id = $1 AND ($2::text IS NULL OR c.step_id = $2)
         GROUP BY c.step_id, c.attempt, c.stream, s.position
         """, execution_id, step_id)

@@ -108,7 +108,7 @@ class SlaMonitor:
                      (e.spec -> 'timeouts' ->> 'execution_timeout_seconds')::float8,
                      (SELECT max(p.execution_timeout_seconds) FROM execution.timeout_policies p
                       WHERE p.sla_class = e.sla_class AND p.action_class IN
-                        (SELECT s.action_class FROM execution.execution_steps s
+                        (SELECT s.action_class FROM execution.step_runs s
                          WHERE s.execution_id = e.execution_id)),
                      (SELECT max(p.execution_timeout_seconds) FROM execution.timeout_policies p
                       WHERE p.sla_class = e.sla_class))) AS deadline,
@@ -118,7 +118,7 @@ class SlaMonitor:
                       'estimate', (SELECT (x ->> 'estimated_duration')::float8
                                    FROM jsonb_array_elements(e.spec -> 'steps') x
                                    WHERE x ->> 'id' = s.step_id)))
-                    FROM execution.execution_steps s WHERE s.execution_id = e.execution_id)
+                    FROM execution.step_runs s WHERE s.execution_id = e.execution_id)
                      AS steps
             FROM execution.executions e
             WHERE e.status::text = ANY($1) OR e.completed_at > $2
@@ -151,7 +151,7 @@ class SlaMonitor:
                         f"deadline {v.deadline.isoformat()}")
         written = await self.pool.fetchval(
             """
-            INSERT INTO execution.execution_events (execution_id, event_key, event_type,
+            INSERT INTO execution.event_log (execution_id, event_key, event_type,
                                                     message, data, created_at)
             VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6)
             ON CONFLICT (execution_id, event_key) DO NOTHING RETURNING id

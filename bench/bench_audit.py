@@ -31,7 +31,7 @@ from opsconductor.schema.messages import EventRecord
 from opsconductor.schema.migrate import migrate
 from opsconductor.starter.embedded_postgres import EmbeddedPostgres
 
-TRIGGERS = (("execution.execution_events", "execution_events_zz_chain"),
+TRIGGERS = (("execution.event_log", "execution_events_zz_chain"),
             ("execution.rbac_audit", "rbac_audit_zz_chain"))
 WRITERS = 8
 EVENTS_PER_BATCH = 5

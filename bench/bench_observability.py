@@ -45,7 +45,7 @@ async def poll_follower(pool: Any, execution_id: str, seen: dict[int, float],
                         stop: asyncio.Event, after: int) -> None:
     """The old way: read what is new every 0.3 s."""
     while not stop.is_set():
-        rows = await pool.fetch("SELECT id FROM execution.execution_events WHERE "
+        rows = await pool.fetch("SELECT id FROM execution.event_log WHERE "
                                 "execution_id = $1 AND id > $2 ORDER BY id",
                                 uuid.UUID(execution_id), after)
         now = time.perf_counter()
@@ -88,7 +88,7 @@ async def event_latency(engine: Any, n: int) -> tuple[list[float], list[float]]:
         await write_events(engine.pool, execution_id, [EventRecord(
             key=f"bench:{i}", type="bench.tick", message=str(i), at=datetime.now(UTC))])
         new_id = await engine.pool.fetchval(
-            "SELECT id FROM execution.execution_events WHERE execution_id = $1 AND "
+            "SELECT id FROM execution.event_log WHERE execution_id = $1 AND "
             "event_key = $2", uuid.UUID(execution_id), f"bench:{i}")
         committed[new_id] = committed_at
     with contextlib.suppress(TimeoutError):

@@ -87,7 +87,7 @@ async def one_round(client: ExecutionClient, env: dict[str, str], work: Path,
 
         async def done() -> bool:
             status = await client.pool.fetchval(
-                "SELECT status::text FROM execution.execution_steps WHERE execution_id = $1 "
+                "SELECT status::text FROM execution.step_runs WHERE execution_id = $1 "
                 "AND step_id = 'act'", uuid.UUID(resp.execution_id))
             return status == "completed"
 

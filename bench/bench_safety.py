@@ -106,7 +106,7 @@ async def bench_events(pool: asyncpg.Pool, total: int = 200_000, batch: int = 1_
                 rows = [(exec_id, f"c{c}:e{start + j}", "step.status", "s1", "running",
                          "completed", "attempt finished", data) for j in range(batch)]
                 await conn.executemany(
-                    "INSERT INTO execution.execution_events (execution_id, event_key, event_type,"
+                    "INSERT INTO execution.event_log (execution_id, event_key, event_type,"
                     " step_id, from_status, to_status, message, data)"
                     " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[],"
                     " $5::text[], $6::text[], $7::text[], $8::jsonb[])"

@@ -58,7 +58,7 @@ ORDER BY seq, tbl, id""",
     "events": """
 SELECT 'execution_events' AS tbl, v.id, v.seq, v.prev_hash, v.row_hash,
        execution.audit_hash(v.prev_hash, execution.audit_content(v)) AS recomputed
-  FROM execution.execution_events v JOIN execution.executions e USING (execution_id)
+  FROM execution.event_log v JOIN execution.executions e USING (execution_id)
  WHERE e.tenant = $1 AND v.seq IS NOT NULL
 ORDER BY seq, id""",
 }
@@ -412,7 +412,7 @@ SELECT * FROM (
   UNION ALL
   SELECT e.tenant, 'events', 'execution_events', v.id, v.seq, v.prev_hash, v.row_hash,
          v.created_at, execution.audit_content(v)
-    FROM execution.execution_events v JOIN execution.executions e USING (execution_id)
+    FROM execution.event_log v JOIN execution.executions e USING (execution_id)
    WHERE v.seq IS NOT NULL) x
  WHERE ($1::text IS NULL OR tenant = $1) AND ($2::timestamptz IS NULL OR t >= $2)
    AND ($3::timestamptz IS NULL OR t < $3)

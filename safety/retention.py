@@ -32,13 +32,17 @@ _KEEP = f"""(e.status::text NOT IN ({", ".join(repr(s) for s in FINAL_STATUSES)}
   OR EXISTS (SELECT 1 FROM execution.execution_dlq d
               WHERE d.execution_id = e.execution_id AND d.status = 'open'))"""
 
+# A chain's table label (the name its links' content was hashed under) -> the table that
+# holds its rows now (017 renamed execution_events; the label stays, the hashes depend on it).
+_TABLE_OF = {"execution_events": "event_log"}
+
 # Per stream: every present row of one tenant's chain, in seq order, with whether it is old
 # and whether its execution must keep it.
 _CANDIDATES = {
     "events": f"""
 SELECT 'execution_events' AS tbl, v.id, v.seq, v.prev_hash, v.row_hash,
        v.created_at < $2 AS old, {_KEEP} AS keep
-  FROM execution.execution_events v JOIN execution.executions e USING (execution_id)
+  FROM execution.event_log v JOIN execution.executions e USING (execution_id)
  WHERE e.tenant = $1 AND v.seq IS NOT NULL ORDER BY v.seq""",
     "audit": f"""
 SELECT * FROM (
@@ -130,7 +134,8 @@ async def _prune_chain(conn: asyncpg.Connection, tenant: str, stream: str, cutof
     for table in sorted(result.deleted):
         ids = [by_seq[s]["id"] for s in doomed if by_seq[s]["tbl"] == table]
         gone = await conn.fetchval(
-            f"WITH d AS (DELETE FROM execution.{table} WHERE id = ANY($1::bigint[])"
+            f"WITH d AS (DELETE FROM execution.{_TABLE_OF.get(table, table)}"
+            f" WHERE id = ANY($1::bigint[])"
             f" RETURNING 1) SELECT count(*) FROM d", ids)
         if gone != len(ids):
             raise AuditError(f"{table}: {gone} of {len(ids)} rows deleted; prune rolled back")

@@ -178,7 +178,7 @@ def create_app(client: Any, *, auth: Authenticator, registry: CollectorRegistry 
         step_id = request.path_params["step"]
         rows = await read_streams(client.pool, execution_id, step_id)
         if not rows and await client.pool.fetchval(
-                "SELECT 1 FROM execution.execution_steps WHERE execution_id = $1 "
+                "SELECT 1 FROM execution.step_runs WHERE execution_id = $1 "
                 "AND step_id = $2", uuid.UUID(execution_id), step_id) is None:
             return _problem(404, f"execution {execution_id} has no step {step_id!r}")
         return JSONResponse({"execution_id": execution_id, "step_id": step_id, "streams": [

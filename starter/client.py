@@ -348,7 +348,7 @@ class ExecutionClient:
             uuid.UUID(execution_id))
         steps = await self.pool.fetch(
             "SELECT step_id, status, attempts, started_at, completed_at, exit_code, error, "
-            "target, tool, description FROM execution.execution_steps "
+            "target, tool, description FROM execution.step_runs "
             "WHERE execution_id = $1 ORDER BY position", uuid.UUID(execution_id))
         temporal_status = None
         try:

@@ -81,7 +81,7 @@ async def requeue(client: ExecutionClient, entry_id: int, actor: str, *,
                                else r["output"])
                    for r in await client.pool.fetch(
                        "SELECT step_id, exit_code, output, completed_at"
-                       " FROM execution.execution_steps WHERE execution_id = $1"
+                       " FROM execution.step_runs WHERE execution_id = $1"
                        " AND status = 'completed'", row["execution_id"])]
     response = await client.execute(request, wait=False, carried=carried)
     await client.pool.execute(

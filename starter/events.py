@@ -26,7 +26,7 @@ CHANNEL = "opsc_events"
 ENDED = ("completed", "failed", "cancelled", "timeout", "partial", "rejected")
 EVENTS_SQL = (
     "SELECT id, execution_id::text AS execution_id, event_type, step_id, from_status, "
-    "to_status, actor, message, data, created_at FROM execution.execution_events "
+    "to_status, actor, message, data, created_at FROM execution.event_log "
     "WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3")
 BATCH = 500
 # A follower re-reads after this long without a notification: a guard against a notification

@@ -69,7 +69,7 @@ async def _check_progress(url: str | None, stall_seconds: float) -> dict[str, An
                        extract(epoch FROM now() - coalesce(max(v.created_at), e.created_at))
                          AS quiet_seconds
                 FROM execution.executions e
-                LEFT JOIN execution.execution_events v USING (execution_id)
+                LEFT JOIN execution.event_log v USING (execution_id)
                 WHERE e.status IN ('queued', 'approved', 'running')
                 GROUP BY e.execution_id, e.status, e.created_at
                 HAVING now() - coalesce(max(v.created_at), e.created_at)

@@ -32,7 +32,7 @@ async def _ended(pool: Any, execution_id: str, step_id: str | None) -> bool:
             execution_id)
         return status in {s.value for s in TERMINAL_STATUSES}
     status = await pool.fetchval(
-        "SELECT status FROM execution.execution_steps WHERE execution_id = $1 AND step_id = $2",
+        "SELECT status FROM execution.step_runs WHERE execution_id = $1 AND step_id = $2",
         execution_id, step_id)
     return status in {s.value for s in TERMINAL_STEP_STATUSES}
 
@@ -52,7 +52,7 @@ async def print_logs(pool: Any, execution_id: str, step_id: str | None, *, follo
     """Print the streams; with `follow`, keep printing new bytes until the step or execution
     ended (and its last bytes are out). Returns how many bytes were printed."""
     if step_id is not None and await pool.fetchval(
-            "SELECT 1 FROM execution.execution_steps WHERE execution_id = $1 AND step_id = $2",
+            "SELECT 1 FROM execution.step_runs WHERE execution_id = $1 AND step_id = $2",
             execution_id, step_id) is None:
         raise StepNotFound(f"execution {execution_id} has no step {step_id!r}")
     printed: dict[tuple[str, int, str], int] = {}

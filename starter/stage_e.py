@@ -274,7 +274,7 @@ async def response_for(client: ExecutionClient, execution_id: str) -> ExecutionR
     status = ExecutionStatus(row["status"])
     steps = await pool.fetch(
         "SELECT step_id, position, tool, target, status, attempts, started_at, completed_at,"
-        " duration_ms, exit_code, output, error FROM execution.execution_steps"
+        " duration_ms, exit_code, output, error FROM execution.step_runs"
         " WHERE execution_id = $1 ORDER BY position", uuid.UUID(execution_id))
     result: ExecutionResult | None = None
     if status in TERMINAL_STATUSES:

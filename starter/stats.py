@@ -65,17 +65,17 @@ async def stats(pool: Any, *, since: datetime, tenant: str | None = None,
         SELECT s.tool, count(*) AS steps,
                count(*) FILTER (WHERE s.status IN ('failed', 'timeout')) AS failed,
                {_PCTL.format(x="extract(epoch FROM s.completed_at - s.started_at)")}
-        FROM e JOIN execution.execution_steps s USING (execution_id)
+        FROM e JOIN execution.step_runs s USING (execution_id)
         WHERE s.started_at IS NOT NULL AND s.completed_at IS NOT NULL
         GROUP BY 1 ORDER BY 2 DESC""", *args)
     waits = await pool.fetchrow(f"""
         WITH e AS ({_SCOPE}),
         q AS (SELECT extract(epoch FROM min(s.started_at) - e.created_at) AS v
-              FROM e JOIN execution.execution_steps s USING (execution_id)
+              FROM e JOIN execution.step_runs s USING (execution_id)
               WHERE s.started_at IS NOT NULL GROUP BY e.execution_id, e.created_at),
         l AS (SELECT extract(epoch FROM a.created_at - r.created_at) AS v
-              FROM e JOIN execution.execution_events r USING (execution_id)
-              JOIN execution.execution_events a USING (execution_id)
+              FROM e JOIN execution.event_log r USING (execution_id)
+              JOIN execution.event_log a USING (execution_id)
               WHERE r.event_type = 'locks.requested' AND a.event_type = 'locks.acquired'),
         ap AS (SELECT extract(epoch FROM p.decided_at - p.requested_at) AS v
                FROM e JOIN execution.approvals p USING (execution_id)
@@ -91,11 +91,11 @@ async def stats(pool: Any, *, since: datetime, tenant: str | None = None,
     failing = await pool.fetch(f"""
         WITH e AS ({_SCOPE})
         SELECT 'tool' AS kind, s.tool AS name, count(*) AS failures
-        FROM e JOIN execution.execution_steps s USING (execution_id)
+        FROM e JOIN execution.step_runs s USING (execution_id)
         WHERE s.status IN ('failed', 'timeout') GROUP BY 2
         UNION ALL
         SELECT 'asset', coalesce(s.target, 'localhost'), count(*)
-        FROM e JOIN execution.execution_steps s USING (execution_id)
+        FROM e JOIN execution.step_runs s USING (execution_id)
         WHERE s.status IN ('failed', 'timeout') GROUP BY 2
         ORDER BY failures DESC, name""", *args)
     t = dict(totals)
@@ -119,7 +119,7 @@ async def history(pool: Any, asset: str, *, limit: int = 50) -> list[dict[str, A
         SELECT s.execution_id::text, e.workflow_id, e.tenant, e.actor, e.title,
                e.status::text AS execution_status, s.step_id, s.tool, s.target, s.status,
                s.attempts, s.exit_code, s.error, s.started_at, s.completed_at
-        FROM execution.execution_steps s JOIN execution.executions e USING (execution_id)
+        FROM execution.step_runs s JOIN execution.executions e USING (execution_id)
         WHERE coalesce(s.target, 'localhost') = $1
         ORDER BY s.started_at DESC NULLS LAST, e.created_at DESC LIMIT $2""", asset, limit)
     return [{k: v.isoformat() if isinstance(v, datetime) else v for k, v in dict(r).items()}

@@ -181,14 +181,14 @@ async def wait_status(engine: Any, ident: str, want: str, *, timeout: float = 30
 async def events(pool: Any, execution_id: str) -> list[Any]:
     """The execution's events in order."""
     return list(await pool.fetch(
-        "SELECT * FROM execution.execution_events WHERE execution_id = $1 ORDER BY id",
+        "SELECT * FROM execution.event_log WHERE execution_id = $1 ORDER BY id",
         uuid.UUID(execution_id)))
 
 
 async def step_rows(pool: Any, execution_id: str) -> dict[str, Any]:
     """The execution's step rows by step id."""
     rows = await pool.fetch(
-        "SELECT * FROM execution.execution_steps WHERE execution_id = $1 ORDER BY position",
+        "SELECT * FROM execution.step_runs WHERE execution_id = $1 ORDER BY position",
         uuid.UUID(execution_id))
     return {r["step_id"]: r for r in rows}
 

@@ -78,6 +78,6 @@ async def test_validate_reads_a_checked_step_s_own_result(engine: Any) -> None:
     res = await engine.execute(doc, wait=True)
     assert res.status.value == "completed", res
     lines = await engine.pool.fetchval(
-        "SELECT output::text FROM execution.execution_steps WHERE execution_id = $1"
+        "SELECT output::text FROM execution.step_runs WHERE execution_id = $1"
         " AND step_id = 'v'", uuid.UUID(res.execution_id))
     assert "NOT CHECKED" not in (lines or "")

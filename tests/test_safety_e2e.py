@@ -137,7 +137,7 @@ async def test_two_hundred_executions_on_one_asset_never_overlap_and_keep_order(
     assert {r.status.value for r in results} == {"completed"}
     rows = await engine.pool.fetch(
         "SELECT e.execution_id::text AS id, s.started_at, s.completed_at "
-        "FROM execution.execution_steps s JOIN execution.executions e USING (execution_id) "
+        "FROM execution.step_runs s JOIN execution.executions e USING (execution_id) "
         "WHERE e.tenant = $1 ORDER BY s.started_at", tenant)
     assert len(rows) == 200
     for before, after in itertools.pairwise(rows):

@@ -26,9 +26,9 @@ async def mirror(engine: Any, execution_id: str) -> tuple[Any, list[Any], list[A
     row = await engine.pool.fetchrow(
         "SELECT *, status::text AS st FROM execution.executions WHERE execution_id = $1", eid)
     steps = await engine.pool.fetch(
-        "SELECT * FROM execution.execution_steps WHERE execution_id = $1 ORDER BY position", eid)
+        "SELECT * FROM execution.step_runs WHERE execution_id = $1 ORDER BY position", eid)
     events = await engine.pool.fetch(
-        "SELECT * FROM execution.execution_events WHERE execution_id = $1 ORDER BY id", eid)
+        "SELECT * FROM execution.event_log WHERE execution_id = $1 ORDER BY id", eid)
     return row, steps, events
 
 

@@ -37,12 +37,32 @@ MAX_BACKOFF = 5.0
 
 
 def actor_id_of(actor: str | None) -> int:
-    """Upstream's integer principal: a numeric actor, or `principal:<id>` (how the Stage E
-    drop-in names an OpsConductor user nobody mapped), is that id; a named one is 0 here
-    (its name travels in the X-OpsConductor-Actor header; the mirror's
-    execution.actor_principals keeps its own number)."""
+    """Upstream's integer principal read from the name alone: a numeric actor, or
+    `principal:<id>` (how the Stage E drop-in names an OpsConductor user nobody mapped), is
+    that id; any other name is 0 (no mirror to ask: see `principal_of`)."""
     text = (actor or "").removeprefix("principal:")
     return int(text) if text.isdigit() and len(text) <= 9 else 0
+
+
+PRINCIPAL_SQL = """
+SELECT coalesce((SELECT actor_id FROM execution.actor_principals WHERE actor = $1),
+                (SELECT actor_id FROM execution.executions WHERE execution_id = $2::uuid))
+"""
+
+
+async def principal_of(ctx: StepContext) -> int:
+    """The integer principal the services' `actor_id: int` takes: the number the mirror's
+    execution.actor_principals keeps for this actor (an operator's mapping, an OpsConductor
+    id, or the one the mirror handed out when it first saw the name), so a named actor
+    reaches the service as the same user the mirror's `actor_id` shows; from the name alone
+    (`actor_id_of`) when the step runs without a mirror."""
+    actor = getattr(ctx.gate, "actor", None)
+    pool = getattr(ctx.gate, "pool", None)
+    if pool is not None and actor:
+        found = await pool.fetchval(PRINCIPAL_SQL, actor, ctx.execution_id)
+        if isinstance(found, int):
+            return found
+    return actor_id_of(actor)
 
 
 def previous_results(prior: dict[str, Any]) -> list[dict[str, Any]]:
@@ -54,7 +74,7 @@ def previous_results(prior: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def request_for(ctx: StepContext) -> ExecutePlanRequest:
+def request_for(ctx: StepContext, actor_id: int) -> ExecutePlanRequest:
     step = ctx.step
     tool = SERVICE_SPELLING.get(step.tool, step.tool)
     return ExecutePlanRequest(
@@ -62,7 +82,7 @@ def request_for(ctx: StepContext) -> ExecutePlanRequest:
         plan={"steps": [{"id": step.id, "description": step.description, "tool": tool,
                          "inputs": ctx.inputs}],
               "previous_results": previous_results(ctx.prior_outputs)},
-        tenant_id=ctx.tenant, actor_id=actor_id_of(getattr(ctx.gate, "actor", None)))
+        tenant_id=ctx.tenant, actor_id=actor_id)
 
 
 class ServicePlanExecutor:
@@ -75,7 +95,7 @@ class ServicePlanExecutor:
             return StepOutcome(ok=False, error=f"{ctx.step.tool} runs at the {location}: set "
                                f"{route.env}", error_type=ErrorType.CONFIGURATION_ERROR,
                                retryable=False)
-        body = request_for(ctx)
+        body = request_for(ctx, await principal_of(ctx))
         deadline = time.monotonic() + ctx.timeout
         backoff, tries, last = FIRST_BACKOFF, 0, ""
         async with PlanServiceClient(url, timeout=ctx.timeout) as client:

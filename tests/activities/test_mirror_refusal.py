@@ -38,10 +38,10 @@ async def test_refused_batch_fails_without_retry_and_leaves_an_event(engine: Any
     assert err.type == ErrorType.MIRROR_WRITE_REFUSED and err.non_retryable
     assert "refused by PostgreSQL" in err.message and "\x00" not in err.message
     rows = await engine.pool.fetch(
-        "SELECT event_type, message, data FROM execution.execution_events"
+        "SELECT event_type, message, data FROM execution.event_log"
         " WHERE execution_id = $1 AND event_type = 'mirror.write_refused'", uuid.UUID(eid))
     assert len(rows) == 1 and "refused by PostgreSQL" in rows[0]["message"]
     probe = await engine.pool.fetchval(
-        "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1"
+        "SELECT count(*) FROM execution.event_log WHERE execution_id = $1"
         " AND event_type = 'probe'", uuid.UUID(eid))
     assert probe == 0  # the refused batch was rolled back as a whole

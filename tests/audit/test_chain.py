@@ -74,7 +74,7 @@ async def test_rows_link_into_one_chain_per_tenant_and_stream(
         ("rbac_audit", 6)]
     # an exported row's hash is recomputable without our code
     content = await db_pool.fetchval(
-        "SELECT execution.audit_content(v) FROM execution.execution_events v WHERE id = $1",
+        "SELECT execution.audit_content(v) FROM execution.event_log v WHERE id = $1",
         events[0]["id"])
     assert row_hash(GENESIS, content) == events[0]["row_hash"]
     [cp_audit, cp_events] = sorted(await checkpoint_all(db_pool, audit_key, tenant=t),
@@ -123,7 +123,7 @@ async def test_verify_names_each_tampering(db_pool: asyncpg.Pool, audit_key: Pat
     # edited: an event's message rewritten in place
     t, _ = await populated(db_pool)
     victim = (await chain_rows(db_pool, t, "events"))[2]
-    await db_pool.execute("UPDATE execution.execution_events SET message = 'nothing happened'"
+    await db_pool.execute("UPDATE execution.event_log SET message = 'nothing happened'"
                           " WHERE id = $1", victim["id"])
     p = await first_problem(t)
     assert (p.kind, p.table, p.row_id, p.seq) == ("edited", "execution_events", victim["id"], 3)
@@ -141,9 +141,9 @@ async def test_verify_names_each_tampering(db_pool: asyncpg.Pool, audit_key: Pat
     t, _ = await populated(db_pool)
     ev = await chain_rows(db_pool, t, "events")
     async with db_pool.acquire() as conn, conn.transaction():
-        await conn.execute("UPDATE execution.execution_events SET seq = 4 WHERE id = $1",
+        await conn.execute("UPDATE execution.event_log SET seq = 4 WHERE id = $1",
                            ev[4]["id"])
-        await conn.execute("UPDATE execution.execution_events SET seq = 5 WHERE id = $1",
+        await conn.execute("UPDATE execution.event_log SET seq = 5 WHERE id = $1",
                            ev[3]["id"])
     p = await first_problem(t)
     assert (p.kind, p.row_id, p.seq) == ("reordered", ev[4]["id"], 4), p
@@ -155,7 +155,7 @@ async def test_verify_names_each_tampering(db_pool: asyncpg.Pool, audit_key: Pat
     await checkpoint_all(db_pool, audit_key, tenant=t)
     ev = await chain_rows(db_pool, t, "events")
     async with db_pool.acquire() as conn, conn.transaction():
-        await conn.execute("DELETE FROM execution.execution_events WHERE id = ANY($1)",
+        await conn.execute("DELETE FROM execution.event_log WHERE id = ANY($1)",
                            [ev[4]["id"], ev[5]["id"]])
         await conn.execute("UPDATE execution.audit_chain_heads SET seq = 4, hash = $2"
                            " WHERE tenant = $1 AND stream = 'events'", t, ev[3]["row_hash"])
@@ -165,7 +165,7 @@ async def test_verify_names_each_tampering(db_pool: asyncpg.Pool, audit_key: Pat
     # ... and the same without winding the head back: the head says so already
     t, _ = await populated(db_pool)
     ev = await chain_rows(db_pool, t, "events")
-    await db_pool.execute("DELETE FROM execution.execution_events WHERE id = $1", ev[5]["id"])
+    await db_pool.execute("DELETE FROM execution.event_log WHERE id = $1", ev[5]["id"])
     p = await first_problem(t)
     assert (p.kind, p.seq) == ("truncated", 6), p
     head_truncated = p.message
@@ -176,12 +176,12 @@ async def test_verify_names_each_tampering(db_pool: asyncpg.Pool, audit_key: Pat
     await checkpoint_all(db_pool, audit_key, tenant=t)
     ev = await chain_rows(db_pool, t, "events")
     async with db_pool.acquire() as conn, conn.transaction():
-        await conn.execute("UPDATE execution.execution_events SET message = 'benign'"
+        await conn.execute("UPDATE execution.event_log SET message = 'benign'"
                            " WHERE id = $1", ev[1]["id"])
         prev = ev[1]["prev_hash"]
         for r in ev[1:]:
             new = await conn.fetchval(
-                "UPDATE execution.execution_events v SET prev_hash = $2,"
+                "UPDATE execution.event_log v SET prev_hash = $2,"
                 " row_hash = execution.audit_hash($2, execution.audit_content(v))"
                 " WHERE id = $1 RETURNING row_hash", r["id"], prev)
             prev = new

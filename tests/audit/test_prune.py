@@ -79,7 +79,7 @@ async def scene(pool: asyncpg.Pool) -> dict[str, str]:
 
 async def counts(pool: asyncpg.Pool, eid: str) -> tuple[int, int, int, int]:
     u = uuid.UUID(eid)
-    return (await pool.fetchval("SELECT count(*) FROM execution.execution_events"
+    return (await pool.fetchval("SELECT count(*) FROM execution.event_log"
                                 " WHERE execution_id = $1", u),
             await pool.fetchval("SELECT count(*) FROM execution.rbac_audit"
                                 " WHERE execution_id = $1", eid),
@@ -144,7 +144,7 @@ async def test_a_chain_that_does_not_verify_is_not_pruned(db_pool: asyncpg.Pool,
     ids = await scene(db_pool)
     t = ids["tenant"]
     victim = (await chain_rows(db_pool, t, "events"))[7]
-    await db_pool.execute("UPDATE execution.execution_events SET message = 'x' WHERE id = $1",
+    await db_pool.execute("UPDATE execution.event_log SET message = 'x' WHERE id = $1",
                           victim["id"])
     report = await prune(db_pool, POLICY, key=audit_key, tenant=t)
     events = next(c for c in report.chains if c.stream == "events")
@@ -220,7 +220,7 @@ async def test_the_pruner_role_prunes_and_the_worker_cannot_touch_the_chain(
                     "INSERT INTO execution.audit_gaps (tenant, stream, from_seq, to_seq,"
                     " prev_hash, last_hash, reason) VALUES ('x', 'audit', 1, 1, '', '', 'pruned')",
                     "DELETE FROM execution.audit_checkpoints",
-                    "DELETE FROM execution.execution_events",
+                    "DELETE FROM execution.event_log",
                     "UPDATE execution.rbac_audit SET reason = 'forged'",
                     "INSERT INTO execution.rbac_signers (principal, public_key)"
                     " VALUES ('x', 'ssh-ed25519 AAAA')"):

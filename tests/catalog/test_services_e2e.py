@@ -112,9 +112,17 @@ async def test_service_steps_run_end_to_end(stack: Stack) -> None:
     assert [len(net.calls), len(assets.calls), len(comm.calls)] == [1, 2, 1]
     sent = {c["plan"]["steps"][0]["tool"]: c for s in (net, assets, comm) for c in s.calls}
     assert set(sent) == {"asset-list", "Axis-VAPIX-Device-Info", "slack_cli", "asset-create"}
+    # actor_id as the services' request models take it: an integer, the principal the
+    # mirror keeps for the named actor (the same number its executions row shows)
+    principal = await stack.client.pool.fetchval(
+        "SELECT actor_id FROM execution.actor_principals WHERE actor = 'stage-d'")
+    mirrored = await stack.client.pool.fetchval(
+        "SELECT actor_id FROM execution.executions WHERE execution_id = $1::uuid",
+        resp.execution_id)
+    assert isinstance(principal, int) and principal == mirrored
     for call in sent.values():  # upstream's body, field by field
         assert call["execution_id"] == resp.execution_id
-        assert call["tenant_id"] == "upstream" and call["actor_id"] == 0
+        assert call["tenant_id"] == "upstream" and call["actor_id"] == principal
         assert set(call["plan"]) == {"steps", "previous_results"}
     device = sent["Axis-VAPIX-Device-Info"]["plan"]
     # the secret reaches the service only in the body, resolved just in time

@@ -299,7 +299,7 @@ async def audit(rig: Rig, run: Run, tally: Tally) -> None:
         run.resp.execution_id if run.resp else ""))
     tally.locks_after_run += int(locks or 0)
     recovered = await rig.db(lambda pool: pool.fetchval(
-        "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1 "
+        "SELECT count(*) FROM execution.event_log WHERE execution_id = $1 "
         "AND event_type = 'step.recovered'", uuid.UUID(run.resp.execution_id) if run.resp
         else None))
     tally.recovered_results += int(recovered or 0)

@@ -171,7 +171,7 @@ async def _finish(rig: Rig, resp: ExecutionResponse, d: Path, tally: Tally) -> N
         "SELECT count(*) FROM execution.execution_locks WHERE execution_id = $1",
         resp.execution_id))
     tally.recovered += int(await rig.client.pool.fetchval(
-        "SELECT count(*) FROM execution.execution_events WHERE execution_id = $1 "
+        "SELECT count(*) FROM execution.event_log WHERE execution_id = $1 "
         "AND event_type = 'step.recovered'", uuid.UUID(resp.execution_id)))
 
 

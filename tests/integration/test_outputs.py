@@ -85,7 +85,7 @@ async def test_nul_and_invalid_utf8_in_output_are_stored_and_shown_escaped(
     assert "bad\\x00news" in (fails.error or "")
     eid = uuid.UUID(resp.execution_id)
     row = await engine.pool.fetchrow(
-        "SELECT error, output FROM execution.execution_steps WHERE execution_id = $1 AND "
+        "SELECT error, output FROM execution.step_runs WHERE execution_id = $1 AND "
         "step_id = 'fails'", eid)
     assert "bad\\x00news" in row["error"]
     stored = await engine.pool.fetchval(
@@ -135,7 +135,7 @@ async def test_logs_follow_streams_output_while_the_command_runs(
 
         await wait_for(first_line, what="the first line while the step runs", timeout=30)
         status = await engine.pool.fetchval(
-            "SELECT status FROM execution.execution_steps WHERE execution_id = $1 AND "
+            "SELECT status FROM execution.step_runs WHERE execution_id = $1 AND "
             "step_id = 'slow'", uuid.UUID(resp.execution_id))
         assert status == "running" and b"second-line" not in seen
         gate.touch()

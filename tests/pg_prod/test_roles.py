@@ -45,7 +45,7 @@ OPERATIONS: dict[str, str] = {
     "rewrite audit": "UPDATE execution.rbac_audit SET reason = 'forged'",
     "delete audit": "DELETE FROM execution.rbac_audit WHERE at < now() - interval '100 years'",
     "truncate audit": "TRUNCATE execution.rbac_audit",
-    "rewrite events": "UPDATE execution.execution_events SET message = 'forged'",
+    "rewrite events": "UPDATE execution.event_log SET message = 'forged'",
     "edit signer registry": (
         "INSERT INTO execution.rbac_signers (principal, public_key)"
         " VALUES ('mallory', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIForged')"),

@@ -87,7 +87,7 @@ async def test_upstream_ssh_plans_run_on_the_ssh_asset(
     first = resp.result.steps[0].stdout
     assert "total" in first.splitlines()[0]  # ls -la over SSH
     rows = await engine.pool.fetch(
-        "SELECT step_id, target FROM execution.execution_steps WHERE execution_id = $1",
+        "SELECT step_id, target FROM execution.step_runs WHERE execution_id = $1",
         uuid.UUID(resp.execution_id))
     assert {r["target"] for r in rows} == {"upstream-linux"}
 
@@ -100,7 +100,7 @@ async def test_execution_location_is_not_a_host(engine: Any, linux_inventory: Pa
         "automation-service"}
     resp = await engine.execute(doc, wait=True)
     rows = await engine.pool.fetch(
-        "SELECT target FROM execution.execution_steps WHERE execution_id = $1",
+        "SELECT target FROM execution.step_runs WHERE execution_id = $1",
         uuid.UUID(resp.execution_id))
     assert len(rows) == 4
     assert {r["target"] for r in rows} <= {None, "localhost"}

@@ -30,7 +30,7 @@ async def test_an_asset_query_fans_out_in_a_real_run(engine: Any, asset_service:
     res = await engine.execute(doc, wait=True)
     assert res.status.value == "completed", res
     row = await engine.pool.fetchrow(
-        "SELECT output FROM execution.execution_steps WHERE execution_id = $1"
+        "SELECT output FROM execution.step_runs WHERE execution_id = $1"
         " AND step_id = 'step_002'", uuid.UUID(res.execution_id))
     output = json.loads(row["output"]) if isinstance(row["output"], str) else row["output"]
     text = json.dumps(output)

@@ -50,7 +50,7 @@ async def test_a_plan_of_thousands_of_steps_completes_across_continue_as_new(
     await wait_for(continued, what="the first hand-over to a new run", timeout=600)
     mid = await until(engine, resp.workflow_id, lambda p: p.steps_completed > 0, timeout=60)
     rows_done = await engine.pool.fetchval(
-        "SELECT count(*) FROM execution.execution_steps WHERE execution_id = $1"
+        "SELECT count(*) FROM execution.step_runs WHERE execution_id = $1"
         " AND status = 'completed'", ident)
     assert mid.steps_total == STEPS and mid.status.value == "running"
     assert mid.steps_completed <= rows_done + 20  # the mirror lags the workflow by a batch
@@ -80,7 +80,7 @@ async def test_a_plan_of_thousands_of_steps_completes_across_continue_as_new(
     assert max(lengths) < 20_000 and max(sizes) < 16 * 1024 * 1024
     assert len(attempts) == STEPS and all(a["n"] == 1 for a in attempts)  # each ran once
     keys = await engine.pool.fetchval(
-        "SELECT count(*) - count(DISTINCT event_key) FROM execution.execution_events"
+        "SELECT count(*) - count(DISTINCT event_key) FROM execution.event_log"
         " WHERE execution_id = $1", ident)
     assert keys == 0
 

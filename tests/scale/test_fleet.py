@@ -157,7 +157,7 @@ async def test_rollback_undoes_a_fleet_on_each_target_it_acted_on(engine: Any) -
     resp = await engine.execute(req, wait=True)
     assert resp.result.status.value == "failed"
     rows = await engine.pool.fetch(
-        "SELECT data FROM execution.execution_events WHERE execution_id = $1 AND"
+        "SELECT data FROM execution.event_log WHERE execution_id = $1 AND"
         " event_type = 'rollback.step_completed' AND step_id = 'deploy'",
         uuid.UUID(resp.execution_id))
     undone = sorted(json.loads(r["data"])["target"] for r in rows)

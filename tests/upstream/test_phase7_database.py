@@ -164,6 +164,12 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
                           "timeout_policies")}
         assert kept == {"executions": 1, "execution_steps": 1, "execution_events": 1,
                         "approvals": 1, "timeout_policies": 9}
+        # its step UUID is Python's uuid3 of the step key in the execution's namespace
+        keys = ["step_001", "step_ac827268_systemctl_status", "étape-ü", "", "x" * 300]
+        for key in keys:
+            exec_id = uuid.uuid4()
+            assert await conn.fetchval("SELECT execution.step_uuid($1, $2)::text",
+                                       exec_id, key) == str(uuid.uuid3(exec_id, key)), key
         mapped = await conn.fetchval(
             "SELECT actor FROM execution.actor_principals WHERE actor_id = 42")
         assert mapped == "principal:42"
@@ -195,6 +201,9 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
             await client.approve(ours, "bob", comment="go")
             view = await wait_status(client, ours, "completed", timeout=90)
             assert view["steps"][0]["status"] == "completed"  # our reader
+            # a second run of its planner's: a step fails, its dependent is skipped
+            held = await client.execute({**load("rule_check_nginx_and_processes.json"),
+                                         "actor": actor}, wait=True)
             theirs_by_us = await client.status(str(THEIR_EXECUTION))
             assert theirs_by_us["status"] == "completed" and theirs_by_us["tenant"] == "default"
     finally:
@@ -228,38 +237,58 @@ async def test_migrations_keep_phase7_rows_and_its_readers_read_our_runs(
     assert approval.approver_id == principals["bob"] and approval.approver_comment == "go"
     assert approval.responded_at is not None
 
-    # Steps and events: every column of its models, with its meaning (see the report on the
-    # two it cannot share: docs/upstream-compat.md, "What differs").
+    # Steps and events: every row read by its models, every column with its meaning.
     (step,) = seen["steps"]
+    plan_step = doc["plan"]["plan"]["steps"][0]["id"]
     assert step["step_index"] == 0 and step["step_type"] == "ps"
-    assert step["step_name"] == step["step_id"] == doc["plan"]["plan"]["steps"][0]["id"]
-    assert step["status"] == "completed" and step["retry_count"] == 0
+    assert step["step_key"] == step["step_name"] == plan_step  # our id, beside its UUID
+    assert step["step_id"] == str(uuid.uuid3(uuid.UUID(ours), plan_step))
+    assert step["status"] == step["exact_status"] == "completed" and step["retry_count"] == 0
     assert step["duration_ms"] == int(step["duration_ms"]) and step["max_retries"] == 3
     assert isinstance(step["output_data"], dict) and step["created_at"] is not None
     statuses = [(e["from_status"], e["to_status"]) for e in seen["events"]
                 if e["event_type"] == "execution.status"]
     assert statuses == [("queued", "pending_approval"), ("pending_approval", "approved"),
                         ("approved", "running"), ("running", "completed")], statuses
-    parsed = [UpstreamEvent.model_validate(e) for e in seen["events"]
-              if e["event_type"] != "step.status"]
-    assert all(e.event_id and e.details is not None for e in parsed)
-    assert {e.actor_id for e in parsed if e.actor_type == "user"} <= set(principals.values())
-    # The documented difference, counted: which of our rows its step and event models take.
-    steps_ok = sum(_parses(UpstreamStep, r) for r in seen["steps"])
-    events_ok = sum(_parses(UpstreamEvent, r) for r in seen["events"])
-    vocabulary = {s.value for s in UpstreamStatus} | {None}
-    in_vocabulary = [e for e in seen["events"]
-                     if {e["from_status"], e["to_status"]} <= vocabulary]
-    assert events_ok == len(in_vocabulary) >= len(parsed) and steps_ok == 0
-    print(f"phase7: {sum(kept.values())} original rows kept, {len(applied)} migrations; "
-          f"ours read by its SQL: execution 1/1, approval 1/1, status route 1/1, "
-          f"events {events_ok}/{len(seen['events'])} (the rest: a step status it lacks), "
-          f"steps {steps_ok}/{len(seen['steps'])} (step_id is our plan's step id)")
-
-
-def _parses(model: type[Any], row: dict[str, Any]) -> bool:
+    steps_read = [UpstreamStep.model_validate(r) for r in seen["steps"]]
+    events_read = [UpstreamEvent.model_validate(e) for e in seen["events"]]
+    assert all(e.event_id and e.details is not None for e in events_read)
+    assert {e.actor_id for e in events_read if e.actor_type == "user"} <= set(principals.values())
+    # a step's own moves: its enum's values, the exact one kept beside
+    moves = [(e["from_status"], e["to_status"], e["exact_from_status"], e["exact_to_status"])
+             for e in seen["events"] if e["event_type"] == "step.status"]
+    assert ("queued", "running", "pending", "running") in moves, moves
+    # our readers read the tables, exact as ever
+    conn = await asyncpg.connect(phase7_url)
     try:
-        model.model_validate(row)
-    except ValueError:
-        return False
-    return True
+        exact = await conn.fetch("SELECT from_status, to_status FROM execution.event_log"
+                                 " WHERE execution_id = $1 AND event_type = 'step.status'", ours)
+        runs = await conn.fetch("SELECT step_id, status FROM execution.step_runs"
+                                " WHERE execution_id = $1", ours)
+    finally:
+        await conn.close()
+    assert ("pending", "running") in [tuple(r) for r in exact]
+    assert [tuple(r) for r in runs] == [(plan_step, "completed")]
+    # The failed run: its models read a failed step and a skipped one (as `cancelled`).
+    failed = await _upstream_view(phase7_url, held.execution_id)
+    (fexec,) = failed["execution"]
+    assert fexec.status == UpstreamStatus.FAILED and fexec.error_message
+    fsteps = [UpstreamStep.model_validate(r) for r in failed["steps"]]
+    fevents = [UpstreamEvent.model_validate(e) for e in failed["events"]]
+    assert [(r["step_key"], r["status"], r["exact_status"]) for r in failed["steps"]] == [
+        ("step_ac827268_systemctl_status", "failed", "failed"),
+        ("step_1fbf459c_ps_list", "cancelled", "skipped")]
+    assert len({s.step_id for s in fsteps + steps_read}) == 3  # one UUID per step
+    assert ("cancelled", "skipped") in [(e["to_status"], e["exact_to_status"])
+                                        for e in failed["events"]]
+    assert failed["approval"] == [] and failed["status"][0]["status"] == "failed"
+    n = {"executions": (len(seen["execution"]) + len(failed["execution"]), 2),
+         "approvals": (len(seen["approval"]), 1),
+         "status route": (len(seen["status"]) + len(failed["status"]), 2),
+         "steps": (len(steps_read) + len(fsteps), len(seen["steps"]) + len(failed["steps"])),
+         "events": (len(events_read) + len(fevents),
+                    len(seen["events"]) + len(failed["events"]))}
+    assert all(got == want > 0 for got, want in n.values()), n
+    print(f"phase7: {sum(kept.values())} original rows kept, {len(applied)} migrations; "
+          "ours read by its SQL into its models: "
+          + ", ".join(f"{k} {a}/{b}" for k, (a, b) in n.items()))
