@@ -60,6 +60,17 @@ PLAIN_SECRET_MESSAGE = ('plain-text secret refused: it would enter workflow hist
 SecretInput = Annotated[SecretRef, BeforeValidator(_require_ref)]
 
 
+def check_one_target(target: str | None, target_host: str | None,
+                     target_hosts: list[str] | None) -> None:
+    """A step names one host, however its tool spells it (raised as the model's error)."""
+    if len({v for v in (target, target_host) if v}) > 1:
+        raise ValueError("`target` and `target_host` name different hosts")
+    if target_hosts is not None and len(target_hosts) != 1:
+        raise ValueError("`target_hosts` takes one entry (a template such as "
+                         "\"{{ip_address}}\" fans out over an asset query); write one step "
+                         "per literal host")
+
+
 class ConnectionInputs(_Inputs):
     """How the planner says to reach the host. Each key is used: `target_host` is the target;
     `username`, `port`, `asset_id` and `connection_type` must agree with the resolved asset
@@ -76,13 +87,7 @@ class ConnectionInputs(_Inputs):
 
     @model_validator(mode="after")
     def _one_target(self) -> ConnectionInputs:
-        given = [v for v in (self.target, self.target_host) if v]
-        if len(set(given)) > 1:
-            raise ValueError("`target` and `target_host` name different hosts")
-        if self.target_hosts is not None and len(self.target_hosts) != 1:
-            raise ValueError("`target_hosts` takes one entry (a template such as "
-                             "\"{{ip_address}}\" fans out over an asset query); write one step "
-                             "per literal host")
+        check_one_target(self.target, self.target_host, self.target_hosts)
         if self.use_asset_credentials is False:
             raise ValueError("use_asset_credentials false: an SSH or local step has no "
                              "credentials of its own; they come from the asset's inventory "

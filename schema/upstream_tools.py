@@ -37,6 +37,7 @@ from opsconductor.schema.own_tools import (
     ConnectionInputs,
     SecretInput,
     ToolSpec,
+    check_one_target,
     own_command,
 )
 
@@ -84,13 +85,7 @@ class PowerShellInputs(ConnectionInputs):
 
     @model_validator(mode="after")
     def _one_target(self) -> PowerShellInputs:
-        given = [v for v in (self.target, self.target_host) if v]
-        if len(set(given)) > 1:
-            raise ValueError("`target` and `target_host` name different hosts")
-        if self.target_hosts is not None and len(self.target_hosts) != 1:
-            raise ValueError("`target_hosts` takes one entry (a template such as "
-                             "\"{{ip_address}}\" fans out over an asset query); write one step "
-                             "per literal host")
+        check_one_target(self.target, self.target_host, self.target_hosts)
         if self.command and self.script:
             raise ValueError("give `command` or `script`, not both")
         if self.use_asset_credentials is False and (self.username is None
